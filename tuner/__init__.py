@@ -1,0 +1,32 @@
+"""tuner: a notebook-native lab for LLM inference. See README.md and DESIGN.md.
+
+`import tuner` stays light: the engine (and torch) load on first use of an attribute that needs them.
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "EngineConfig": "tuner.config",
+    "SamplingParams": "tuner.config",
+    "Engine": "tuner.engine.engine",
+    "Workload": "tuner.engine.workload",
+    "KVCacheFullError": "tuner.engine.kv_cache",
+    "RunResult": "tuner.result",
+    "PRESETS": "tuner.models.args",
+    "ModelArgs": "tuner.models.args",
+    "ENGINE_KNOBS": "tuner.knobs",
+    "SAMPLING_KNOBS": "tuner.knobs",
+    "Knob": "tuner.knobs",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tuner' has no attribute {name!r}")

@@ -1,0 +1,1 @@
+"""Op backends: torch (reference, everywhere)."""

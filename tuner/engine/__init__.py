@@ -1,0 +1,1 @@
+"""The engine: prefill/decode loop, KV caches, quantization, sampling."""

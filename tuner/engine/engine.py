@@ -1,0 +1,270 @@
+"""The Engine: load a model, then prefill and decode static batches. `generate()` is the decode loop."""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .. import __version__
+from ..config import EngineConfig, SamplingParams
+from ..models.args import resolve_model
+from ..models.loader import build_model, eos_token_ids, load_tokenizer
+from ..models.model import Step, rope_tables
+from ..profile.hardware import hardware_info
+from ..result import RunResult, compute_metrics
+from .kv_cache import KVCache, PagedKVCache
+from .sampling import sample
+from .workload import Workload
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Engine:
+    """A loaded model plus its KV cache, ready to generate."""
+
+    def __init__(self, config: EngineConfig | None = None, *, progress: Callable[[int, int], None] | None = None,
+                 **knobs):
+        config = EngineConfig(**knobs) if config is None else config.replace(**knobs) if knobs else config
+        if config.backend == "cupy" or config.cuda_graphs:
+            raise ValueError("backend='cupy' and cuda_graphs=True are not in this version of tuner yet: "
+                             "use backend='torch', cuda_graphs=False")
+        self.config = config
+        self.args, checkpoint = resolve_model(config.model)
+        self.device, self.dtype = torch.device(config.device), _DTYPES[config.dtype]
+        t = time.perf_counter()
+        weights = None if config.weights == "dummy" else checkpoint
+        self.model = build_model(self.args, weights, self.dtype, self.device, config.quant, config.group_size,
+                                 config.seed, progress)
+        self.load_s = time.perf_counter() - t
+        self.tokenizer = load_tokenizer(checkpoint)
+        self.eos_ids = eos_token_ids(self.args, checkpoint)
+        if config.kv_cache == "paged":
+            self.cache = PagedKVCache(self.args, config.batch_size, config.max_seq_len, self.dtype, config.kv_dtype,
+                                      self.device, config.block_size, config.num_blocks)
+        else:
+            self.cache = KVCache(self.args, config.batch_size, config.max_seq_len, self.dtype, config.kv_dtype,
+                                 self.device)
+        self.cos, self.sin = rope_tables(self.args, config.max_seq_len, self.device, self.dtype)
+        self._hardware: dict | None = None
+
+    @classmethod
+    def from_preset(cls, name: str, **knobs) -> Engine:
+        return cls(EngineConfig(model=name, **knobs))
+
+    # -- one forward pass -------------------------------------------------------------------------
+
+    def _prefill_step(self, lens: list[int], T: int, write: bool) -> Step:
+        """Step for prompts of `lens` right-padded to T, attending causally within themselves."""
+        B, dev = len(lens), self.device
+        positions = torch.arange(T, device=dev).expand(B, T)
+        G = self.args.n_heads // self.args.n_kv_heads
+        q_pos = torch.arange(T, device=dev).repeat(G)  # query rows are (group member, position)
+        mask = (torch.arange(T, device=dev)[None, :] <= q_pos[:, None])[None, None] if T > 1 else None
+        step = Step(positions, self.cos[positions][:, :, None], self.sin[positions][:, :, None], mask, None)
+        if write:
+            valid = torch.tensor([b * T + t for b in range(B) for t in range(lens[b])], device=dev)
+            index = None if min(lens) == T else valid
+            step.write = (index, self.cache.slots(valid // T, valid % T))
+        return step
+
+    def _decode_step(self, lens: torch.Tensor, max_len: int) -> Step:
+        """Step for one new token per sequence at position lens[b] (its current length)."""
+        B = lens.shape[0]
+        pos = lens[:, None]
+        context = max_len + 1
+        key_len = self.cache.read_len(context)
+        mask = None
+        if key_len != context or bool((lens != max_len).any()):
+            mask = (torch.arange(key_len, device=self.device)[None, :] <= pos)[:, None, None, :]
+        slots = self.cache.slots(torch.arange(B, device=self.device), lens)
+        return Step(pos, self.cos[pos][:, :, None], self.sin[pos][:, :, None], mask, context, write=(None, slots))
+
+    @torch.inference_mode()
+    def logits(self, input_ids) -> torch.Tensor:
+        """Float32 logits [B, T, vocab] of the prefill path for equal-length prompts (no cache involved)."""
+        ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device)
+        if ids.dim() == 1:
+            ids = ids[None]
+        if ids.dim() != 2 or ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [batch, tokens] with tokens >= 1, got shape {tuple(ids.shape)}")
+        self._check_ids(ids.flatten().tolist())
+        if ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"{ids.shape[1]} tokens exceed max_seq_len={self.config.max_seq_len}")
+        step = self._prefill_step([ids.shape[1]] * ids.shape[0], ids.shape[1], write=False)
+        return self.model.forward(ids, step)
+
+    # -- generation ---------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, prompts, sampling: SamplingParams | None = None, profile: bool = False,
+                 on_step: Callable[[dict], bool | None] | None = None) -> RunResult:
+        """Generate for `prompts` (token-id lists, strings, or a Workload) in static batches of batch_size.
+
+        on_step(event) is called after each prefill and decode step with progress figures; returning
+        True stops the run, keeping what finished.
+        """
+        if profile:
+            raise NotImplementedError("profile=True needs the profiler, which is not in this version of tuner")
+        requests, sampling, workload = self._requests(prompts, sampling)
+        hw = self.hardware()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        stops = set(sampling.stop_token_ids) | (set() if sampling.ignore_eos else set(self.eos_ids))
+        B = self.config.batch_size
+        n_batches = -(-len(requests) // B)
+        tokens, times, prefill_ms, decode = [], [], [], {"step_ms": [], "bytes": [], "flops": []}
+        stopped = False
+        t0 = time.perf_counter()
+        for i in range(n_batches):
+            batch = requests[i * B:(i + 1) * B]
+            out, out_times, stopped = self._run_batch(batch, sampling, generator, stops, t0, prefill_ms, decode,
+                                                      on_step, (i, n_batches, len(requests)))
+            tokens += out
+            times += out_times
+            if stopped:
+                break
+        prompt_lens = [len(p) for p in requests[: len(tokens)]]
+        metrics = compute_metrics(times, prompt_lens)
+        decode_s = sum(decode["step_ms"]) / 1e3
+        if decode_s:
+            metrics["decode_gbs"] = sum(decode["bytes"]) / decode_s / 1e9
+            metrics["mbu"] = metrics["decode_gbs"] / hw["bandwidth_gbs"]
+            metrics["mfu"] = sum(decode["flops"]) / decode_s / 1e12 / hw["matmul_tflops"]
+        else:
+            metrics.update(decode_gbs=None, mbu=None, mfu=None)
+        metrics["prefill_ms"] = sum(prefill_ms)
+        workload.update(n_prompts=len(requests), prompt_lens=[len(p) for p in requests],
+                        output_lens=[len(t) for t in tokens],
+                        prompt_len_mean=sum(len(p) for p in requests) / len(requests))
+        text = [self.tokenizer.decode(t, skip_special_tokens=True) for t in tokens] if self.tokenizer else None
+        return RunResult(
+            config=self.config.to_dict(), sampling=sampling.to_dict(), workload=workload, hardware=hw,
+            metrics=metrics, tokens=tokens, text=text, stopped=stopped, tuner_version=__version__,
+            timings={"token_times_ms": [[round(x, 4) for x in t] for t in times], "prefill_ms": prefill_ms,
+                     "decode_step_ms": decode["step_ms"]},
+            memory=self._memory(),
+        )
+
+    def _run_batch(self, prompts, sampling, generator, stops, t0, prefill_ms, decode, on_step, where):
+        """Prefill one static batch, then decode it token by token. Returns (tokens, times_ms, stopped)."""
+        batch_index, n_batches, n_requests = where
+        B, lens = len(prompts), [len(p) for p in prompts]
+        T, dev, a, cache = max(lens), self.device, self.args, self.cache
+        cache.reset()
+        cache.reserve(lens)
+        ids = torch.zeros(B, T, dtype=torch.long)
+        for b, p in enumerate(prompts):
+            ids[b, : len(p)] = torch.tensor(p)
+        ids, lens_t = ids.to(dev), torch.tensor(lens, device=dev)
+        seen = None
+        if sampling.repetition_penalty != 1.0:
+            seen = torch.zeros(B, a.vocab_size, dtype=torch.bool, device=dev)
+            for b, p in enumerate(prompts):
+                seen[b, p] = True
+        out: list[list[int]] = [[] for _ in range(B)]
+        out_times: list[list[float]] = [[] for _ in range(B)]
+        done = [False] * B
+
+        def emit(next_tok: torch.Tensor, start: float, phase: str) -> tuple[float, bool]:
+            """Record the new tokens; returns (step ms, whether on_step asked to stop)."""
+            new = next_tok.tolist()  # the host needs the tokens: this syncs the device
+            now = time.perf_counter()
+            for b in range(B):
+                if not done[b]:
+                    out[b].append(new[b])
+                    out_times[b].append((now - t0) * 1e3)
+                    done[b] = new[b] in stops or len(out[b]) >= sampling.max_new_tokens
+            if seen is not None:
+                seen[torch.arange(B, device=dev), next_tok] = True
+            step_ms = (now - start) * 1e3
+            stop = on_step is not None and bool(on_step({
+                "phase": phase, "batch_index": batch_index, "n_batches": n_batches, "step_ms": step_ms,
+                "elapsed_s": now - t0, "tokens": sum(map(len, out)), "batch_tokens_max": B * sampling.max_new_tokens,
+                "n_requests": n_requests}))
+            return step_ms, stop
+
+        # prefill: all prompts at once, logits only at each prompt's last token
+        start = time.perf_counter()
+        logits = self.model.forward(ids, self._prefill_step(lens, T, write=True), cache, last=lens_t - 1)
+        next_tok = sample(logits, sampling, generator, seen)
+        step_ms, stopped = emit(next_tok, start, "prefill")
+        prefill_ms.append(step_ms)
+
+        # decode: one token per sequence per step
+        weight_bytes = self.model.decode_weight_bytes()
+        flops_per_token = 2 * sum(o * i for o, i in a.linear_shapes().values()) * a.n_layers + 2 * a.dim * a.vocab_size
+        while not all(done) and not stopped:
+            start = time.perf_counter()
+            cache.reserve([n + 1 for n in lens])
+            step = self._decode_step(lens_t, max(lens))
+            logits = self.model.forward(next_tok[:, None], step, cache)[:, 0]
+            next_tok = sample(logits, sampling, generator, seen)
+            lens = [n + 1 for n in lens]
+            lens_t += 1
+            step_ms, stopped = emit(next_tok, start, "decode")
+            context = sum(lens)  # keys each sequence attended to, summed over the batch
+            decode["step_ms"].append(step_ms)
+            decode["bytes"].append(weight_bytes + context * cache.bytes_per_token)
+            decode["flops"].append(B * flops_per_token + 4 * a.n_heads * a.head_dim * a.n_layers * context)
+        return out, out_times, stopped
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def _requests(self, prompts, sampling):
+        sampling = sampling if sampling is not None else SamplingParams()
+        if isinstance(prompts, Workload):
+            workload = {"kind": "synthetic", **prompts.to_dict()}
+            requests = prompts.prompts(self.args.vocab_size, prompts.batch or self.config.batch_size)
+            sampling = sampling.replace(max_new_tokens=prompts.output_len, ignore_eos=True)
+        else:
+            if isinstance(prompts, str) or (isinstance(prompts, Sequence) and prompts
+                                            and all(isinstance(t, int) for t in prompts)):
+                prompts = [prompts]
+            if not isinstance(prompts, Sequence) or not prompts:
+                raise ValueError("prompts must be a non-empty list of token-id lists or strings, or a Workload")
+            if all(isinstance(p, str) for p in prompts):
+                if self.tokenizer is None:
+                    raise ValueError(f"prompts are strings but {self.config.model} has no tokenizer: "
+                                     "pass token ids or a tuner.Workload")
+                requests = [self.tokenizer(p)["input_ids"] for p in prompts]
+                workload = {"kind": "text"}
+            else:
+                requests = [list(p.tolist() if isinstance(p, torch.Tensor) else p) for p in prompts]
+                workload = {"kind": "tokens"}
+        for r in requests:
+            if not r:
+                raise ValueError("every prompt needs at least one token")
+            self._check_ids(r)
+            if len(r) + sampling.max_new_tokens > self.config.max_seq_len:
+                raise ValueError(f"a prompt of {len(r)} tokens + max_new_tokens={sampling.max_new_tokens} exceeds "
+                                 f"max_seq_len={self.config.max_seq_len}: raise max_seq_len or shorten the run")
+        return requests, sampling, workload
+
+    def _check_ids(self, ids: list[int]) -> None:
+        bad = [t for t in ids if not 0 <= t < self.args.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.args.vocab_size})")
+
+    def hardware(self) -> dict:
+        """Device name and measured bandwidth / matmul rate (measured once per machine, then cached)."""
+        if self._hardware is None:
+            self._hardware = hardware_info(self.device, self.dtype)
+        return self._hardware
+
+    def _memory(self) -> dict:
+        mem = {"weights_bytes": self.model.weight_bytes(), "kv_cache_bytes": self.cache.nbytes,
+               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+        if self.device.type == "cuda":
+            mem["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
+        return mem
+
+    def warmup(self) -> None:
+        """One short batch, so one-time costs (allocator growth, kernel selection) stay out of measured runs."""
+        n = min(8, self.config.max_seq_len - 2)
+        self.generate(Workload(batch=self.config.batch_size, prompt_len=n, output_len=2))
+
+

@@ -1,0 +1,159 @@
+"""KV caches: contiguous (one slab per sequence) and paged (a pool of fixed-size blocks + block tables).
+
+Both store K and V as [layers, X, Hkv, Y, head_dim] and address a token by two indices (i0, i1):
+contiguous X = batch slot, Y = position; paged X = block id, Y = offset in the block. Optional
+int8 / fp8 storage keeps one fp32 scale per (token, head).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models.args import ModelArgs
+
+_QMAX = {torch.int8: 127.0, torch.float8_e4m3fn: 448.0}
+
+
+class KVCacheFullError(RuntimeError):
+    """The paged KV pool has no free block left for the tokens a batch needs."""
+
+
+class KVCache:
+    """Contiguous cache: sequence b's token at position p lives at [b, :, p]."""
+
+    def __init__(self, args: ModelArgs, batch_size: int, max_seq_len: int, dtype: torch.dtype,
+                 kv_dtype: str, device: torch.device, rows: int | None = None, row_len: int | None = None):
+        self.dtype, self.max_seq_len, self.batch_size = dtype, max_seq_len, batch_size
+        self.store = {"auto": dtype, "int8": torch.int8, "fp8": torch.float8_e4m3fn}[kv_dtype]
+        rows, row_len = rows or batch_size, row_len or max_seq_len
+        shape = (args.n_layers, rows, args.n_kv_heads, row_len, args.head_dim)
+        self.k = torch.zeros(shape, dtype=self.store, device=device)
+        self.v = torch.zeros(shape, dtype=self.store, device=device)
+        self.quantized = self.store in _QMAX
+        if self.quantized:
+            self.k_scale = torch.zeros(shape[:-1], dtype=torch.float32, device=device)
+            self.v_scale = torch.zeros(shape[:-1], dtype=torch.float32, device=device)
+        self.bytes_per_token = args.n_layers * 2 * args.n_kv_heads * (
+            args.head_dim * self.k.element_size() + (4 if self.quantized else 0))
+
+    @property
+    def nbytes(self) -> int:
+        scales = 2 * self.k_scale.numel() * 4 if self.quantized else 0
+        return 2 * self.k.numel() * self.k.element_size() + scales
+
+    def reset(self) -> None:
+        """Forget all sequences (a new static batch starts)."""
+
+    def reserve(self, seq_lens: list[int]) -> None:
+        """Make room for sequence b to hold seq_lens[b] tokens."""
+        if max(seq_lens) > self.max_seq_len:
+            raise KVCacheFullError(f"a sequence needs {max(seq_lens)} tokens but max_seq_len={self.max_seq_len}")
+
+    def slots(self, b: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return b, pos
+
+    def read_len(self, length: int) -> int:
+        """How many key positions `read` returns for a batch whose longest sequence has `length` tokens."""
+        return length
+
+    def write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Store k, v [N, Hkv, D] of N tokens at `slots` (from `slots()`)."""
+        i0, i1 = slots
+        if self.quantized:
+            k, ks = self._quantize(k)
+            v, vs = self._quantize(v)
+            self.k_scale[layer][i0, :, i1] = ks
+            self.v_scale[layer][i0, :, i1] = vs
+        self.k[layer][i0, :, i1] = k
+        self.v[layer][i0, :, i1] = v
+
+    def read(self, layer: int, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V [batch, Hkv, read_len(length), D] in the model dtype."""
+        k, v = self.k[layer, :batch, :, :length], self.v[layer, :batch, :, :length]
+        if self.quantized:
+            k = self._dequantize(k, self.k_scale[layer, :batch, :, :length])
+            v = self._dequantize(v, self.v_scale[layer, :batch, :, :length])
+        return k, v
+
+    def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        qmax = _QMAX[self.store]
+        scale = (x.float().abs().amax(dim=-1) / qmax).clamp(min=1e-12)
+        q = x.float() / scale[..., None]
+        if self.store == torch.int8:
+            q = q.round_().clamp_(-qmax, qmax)
+        return q.to(self.store), scale
+
+    def _dequantize(self, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return (q.float() * scale[..., None]).to(self.dtype)
+
+
+class BlockAllocator:
+    """A free list of block ids."""
+
+    def __init__(self, num_blocks: int, block_size: int):
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self.free = list(range(num_blocks - 1, -1, -1))
+
+    def allocate(self, n: int, tokens_needed: int) -> list[int]:
+        """n free blocks, or KVCacheFullError saying how many tokens were asked of how many the pool holds."""
+        if n > len(self.free):
+            raise KVCacheFullError(
+                f"paged KV cache is out of blocks: the batch needs {tokens_needed} tokens of KV but the pool holds "
+                f"{self.num_blocks} blocks x {self.block_size} = {self.num_blocks * self.block_size} tokens; "
+                "raise num_blocks (0 sizes it for batch_size x max_seq_len) or lower batch_size or output length"
+            )
+        return [self.free.pop() for _ in range(n)]
+
+    def release(self, blocks: list[int]) -> None:
+        self.free.extend(reversed(blocks))
+
+
+class PagedKVCache(KVCache):
+    """Paged cache: sequence b's token at position p lives in block block_tables[b][p // bs] at p % bs."""
+
+    def __init__(self, args: ModelArgs, batch_size: int, max_seq_len: int, dtype: torch.dtype, kv_dtype: str,
+                 device: torch.device, block_size: int, num_blocks: int = 0):
+        self.block_size = block_size
+        self.max_blocks = -(-max_seq_len // block_size)
+        num_blocks = num_blocks or batch_size * self.max_blocks
+        super().__init__(args, batch_size, max_seq_len, dtype, kv_dtype, device, rows=num_blocks, row_len=block_size)
+        self.allocator = BlockAllocator(num_blocks, block_size)
+        self.tables: list[list[int]] = [[] for _ in range(batch_size)]
+        self.block_tables = torch.zeros(batch_size, self.max_blocks, dtype=torch.long, device=device)
+
+    def reset(self) -> None:
+        for table in self.tables:
+            self.allocator.release(table)
+            table.clear()
+
+    def reserve(self, seq_lens: list[int]) -> None:
+        super().reserve(seq_lens)
+        needed = [max(0, -(-n // self.block_size) - len(t)) for n, t in zip(seq_lens, self.tables, strict=False)]
+        new = iter(self.allocator.allocate(sum(needed), sum(seq_lens)))  # all or nothing
+        for b, n in enumerate(needed):
+            if n:
+                start = len(self.tables[b])
+                blocks = [next(new) for _ in range(n)]
+                self.tables[b].extend(blocks)
+                self.block_tables[b, start:start + n] = torch.tensor(blocks, dtype=torch.long)
+
+    def slots(self, b: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.block_tables[b, pos // self.block_size], pos % self.block_size
+
+    def read_len(self, length: int) -> int:
+        return -(-length // self.block_size) * self.block_size
+
+    def read(self, layer: int, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        table = self.block_tables[:batch, : -(-length // self.block_size)]
+        k, v = self._gather(self.k[layer], table), self._gather(self.v[layer], table)
+        if self.quantized:
+            k = self._dequantize(k, self._gather(self.k_scale[layer], table))
+            v = self._dequantize(v, self._gather(self.v_scale[layer], table))
+        return k, v
+
+    @staticmethod
+    def _gather(pool: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+        # pool [num_blocks, Hkv, bs, ...] -> [B, Hkv, n*bs, ...] in table order
+        x = pool[table]  # [B, n, Hkv, bs, ...]
+        x = x.transpose(1, 2)
+        return x.reshape(x.shape[0], x.shape[1], -1, *x.shape[4:])

@@ -1,0 +1,137 @@
+"""Linear layers: float, and weight-only int8 / int4 / fp8 that replace the float weight they quantize.
+
+On CPU, int8 and int4 run torch's packed matmul kernels (`_weight_int8pack_mm`,
+`_weight_int4pack_mm_for_cpu`) with bf16 activations, which is where those kernels are fast.
+Elsewhere a quantized layer dequantizes into the activation dtype and calls `F.linear` (correct,
+not fast: the CuPy backend brings real GEMV kernels).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+INT4_GROUP_SIZES = (32, 64, 128, 256)
+
+
+class Linear:
+    """y = x W^T + b in the model dtype."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for t in vars(self).values() if isinstance(t, torch.Tensor)]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors())
+
+
+class Int8Linear(Linear):
+    """Symmetric int8 per output channel: W ~= q * scale[n]."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.dtype, self.bias = weight.dtype, bias
+        self.cpu = weight.device.type == "cpu"
+        scale_dtype = torch.bfloat16 if self.cpu else weight.dtype  # the CPU kernel wants bf16 scales
+        w = weight.float()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-10).to(scale_dtype)
+        self.weight = (w / scale.float()[:, None]).round_().clamp_(-127, 127).to(torch.int8)
+        self.scale = scale
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        if self.cpu:
+            y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight, self.scale)
+            y = y.to(x.dtype).view(*shape[:-1], -1)
+        else:
+            y = F.linear(x, self.weight.to(x.dtype)) * self.scale
+        return y if self.bias is None else y + self.bias
+
+    def dequantize(self) -> torch.Tensor:
+        return (self.weight.float() * self.scale.float()[:, None]).to(self.dtype)
+
+
+class Int4Linear(Linear):
+    """Asymmetric int4 in groups of `group_size` along the input: W ~= (q - 8) * scale + zero, q in [0, 15]."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group_size: int):
+        N, K = weight.shape
+        if group_size not in INT4_GROUP_SIZES or K % group_size:
+            raise ValueError(f"group_size={group_size} does not divide the input width {K}: "
+                             f"use one of {[g for g in INT4_GROUP_SIZES if K % g == 0]}")
+        self.dtype, self.bias, self.group_size = weight.dtype, bias, group_size
+        w = weight.float().view(N, K // group_size, group_size)
+        lo, hi = w.amin(dim=2), w.amax(dim=2)
+        # The CPU kernel reads bf16 scales and zeros; round them first so q is computed against what is stored.
+        store = torch.bfloat16 if weight.device.type == "cpu" else weight.dtype
+        scale = ((hi - lo) / 15.0).clamp(min=1e-10).to(store)
+        zero = (lo + 8.0 * scale.float()).to(store)
+        q = ((w - (zero.float() - 8.0 * scale.float())[..., None]) / scale.float()[..., None])
+        q = q.round_().clamp_(0, 15).to(torch.uint8).view(N, K)
+        # CPU kernel needs N % 16 == 0; other shapes take the dequantizing path.
+        self.packed_cpu = weight.device.type == "cpu" and N % 16 == 0
+        if self.packed_cpu:
+            self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)
+            self.scales_zeros = torch.stack([scale.t(), zero.t()], dim=-1).contiguous()  # [K/g, N, 2]
+        else:
+            self.weight = q[:, 0::2] | (q[:, 1::2] << 4)  # two nibbles per byte, [N, K/2]
+            self.scale, self.zero = scale, zero  # [N, K/g]
+        self.shape = (N, K)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        if self.packed_cpu:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight, self.group_size, self.scales_zeros
+            )
+            y = y.to(x.dtype).view(*shape[:-1], -1)
+        else:
+            y = F.linear(x, self.dequantize().to(x.dtype))
+        return y if self.bias is None else y + self.bias
+
+    def dequantize(self) -> torch.Tensor:
+        N, K = self.shape
+        g = self.group_size
+        if self.packed_cpu:
+            # Recover the weight through the kernel itself: x = identity.
+            eye = torch.eye(K, dtype=torch.bfloat16)
+            w = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.weight, g, self.scales_zeros).t()
+            return w.to(self.dtype)
+        q = torch.stack([self.weight & 15, self.weight >> 4], dim=-1).view(N, K // g, g).float()
+        w = (q - 8.0) * self.scale.float()[..., None] + self.zero.float()[..., None]
+        return w.view(N, K).to(self.dtype)
+
+
+class Fp8Linear(Linear):
+    """fp8 e4m3 per output channel: W ~= q * scale[n] (GPUs with compute capability 8.9+)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.dtype, self.bias = weight.dtype, bias
+        w = weight.float()
+        self.scale = (w.abs().amax(dim=1) / 448.0).clamp(min=1e-12)
+        self.weight = (w / self.scale[:, None]).to(torch.float8_e4m3fn)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def dequantize(self) -> torch.Tensor:
+        return (self.weight.float() * self.scale[:, None]).to(self.dtype)
+
+
+def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, quant: str, group_size: int) -> Linear:
+    """Wrap a float weight [out, in]; a quantized layer keeps only its quantized copy."""
+    if quant == "none":
+        return Linear(weight, bias)
+    if quant == "int8":
+        return Int8Linear(weight, bias)
+    if quant == "int4":
+        return Int4Linear(weight, bias, group_size)
+    if quant == "fp8":
+        return Fp8Linear(weight, bias)
+    raise ValueError(f"quant={quant!r} is not allowed: use 'none', 'int8', 'int4' or 'fp8'")

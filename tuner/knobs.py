@@ -1,0 +1,152 @@
+"""The knob registry: every engine and sampling knob, defined once.
+
+`EngineConfig` and `SamplingParams` (config.py) are generated from this table; the CLI flags,
+the notebook widgets, the magic's ``key=value`` parser, sweep spaces and exporters read it too.
+Adding a knob is one entry here plus the code that honours it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Knob:
+    name: str
+    type: type  # bool, int, float, str or tuple (of ints)
+    default: Any
+    help: str
+    group: str  # "engine" or "sampling"
+    choices: tuple | None = None
+    low: float | None = None  # inclusive unless low_open
+    high: float | None = None  # inclusive
+    low_open: bool = False
+    applies: str = "all"  # where it has an effect, in words
+    reload: bool = False  # changing it rebuilds the weights (not just the run)
+
+    def allowed(self) -> str:
+        """What this knob accepts, in words, for error messages and help."""
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.type is bool:
+            return "True or False"
+        if self.type is tuple:
+            return "a list of non-negative token ids"
+        lo = "-inf" if self.low is None else _fmt(self.low)
+        hi = "inf" if self.high is None else _fmt(self.high)
+        left, right = "(" if self.low_open else "[", "]" if self.high is not None else ")"
+        return f"{self.type.__name__} in {left}{lo}, {hi}{right}"
+
+    def check(self, value: Any) -> Any:
+        """Return `value` coerced to this knob's type, or raise ValueError naming what is allowed."""
+        bad = ValueError(f"{self.name}={value!r} is not allowed: {self.name} must be {self.allowed()}")
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise bad
+            return value
+        if self.type is tuple:
+            if isinstance(value, int) and not isinstance(value, bool):
+                value = (value,)
+            try:
+                ids = tuple(value)
+            except TypeError:
+                raise bad from None
+            if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+                raise bad
+            return ids
+        if self.type is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                if isinstance(value, float) and value.is_integer():
+                    value = int(value)
+                else:
+                    raise bad
+        elif self.type is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+                raise bad
+            value = float(value)
+        elif self.type is str and not isinstance(value, str):
+            raise bad
+        if self.choices is not None and value not in self.choices:
+            raise bad
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            raise bad
+        if self.high is not None and value > self.high:
+            raise bad
+        return value
+
+    def parse(self, text: str) -> Any:
+        """Parse a command-line or magic string (``"8"``, ``"true"``, ``"2,7"``) and check it."""
+        text = text.strip()
+        try:
+            if self.type is bool:
+                lowered = text.lower()
+                if lowered not in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+                    raise ValueError
+                value: Any = lowered in ("true", "1", "yes", "on")
+            elif self.type is int:
+                value = int(text)
+            elif self.type is float:
+                value = float(text)
+            elif self.type is tuple:
+                value = tuple(int(t) for t in text.replace(",", " ").split())
+            else:
+                value = text
+        except ValueError:
+            raise ValueError(
+                f"{self.name}={text!r} is not allowed: {self.name} must be {self.allowed()}"
+            ) from None
+        return self.check(value)
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+_KNOBS = [
+    # engine: what is loaded and how it runs
+    Knob("model", str, "smollm2-135m", "preset name (see `tuner presets`) or a local HF checkpoint directory",
+         "engine", reload=True),
+    Knob("weights", str, "auto", "'auto': the checkpoint's weights (presets: dummy); 'dummy': seeded random weights",
+         "engine", choices=("auto", "dummy"), reload=True),
+    Knob("device", str, "cpu", "'cpu', 'cuda' or 'cuda:N'", "engine", reload=True),
+    Knob("dtype", str, "float32", "weight and activation dtype", "engine",
+         choices=("float32", "bfloat16", "float16"), reload=True),
+    Knob("backend", str, "torch", "op implementations: 'torch' (reference, everywhere) or 'cupy' (CUDA kernels)",
+         "engine", choices=("torch", "cupy"), applies="cupy: CUDA only"),
+    Knob("batch_size", int, 1, "sequences decoded together in one static batch", "engine", low=1, high=4096),
+    Knob("max_seq_len", int, 2048, "longest prompt + output a sequence may reach (sizes the KV cache)", "engine",
+         low=16, high=1 << 20),
+    Knob("quant", str, "none", "weight-only quantization of the decoder's linear layers", "engine",
+         choices=("none", "int8", "int4", "fp8"), applies="fp8: CUDA with compute capability 8.9+", reload=True),
+    Knob("group_size", int, 128, "int4 quantization group (must divide each layer's input width)", "engine",
+         choices=(32, 64, 128, 256), applies="quant=int4", reload=True),
+    Knob("kv_cache", str, "contiguous", "KV-cache layout", "engine", choices=("contiguous", "paged")),
+    Knob("block_size", int, 16, "tokens per KV block", "engine", choices=(8, 16, 32, 64, 128),
+         applies="kv_cache=paged"),
+    Knob("num_blocks", int, 0, "KV blocks in the pool; 0 sizes it for batch_size x max_seq_len", "engine",
+         low=0, high=1 << 24, applies="kv_cache=paged"),
+    Knob("kv_dtype", str, "auto", "KV-cache storage: 'auto' (model dtype), 'int8' or 'fp8' (per-token scales)",
+         "engine", choices=("auto", "int8", "fp8"), applies="fp8: CUDA with compute capability 8.9+"),
+    Knob("cuda_graphs", bool, False, "capture the decode step in CUDA graphs per batch-size bucket", "engine",
+         applies="CUDA only"),
+    Knob("seed", int, 0, "seed of dummy weights", "engine", low=0, high=2**63 - 1, reload=True),
+    # sampling: per generate() call
+    Knob("max_new_tokens", int, 128, "tokens to generate per prompt", "sampling", low=1, high=1 << 20),
+    Knob("temperature", float, 0.0, "0 means greedy; otherwise logits are divided by it", "sampling",
+         low=0.0, high=100.0),
+    Knob("top_k", int, 0, "keep the k most likely tokens; 0 keeps all", "sampling", low=0, high=1 << 24),
+    Knob("top_p", float, 1.0, "keep the smallest set of tokens whose probability reaches p", "sampling",
+         low=0.0, high=1.0, low_open=True),
+    Knob("min_p", float, 0.0, "drop tokens less likely than min_p x the top token's probability", "sampling",
+         low=0.0, high=1.0),
+    Knob("repetition_penalty", float, 1.0, "divide positive (multiply negative) logits of seen tokens; 1 is off",
+         "sampling", low=0.0, high=100.0, low_open=True),
+    Knob("seed", int, 0, "seed of the sampler", "sampling", low=0, high=2**63 - 1),
+    Knob("stop_token_ids", tuple, (), "token ids that end a sequence (besides EOS)", "sampling"),
+    Knob("ignore_eos", bool, False, "keep generating past EOS (forced output length)", "sampling"),
+]
+
+ENGINE_KNOBS: dict[str, Knob] = {k.name: k for k in _KNOBS if k.group == "engine"}
+SAMPLING_KNOBS: dict[str, Knob] = {k.name: k for k in _KNOBS if k.group == "sampling"}

@@ -1,0 +1,1 @@
+"""Decoder definitions, checkpoint loading, dummy weights and presets."""

@@ -1,0 +1,123 @@
+"""The decoder: Llama / Mistral / Qwen2 / Qwen3 as one plain forward pass over fused weights.
+
+A layer is RMSNorm -> fused q/k/v projection -> (Qwen3: per-head q/k RMSNorm) -> RoPE -> KV-cache
+write -> grouped-query attention -> o projection -> residual -> RMSNorm -> fused gate/up -> SiLU*up
+-> down projection -> residual. The ops come from a backend module (tuner.backends.torch_ops).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..backends import torch_ops
+from ..engine.quant import Linear
+from .args import ModelArgs
+
+
+@dataclass
+class Layer:
+    attn_norm: torch.Tensor
+    wqkv: Linear
+    qk_norm: torch.Tensor | None  # [H + Hkv, head_dim]: q_norm rows then k_norm rows (Qwen3)
+    wo: Linear
+    mlp_norm: torch.Tensor
+    w13: Linear
+    w2: Linear
+
+
+@dataclass
+class Step:
+    """Where the tokens of one forward pass sit: the per-sequence state a scheduler would own."""
+
+    positions: torch.Tensor  # [B, T] position of each token
+    cos: torch.Tensor  # [B, T, 1, D]
+    sin: torch.Tensor  # [B, T, 1, D], sign-folded (see torch_ops.rope)
+    mask: torch.Tensor | None  # [B or 1, 1, G*T, key_len] bool, True attends; None: attend to all
+    context_len: int | None  # longest sequence after this step; None: attend to this step's own keys only
+    write: tuple | None = None  # (flat token index or None for all, cache slots) of tokens to store
+
+
+def rope_tables(args: ModelArgs, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sign-folded sin tables [length, head_dim], computed in fp32 as HF does."""
+    D = args.head_dim
+    inv_freq = 1.0 / (args.rope_theta ** (torch.arange(0, D, 2, dtype=torch.float32) / D))
+    scaling = args.rope_scaling or {}
+    if scaling.get("rope_type") == "linear":
+        inv_freq = inv_freq / scaling["factor"]
+    elif scaling.get("rope_type") == "llama3":
+        inv_freq = _llama3_inv_freq(inv_freq, scaling)
+    freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    sin[:, : D // 2] *= -1
+    return cos.to(device=device, dtype=dtype), sin.to(device=device, dtype=dtype)
+
+
+def _llama3_inv_freq(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
+    # Llama 3.1: keep high frequencies, divide low ones by `factor`, interpolate smoothly between.
+    factor, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    old_len = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / lo, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old_len / hi) & (wavelen <= old_len / lo)
+    return torch.where(medium, smoothed, scaled)
+
+
+class Transformer:
+    def __init__(self, args: ModelArgs, embed: torch.Tensor, layers: list[Layer], norm: torch.Tensor,
+                 lm_head: Linear, ops=torch_ops):
+        self.args, self.embed, self.layers, self.norm, self.lm_head, self.ops = args, embed, layers, norm, lm_head, ops
+
+    def forward(self, tokens: torch.Tensor, step: Step, cache=None, last: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T] -> float32 logits [B, T, V], or [B, V] at index `last` [B] of each row."""
+        a, ops = self.args, self.ops
+        B, T = tokens.shape
+        H, Hkv, D = a.n_heads, a.n_kv_heads, a.head_dim
+        x = F.embedding(tokens, self.embed)
+        for i, layer in enumerate(self.layers):
+            h = ops.rms_norm(x, layer.attn_norm, a.norm_eps)
+            qkv = layer.wqkv(h)
+            qk = qkv[..., : (H + Hkv) * D].view(B, T, H + Hkv, D)
+            v = qkv[..., (H + Hkv) * D :].view(B, T, Hkv, D)
+            if layer.qk_norm is not None:
+                qk = ops.head_rms_norm(qk, layer.qk_norm, a.norm_eps)
+            qk = ops.rope(qk, step.cos, step.sin)
+            q, k = qk[:, :, :H], qk[:, :, H:]
+            if step.write is not None:
+                index, slots = step.write
+                k_new, v_new = k.reshape(B * T, Hkv, D), v.reshape(B * T, Hkv, D)
+                if index is not None:
+                    k_new, v_new = k_new[index], v_new[index]
+                cache.write(i, k_new, v_new, slots)
+            if step.context_len is None:
+                k_all, v_all = k.transpose(1, 2), v.transpose(1, 2)
+            else:
+                k_all, v_all = cache.read(i, B, step.context_len)
+            x = x + layer.wo(ops.attention(q, k_all, v_all, step.mask))
+            h = ops.rms_norm(x, layer.mlp_norm, a.norm_eps)
+            x = x + layer.w2(ops.silu_and_mul(layer.w13(h)))
+        if last is not None:
+            x = x[torch.arange(B, device=x.device), last]
+        return self.lm_head(ops.rms_norm(x, self.norm, a.norm_eps)).float()
+
+    def linears(self) -> list[Linear]:
+        return [lin for layer in self.layers for lin in (layer.wqkv, layer.wo, layer.w13, layer.w2)]
+
+    def weight_bytes(self) -> int:
+        """Bytes of every stored weight (a tied lm_head counted once)."""
+        tensors = [self.embed, self.norm] + [t for layer in self.layers for t in (layer.attn_norm, layer.mlp_norm)]
+        tensors += [layer.qk_norm for layer in self.layers if layer.qk_norm is not None]
+        total = sum(t.numel() * t.element_size() for t in tensors)
+        total += sum(lin.nbytes for lin in self.linears())
+        return total + (0 if self.lm_head.weight is self.embed else self.lm_head.nbytes)
+
+    def decode_weight_bytes(self) -> int:
+        """Weight bytes one decode step reads: all but the embedding table (of which it reads B rows)."""
+        unread = 0 if self.lm_head.weight is self.embed else self.embed.numel() * self.embed.element_size()
+        return self.weight_bytes() - unread

@@ -1,0 +1,1 @@
+"""Hardware ceilings and (later) the profiler, cost model and roofline."""

@@ -1,0 +1,131 @@
+"""`RunResult`: one run's record (schema tuner.run/1) and its metrics, defined as vLLM's benchmarks define them.
+
+Per request: TTFT = first token time; TPOT = (e2e - TTFT) / (output tokens - 1); ITL = every gap
+between consecutive tokens, pooled over all requests; e2e = last token time. All requests arrive at
+the start of generate(), so a later static batch's TTFT includes its wait. Throughput divides by
+the run's duration (the last token of the last request).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+
+SCHEMA = "tuner.run/1"
+PERCENTILES = (50, 90, 99)
+
+
+def compute_metrics(token_times_ms: list[list[float]], prompt_lens: list[int]) -> dict[str, float]:
+    """Latency and throughput metrics from each request's token emission times (ms since the run began)."""
+    done = [t for t in token_times_ms if t]
+    out = {}
+    ttft = np.array([t[0] for t in done])
+    e2e = np.array([t[-1] for t in done])
+    tpot = np.array([(t[-1] - t[0]) / (len(t) - 1) for t in done if len(t) > 1])
+    itl = np.concatenate([np.diff(t) for t in done]) if done else np.array([])
+    for name, values in (("ttft_ms", ttft), ("tpot_ms", tpot), ("itl_ms", itl), ("e2e_ms", e2e)):
+        out[name] = float(values.mean()) if values.size else None
+        for p in PERCENTILES:
+            out[f"{name}_p{p}"] = float(np.percentile(values, p)) if values.size else None
+    duration_s = float(e2e.max()) / 1e3 if e2e.size else 0.0
+    n_out = sum(len(t) for t in token_times_ms)
+    out["duration_s"] = duration_s
+    out["output_tokens"] = n_out
+    out["output_tok_s"] = n_out / duration_s if duration_s else None
+    out["total_tok_s"] = (n_out + sum(prompt_lens)) / duration_s if duration_s else None
+    out["request_s"] = len(done) / duration_s if duration_s else None
+    return out
+
+
+@dataclass
+class RunResult:
+    """One generate() call: its config, workload, tokens, timings, metrics, hardware and memory."""
+
+    config: dict
+    sampling: dict
+    workload: dict
+    hardware: dict
+    metrics: dict
+    tokens: list[list[int]]
+    text: list[str] | None = None
+    timings: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)
+    ops_records: list[dict] = field(default_factory=list)
+    stopped: bool = False
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    tuner_version: str = ""
+
+    @property
+    def ops(self):
+        """Per (phase, op) profile table as a pandas DataFrame; empty unless the run was profiled."""
+        import pandas as pd
+
+        return pd.DataFrame(self.ops_records)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "run_id": self.run_id, "created": self.created,
+                "tuner_version": self.tuner_version, "config": self.config, "sampling": self.sampling,
+                "workload": self.workload, "hardware": self.hardware, "metrics": self.metrics,
+                "memory": self.memory, "timings": self.timings, "tokens": self.tokens, "text": self.text,
+                "ops": self.ops_records, "stopped": self.stopped}
+
+    def to_json(self, indent: int | None = None) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunResult:
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"not a tuner run record: schema is {d.get('schema')!r}, expected {SCHEMA!r}")
+        return cls(config=d["config"], sampling=d["sampling"], workload=d["workload"], hardware=d["hardware"],
+                   metrics=d["metrics"], tokens=d["tokens"], text=d.get("text"), timings=d.get("timings", {}),
+                   memory=d.get("memory", {}), ops_records=d.get("ops", []), stopped=d.get("stopped", False),
+                   run_id=d["run_id"], created=d["created"], tuner_version=d.get("tuner_version", ""))
+
+    @classmethod
+    def from_json(cls, s: str) -> RunResult:
+        return cls.from_dict(json.loads(s))
+
+    def table(self) -> str:
+        """The headline metrics as aligned text."""
+        m, c, w = self.metrics, self.config, self.workload
+        rows = [
+            ("model", f"{c['model']} ({c['dtype']}, quant={c['quant']}, kv={c['kv_cache']}/{c['kv_dtype']})"),
+            ("device", f"{self.hardware.get('name')} ({c['device']}, {c['backend']})"),
+            ("workload", f"{w['n_prompts']} prompts x {w['prompt_len_mean']:.0f} tokens, batch {c['batch_size']}"),
+            ("output tokens", f"{m['output_tokens']}"),
+        ]
+        for key, label in (("ttft_ms", "TTFT ms"), ("tpot_ms", "TPOT ms"), ("itl_ms", "ITL ms"), ("e2e_ms", "e2e ms")):
+            if m.get(key) is not None:
+                rows.append((label, f"mean {m[key]:.2f}  p50 {m[key + '_p50']:.2f}  p90 {m[key + '_p90']:.2f}  "
+                                    f"p99 {m[key + '_p99']:.2f}"))
+        rows.append(("throughput", f"{_num(m.get('output_tok_s'))} output tok/s, "
+                                   f"{_num(m.get('total_tok_s'))} total tok/s"))
+        if m.get("mbu") is not None:
+            rows.append(("decode", f"{m['decode_gbs']:.1f} GB/s = MBU {m['mbu']:.1%} of measured "
+                                   f"{self.hardware['bandwidth_gbs']:.1f} GB/s; MFU {m['mfu']:.2%}"))
+        mem = self.memory
+        memory = (f"weights {mem['weights_bytes'] / 2**20:.1f} MiB, KV cache {mem['kv_cache_bytes'] / 2**20:.1f} MiB, "
+                  f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB")
+        if mem.get("cuda_peak_allocated_bytes"):
+            memory += f", CUDA peak {mem['cuda_peak_allocated_bytes'] / 2**20:.0f} MiB"
+        rows.append(("memory", memory))
+        if self.stopped:
+            rows.append(("stopped", "yes: the run was stopped early; metrics cover what finished"))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+    def __repr__(self) -> str:
+        m = self.metrics
+        return (f"RunResult({self.config['model']}, batch={self.config['batch_size']}, "
+                f"output_tok_s={_num(m.get('output_tok_s'))}, tpot_ms={_num(m.get('tpot_ms'))}, "
+                f"mbu={_num(m.get('mbu'))})")
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
