@@ -36,7 +36,8 @@ def test_top_k_keeps_the_k_most_likely_renormalized():
     assert torch.allclose(probs[0, :2], torch.tensor([4 / 7, 3 / 7]), atol=1e-6)
 
 
-@pytest.mark.parametrize("top_p,kept", [(0.4, [0]), (0.41, [0, 1]), (0.7, [0, 1]), (0.71, [0, 1, 2]), (1.0, [0, 1, 2, 3, 4])])
+@pytest.mark.parametrize("top_p,kept", [(0.4, [0]), (0.41, [0, 1]), (0.7, [0, 1]), (0.71, [0, 1, 2]),
+                                        (1.0, [0, 1, 2, 3, 4])])
 def test_top_p_keeps_the_smallest_set_reaching_p(top_p, kept):
     assert support(filtered_probs(LOGITS, params(top_p=top_p))) == kept
 

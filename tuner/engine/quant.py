@@ -31,6 +31,13 @@ class Linear:
         return sum(t.numel() * t.element_size() for t in self.tensors())
 
 
+def _row_chunks(weight: torch.Tensor, elements: int = 1 << 20):
+    """(row slice, float32 rows) of `weight` in chunks of about `elements`, bounding quantization temporaries."""
+    rows = max(1, elements // weight.shape[1])
+    for r in range(0, weight.shape[0], rows):
+        yield slice(r, r + rows), weight[r:r + rows].float()
+
+
 class Int8Linear(Linear):
     """Symmetric int8 per output channel: W ~= q * scale[n]."""
 
@@ -38,10 +45,12 @@ class Int8Linear(Linear):
         self.dtype, self.bias = weight.dtype, bias
         self.cpu = weight.device.type == "cpu"
         scale_dtype = torch.bfloat16 if self.cpu else weight.dtype  # the CPU kernel wants bf16 scales
-        w = weight.float()
-        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-10).to(scale_dtype)
-        self.weight = (w / scale.float()[:, None]).round_().clamp_(-127, 127).to(torch.int8)
-        self.scale = scale
+        self.weight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
+        self.scale = torch.empty(weight.shape[0], dtype=scale_dtype, device=weight.device)
+        for rows, w in _row_chunks(weight):
+            scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-10).to(scale_dtype)
+            self.scale[rows] = scale
+            self.weight[rows] = (w / scale.float()[:, None]).round_().clamp_(-127, 127)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -65,14 +74,18 @@ class Int4Linear(Linear):
             raise ValueError(f"group_size={group_size} does not divide the input width {K}: "
                              f"use one of {[g for g in INT4_GROUP_SIZES if K % g == 0]}")
         self.dtype, self.bias, self.group_size = weight.dtype, bias, group_size
-        w = weight.float().view(N, K // group_size, group_size)
-        lo, hi = w.amin(dim=2), w.amax(dim=2)
         # The CPU kernel reads bf16 scales and zeros; round them first so q is computed against what is stored.
         store = torch.bfloat16 if weight.device.type == "cpu" else weight.dtype
-        scale = ((hi - lo) / 15.0).clamp(min=1e-10).to(store)
-        zero = (lo + 8.0 * scale.float()).to(store)
-        q = ((w - (zero.float() - 8.0 * scale.float())[..., None]) / scale.float()[..., None])
-        q = q.round_().clamp_(0, 15).to(torch.uint8).view(N, K)
+        q = torch.empty(N, K, dtype=torch.uint8, device=weight.device)
+        scale = torch.empty(N, K // group_size, dtype=store, device=weight.device)
+        zero = torch.empty_like(scale)
+        for rows, w in _row_chunks(weight):
+            w = w.view(w.shape[0], K // group_size, group_size)
+            lo, hi = w.amin(dim=2), w.amax(dim=2)
+            s = ((hi - lo) / 15.0).clamp(min=1e-10).to(store).float()
+            z = (lo + 8.0 * s).to(store).float()
+            scale[rows], zero[rows] = s, z
+            q[rows] = ((w - (z - 8.0 * s)[..., None]) / s[..., None]).round_().clamp_(0, 15).view(-1, K)
         # CPU kernel needs N % 16 == 0; other shapes take the dequantizing path.
         self.packed_cpu = weight.device.type == "cpu" and N % 16 == 0
         if self.packed_cpu:

@@ -7,6 +7,7 @@ tensor's mapped pages are dropped after the copy, so peak memory stays near the 
 
 from __future__ import annotations
 
+import ctypes
 import json
 import mmap
 import struct
@@ -142,6 +143,7 @@ def build_model(args: ModelArgs, checkpoint: Path | None, dtype: torch.dtype, de
                 w13=linear(shapes["w13"], f"{p}.mlp", ["gate_proj", "up_proj"], args.mlp_bias),
                 w2=linear(shapes["w2"], f"{p}.mlp", ["down_proj"], args.mlp_bias),
             ))
+            _release_freed_memory()
             if progress:
                 progress(i + 1, args.n_layers)
         embed = tensor((args.vocab_size, args.dim), "model.embed_tokens.weight")
@@ -154,6 +156,23 @@ def build_model(args: ModelArgs, checkpoint: Path | None, dtype: torch.dtype, de
         if isinstance(source, _Checkpoint):
             source.close()
     return Transformer(args, embed, layers, norm, lm_head)
+
+
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps it in per-thread arenas otherwise)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
 
 
 def _source_rows(args: ModelArgs, name: str, shape: tuple) -> int:

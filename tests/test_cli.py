@@ -1,0 +1,53 @@
+"""The `tuner` command, run as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+
+def tuner(*args, check=True):
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], capture_output=True, text=True, check=check)
+
+
+def test_presets_lists_every_preset_with_its_shape():
+    out = tuner("presets").stdout
+    for name in ("smollm2-135m", "smollm2-360m", "qwen2.5-0.5b", "qwen3-0.6b", "llama-3.2-1b", "qwen2.5-7b",
+                 "qwen3-8b", "llama-3.1-8b", "mistral-7b", "tiny"):
+        assert name in out
+    assert "llama-3.1-8b   llama       8.03B     32  4096     32   8      128  128256" in out
+
+
+def test_run_prints_the_metrics_table_and_writes_the_record(tmp_path):
+    record = tmp_path / "run.json"
+    out = tuner("run", "--model", "tiny", "--batch-size", "2", "--quant", "int8", "--kv-cache", "paged",
+                "--prompt-len", "20", "--output-len", "9", "--json", str(record)).stdout
+    for label in ("TTFT ms", "TPOT ms", "ITL ms", "throughput", "MBU", "memory"):
+        assert label in out
+    data = json.loads(record.read_text())
+    assert data["schema"] == "tuner.run/1" and data["config"]["quant"] == "int8"
+    assert data["workload"]["prompt_lens"] == [20, 20] and [len(t) for t in data["tokens"]] == [9, 9]
+
+
+def test_run_accepts_sampling_flags_and_the_sampling_seed():
+    out = tuner("run", "--model", "tiny", "--temperature", "0.8", "--top-p", "0.9", "--sampling-seed", "4",
+                "--prompt-len", "8", "--output-len", "4", "--no-warmup").stdout
+    assert "output tokens  4" in out
+
+
+def test_help_documents_every_knob():
+    from tuner.knobs import ENGINE_KNOBS
+
+    out = tuner("run", "--help").stdout
+    for name in ENGINE_KNOBS:
+        assert "--" + name.replace("_", "-") in out
+    assert "--top-p" in out and "--sampling-seed" in out and "tuner" in tuner("--help").stdout
+
+
+def test_bad_values_are_one_line_errors_with_exit_code_2():
+    res = tuner("run", "--model", "tiny", "--block-size", "24", check=False)
+    assert res.returncode == 2
+    assert res.stderr.strip() == ("tuner: error: block_size=24 is not allowed: block_size must be one of "
+                                  "8, 16, 32, 64, 128")
+    res = tuner("run", "--model", "smollm2-135m", "--quant", "int4", check=False)
+    assert res.returncode == 2 and "allowed for this model: [32, 64]" in res.stderr
+    assert "Traceback" not in res.stderr
