@@ -129,18 +129,19 @@ def test_on_step_reports_progress_and_stop_keeps_what_finished(checkpoint):
 
 
 def test_dummy_weights_are_seeded():
-    a = tuner.Engine(model="tiny", seed=1).model.layers[0].wqkv.weight
-    b = tuner.Engine(model="tiny", seed=1).model.layers[0].wqkv.weight
-    c = tuner.Engine(model="tiny", seed=2).model.layers[0].wqkv.weight
+    engines = [tuner.Engine(model="tiny", seed=s) for s in (1, 1, 2)]
+    a, b, c = (e.model.embed.table for e in engines)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.abs().max() <= 1e-3 and a.abs().max() > 0.9e-3
+    ids = [[1, 2, 3]]
+    assert torch.equal(engines[0].logits(ids), engines[1].logits(ids))
 
 
 def test_presets_build_with_real_shapes():
     engine = tuner.Engine(model="smollm2-135m", max_seq_len=256)
     a = engine.args
     assert (a.dim, a.n_layers, a.n_heads, a.n_kv_heads, a.vocab_size) == (576, 30, 9, 3, 49152)
-    assert engine.model.lm_head.weight is engine.model.embed  # tied: one copy
+    assert engine.model.lm_head.weight is engine.model.embed.table  # tied: one copy
     assert engine.model.weight_bytes() == a.n_params() * 4
     assert 134e6 < a.n_params() < 135e6
     qwen3 = tuner.EngineConfig(model="qwen3-8b").model_args
@@ -155,6 +156,7 @@ LOAD_SCRIPT = textwrap.dedent("""
         s = open("/proc/self/status").read()
         return {k: int(re.search(k + r":\\s+(\\d+)", s).group(1)) * 1024 for k in ("VmRSS", "VmHWM")}
     import tuner, tuner.engine.engine
+    tuner.Engine(model="tiny", max_seq_len=256, **json.loads(sys.argv[2]))  # touch the code pages first
     before = status()["VmRSS"]
     open("/proc/self/clear_refs", "w").write("5")  # reset the peak (VmHWM) to now
     engine = tuner.Engine(model=sys.argv[1], max_seq_len=256, **json.loads(sys.argv[2]))
@@ -181,4 +183,4 @@ def test_peak_memory_while_loading_stays_under_1_3x_the_final_bytes(mid_checkpoi
                          capture_output=True, text=True, check=True)
     figures = json.loads(out.stdout)
     assert figures["final"] > 30e6
-    assert figures["peak"] <= 1.3 * figures["final"]  # measured here: 1.03x (f32) to 1.14x (int4)
+    assert figures["peak"] <= 1.3 * figures["final"]  # measured here: 1.002x (float) to 1.02x (int4)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..engine.quant import Linear, make_linear
+from ..engine.quant import Embedding, Int8Embedding, Int8Linear, Linear, TiedLMHead, make_linear
 from .args import ModelArgs
 from .model import Layer, Transformer
 
@@ -146,16 +146,29 @@ def build_model(args: ModelArgs, checkpoint: Path | None, dtype: torch.dtype, de
             _release_freed_memory()
             if progress:
                 progress(i + 1, args.n_layers)
-        embed = tensor((args.vocab_size, args.dim), "model.embed_tokens.weight")
+        embed, lm_head = _ends(args, tensor, quant)
         norm = tensor((args.dim,), "model.norm.weight")
-        # The output projection stays in the model dtype (as vLLM does); tied, it is the embedding itself.
-        lm_head = Linear(embed if args.tie_word_embeddings else tensor((args.vocab_size, args.dim), "lm_head.weight"))
         if isinstance(source, _Checkpoint):
             source.check_all_used({"lm_head.weight"} if args.tie_word_embeddings else set())
     finally:
         if isinstance(source, _Checkpoint):
             source.close()
     return Transformer(args, embed, layers, norm, lm_head)
+
+
+def _ends(args: ModelArgs, tensor, quant: str):
+    """The embedding and the output projection. With int8/int4 the output projection is int8 (per vocab row);
+    tied, one table serves both: a float one unpacked, or the int8 one whose rows the embedding dequantizes."""
+    head_quant = "int8" if quant in ("int8", "int4") else "none"
+    if not args.tie_word_embeddings:
+        head = make_linear(tensor((args.vocab_size, args.dim), "lm_head.weight"), None, head_quant, 0)
+        _release_freed_memory()
+        return Embedding(tensor((args.vocab_size, args.dim), "model.embed_tokens.weight")), head
+    table = tensor((args.vocab_size, args.dim), "model.embed_tokens.weight")
+    if head_quant == "int8":
+        head = Int8Linear(table)
+        return Int8Embedding(head), head
+    return Embedding(table), TiedLMHead(table)
 
 
 def _release_freed_memory() -> None:

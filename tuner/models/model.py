@@ -11,10 +11,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ..backends import torch_ops
-from ..engine.quant import Linear
+from ..engine.quant import Embedding, Linear
 from .args import ModelArgs
 
 
@@ -70,7 +69,7 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
 
 
 class Transformer:
-    def __init__(self, args: ModelArgs, embed: torch.Tensor, layers: list[Layer], norm: torch.Tensor,
+    def __init__(self, args: ModelArgs, embed: Embedding, layers: list[Layer], norm: torch.Tensor,
                  lm_head: Linear, ops=torch_ops):
         self.args, self.embed, self.layers, self.norm, self.lm_head, self.ops = args, embed, layers, norm, lm_head, ops
 
@@ -79,7 +78,7 @@ class Transformer:
         a, ops = self.args, self.ops
         B, T = tokens.shape
         H, Hkv, D = a.n_heads, a.n_kv_heads, a.head_dim
-        x = F.embedding(tokens, self.embed)
+        x = self.embed(tokens)
         for i, layer in enumerate(self.layers):
             h = ops.rms_norm(x, layer.attn_norm, a.norm_eps)
             qkv = layer.wqkv(h)
@@ -110,14 +109,15 @@ class Transformer:
         return [lin for layer in self.layers for lin in (layer.wqkv, layer.wo, layer.w13, layer.w2)]
 
     def weight_bytes(self) -> int:
-        """Bytes of every stored weight (a tied lm_head counted once)."""
-        tensors = [self.embed, self.norm] + [t for layer in self.layers for t in (layer.attn_norm, layer.mlp_norm)]
-        tensors += [layer.qk_norm for layer in self.layers if layer.qk_norm is not None]
-        total = sum(t.numel() * t.element_size() for t in tensors)
-        total += sum(lin.nbytes for lin in self.linears())
-        return total + (0 if self.lm_head.weight is self.embed else self.lm_head.nbytes)
+        """Bytes of every stored weight, each tensor counted once (a tied table serves both ends)."""
+        tensors = [self.norm, *self.embed.tensors(), *self.lm_head.tensors()]
+        for layer in self.layers:
+            tensors += [layer.attn_norm, layer.mlp_norm] + ([layer.qk_norm] if layer.qk_norm is not None else [])
+        tensors += [t for lin in self.linears() for t in lin.tensors()]
+        return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
 
     def decode_weight_bytes(self) -> int:
-        """Weight bytes one decode step reads: all but the embedding table (of which it reads B rows)."""
-        unread = 0 if self.lm_head.weight is self.embed else self.embed.numel() * self.embed.element_size()
+        """Weight bytes one decode step reads: all but an untied embedding table (of which it reads B rows)."""
+        head = {id(t) for t in self.lm_head.tensors()}
+        unread = sum(t.numel() * t.element_size() for t in self.embed.tensors() if id(t) not in head)
         return self.weight_bytes() - unread
