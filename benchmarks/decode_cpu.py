@@ -4,7 +4,8 @@ smollm2-135m shapes (random weights written with save_pretrained, loaded by both
 batch 1 and 8, prompt 128, 64 new tokens. In each repeat, every contender runs in turn (alternated),
 so a noisy machine slows all of them alike. A decode step is timed the same way for every contender:
 (time of a 64-token generate - time of a 1-token generate) / 63. The matmul floor is the step's matrix
-products alone (tuner's fused weights, same shapes), timed in the same repeat.
+products alone, as plain PyTorch runs them (F.linear on float [out, in] weights of tuner's fused shapes),
+timed in the same repeat; tuner's own matrix products (its oneDNN-packed weights) are timed beside it.
 
     PYTHONPATH=. python benchmarks/decode_cpu.py            # writes benchmarks/results/decode_cpu-<date>.json
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 import torch
 
 import tuner
+from tuner.engine.quant import Linear
 from tuner.models.args import PRESETS
 
 TARGETS = {"floor_ratio_max": 1.2, "speedup_vs_hf_min": {1: 1.3, 8: 1.2}, "int8_vs_f32_min": 1.8,
@@ -51,9 +53,8 @@ def decode_step_s(generate, new_tokens: int) -> float:
     return (timed(lambda: generate(new_tokens)) - timed(lambda: generate(1))) / (new_tokens - 1)
 
 
-def matmul_floor_s(engine: tuner.Engine, batch: int, reps: int = 5) -> float:
-    """The decode step's matrix products alone: every linear of the model and the lm_head on [batch, 1, in]."""
-    linears = engine.model.linears() + [engine.model.lm_head]
+def matmul_time_s(linears: list, batch: int, reps: int = 5) -> float:
+    """Time of a list of linear layers applied once each to [batch, 1, in] inputs (median of reps)."""
     inputs = [torch.randn(batch, 1, lin.weight.shape[1]) for lin in linears]
 
     def run():
@@ -62,6 +63,13 @@ def matmul_floor_s(engine: tuner.Engine, batch: int, reps: int = 5) -> float:
 
     run()
     return statistics.median(timed(run) for _ in range(reps))
+
+
+def plain_linears(engine: tuner.Engine) -> list:
+    """The step's matrix products as plain PyTorch does them: F.linear on [out, in] float weights, same shapes."""
+    shapes = [engine.args.linear_shapes()[k] for k in ("wqkv", "wo", "w13", "w2")] * engine.args.n_layers
+    shapes.append((engine.args.vocab_size, engine.args.dim))
+    return [Linear(torch.randn(shape) * 0.02) for shape in shapes]
 
 
 def main() -> None:
@@ -105,11 +113,14 @@ def main() -> None:
             contenders = {"hf": hf_generate, **{k: tuner_generate(e) for k, e in engines.items()}}
             for fn in contenders.values():  # warm-up
                 fn(4)
-            samples = {k: [] for k in [*contenders, "floor"]}
+            floor_linears = plain_linears(engines["tuner_f32"])
+            tuner_linears = engines["tuner_f32"].model.linears() + [engines["tuner_f32"].model.lm_head]
+            samples = {k: [] for k in [*contenders, "floor", "tuner_matmuls"]}
             for rep in range(args.repeats):
                 for name, fn in contenders.items():
                     samples[name].append(decode_step_s(fn, args.new_tokens))
-                samples["floor"].append(matmul_floor_s(engines["tuner_f32"], B))
+                samples["floor"].append(matmul_time_s(floor_linears, B))
+                samples["tuner_matmuls"].append(matmul_time_s(tuner_linears, B))
                 print(f"batch {B} repeat {rep + 1}: " + ", ".join(f"{k} {v[-1] * 1e3:.2f} ms"
                                                                   for k, v in samples.items()), flush=True)
             step = {k: statistics.median(v) for k, v in samples.items()}
@@ -120,10 +131,11 @@ def main() -> None:
             results["batches"][str(B)] = {
                 "step_ms": {k: v * 1e3 for k, v in step.items()},
                 "samples_ms": {k: [x * 1e3 for x in v] for k, v in samples.items()},
-                "decode_tok_s": {k: B / v for k, v in step.items() if k != "floor"},
+                "decode_tok_s": {k: B / v for k, v in step.items() if k in contenders},
                 "mbu": {k: step_bytes[k] / step[k] / 1e9 / hw["bandwidth_gbs"] for k in contenders},
                 "tuner_vs_floor": step["tuner_f32"] / step["floor"],
                 "hf_vs_floor": step["hf"] / step["floor"],
+                "tuner_vs_own_matmuls": step["tuner_f32"] / step["tuner_matmuls"],
                 "tuner_speedup_vs_hf": step["hf"] / step["tuner_f32"],
                 "int8_speedup_vs_f32": step["tuner_f32"] / step["tuner_int8"],
                 "int4_speedup_vs_f32": step["tuner_f32"] / step["tuner_int4"],
@@ -147,7 +159,8 @@ def _report(results: dict) -> None:
             tok_s = f"{r['decode_tok_s'][k]:.1f}" if k in r["decode_tok_s"] else "-"
             mbu = f"{r['mbu'][k]:.1%}" if k in r["mbu"] else "-"
             print(f"{B:>5} {k:<11} {ms:>8.2f} {tok_s:>8} {mbu:>6}")
-        print(f"      tuner/floor {r['tuner_vs_floor']:.3f} (HF {r['hf_vs_floor']:.3f}); tuner vs HF "
+        print(f"      tuner/floor {r['tuner_vs_floor']:.3f} (HF {r['hf_vs_floor']:.3f}), tuner/own matmuls "
+              f"{r['tuner_vs_own_matmuls']:.3f}; tuner vs HF "
               f"{r['tuner_speedup_vs_hf']:.2f}x; int8 {r['int8_speedup_vs_f32']:.2f}x, int4 "
               f"{r['int4_speedup_vs_f32']:.2f}x tuner f32")
 

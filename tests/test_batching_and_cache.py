@@ -72,15 +72,16 @@ def test_block_allocator_reuses_released_blocks():
         alloc.allocate(1, 65)
 
 
-def test_decode_attention_reads_each_kv_head_once_for_its_query_group():
+@pytest.mark.parametrize("T", [1, 3])  # 1: the decode path (batched matmuls), 3: prefill (SDPA)
+def test_attention_serves_each_query_group_from_its_kv_head_without_repeating_it(T):
     """GQA without materializing repeated K/V: attention() matches an explicit repeat_interleave reference."""
     from tuner.backends.torch_ops import attention
 
     g = torch.Generator().manual_seed(0)
-    B, T, H, Hkv, D, L = 2, 3, 8, 2, 16, 11
+    B, H, Hkv, D, L = 2, 8, 2, 16, 11
     q = torch.randn(B, T, H, D, generator=g)
     k, v = torch.randn(B, Hkv, L, D, generator=g), torch.randn(B, Hkv, L, D, generator=g)
-    q_pos = torch.tensor([8, 9, 10])
+    q_pos = torch.arange(L - T, L) - 1  # the last key is masked for every query
     mask_t = torch.arange(L)[None, :] <= q_pos[:, None]  # [T, L]
     got = attention(q, k, v, mask_t.repeat(H // Hkv, 1)[None, None])
     kr, vr = k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1)
