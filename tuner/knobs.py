@@ -34,6 +34,8 @@ class Knob:
             return "True or False"
         if self.type is tuple:
             return "a list of non-negative token ids"
+        if self.type is str:
+            return "a string"
         lo = "-inf" if self.low is None else _fmt(self.low)
         hi = "inf" if self.high is None else _fmt(self.high)
         left, right = "(" if self.low_open else "[", "]" if self.high is not None else ")"
