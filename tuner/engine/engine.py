@@ -50,10 +50,6 @@ class Engine:
         self.cos, self.sin = rope_tables(self.args, config.max_seq_len, self.device, self.dtype)
         self._hardware: dict | None = None
 
-    @classmethod
-    def from_preset(cls, name: str, **knobs) -> Engine:
-        return cls(EngineConfig(model=name, **knobs))
-
     # -- one forward pass -------------------------------------------------------------------------
 
     def _prefill_step(self, lens: list[int], T: int, write: bool) -> Step:
@@ -70,16 +66,16 @@ class Engine:
             step.write = (index, self.cache.slots(valid // T, valid % T))
         return step
 
-    def _decode_step(self, lens: torch.Tensor, max_len: int) -> Step:
+    def _decode_step(self, lens_t: torch.Tensor, lens: list[int]) -> Step:
         """Step for one new token per sequence at position lens[b] (its current length)."""
-        B = lens.shape[0]
-        pos = lens[:, None]
-        context = max_len + 1
+        B = len(lens)
+        pos = lens_t[:, None]
+        context = max(lens) + 1
         key_len = self.cache.read_len(context)
         mask = None
-        if key_len != context or bool((lens != max_len).any()):
+        if key_len != context or min(lens) != max(lens):
             mask = (torch.arange(key_len, device=self.device)[None, :] <= pos)[:, None, None, :]
-        slots = self.cache.slots(torch.arange(B, device=self.device), lens)
+        slots = self.cache.slots(torch.arange(B, device=self.device), lens_t)
         return Step(pos, self.cos[pos][:, :, None], self.sin[pos][:, :, None], mask, context, write=(None, slots))
 
     @torch.inference_mode()
@@ -200,7 +196,7 @@ class Engine:
         while not all(done) and not stopped:
             start = time.perf_counter()
             cache.reserve([n + 1 for n in lens])
-            step = self._decode_step(lens_t, max(lens))
+            step = self._decode_step(lens_t, lens)
             logits = self.model.forward(next_tok[:, None], step, cache)[:, 0]
             next_tok = sample(logits, sampling, generator, seen)
             lens = [n + 1 for n in lens]
