@@ -87,6 +87,18 @@ def test_cuda_device_without_cuda_says_so():
         tuner.EngineConfig(model="tiny", device="cuda")
 
 
+def test_float16_on_a_cpu_without_fast_float16_kernels_is_refused():
+    import torch
+
+    from tuner.engine.quant import OneDNNLinear
+
+    if OneDNNLinear.available(torch.empty(0, dtype=torch.float16)):  # CPUs with AVX512-FP16 / AMX-FP16
+        assert tuner.EngineConfig(model="tiny", dtype="float16").dtype == "float16"
+    else:
+        with pytest.raises(ValueError, match="dtype='float16' has no fast matmul on this CPU"):
+            tuner.EngineConfig(model="tiny", dtype="float16")
+
+
 def test_errors_come_before_any_weights_load(tmp_path, monkeypatch):
     import tuner.engine.engine as engine_module
 

@@ -66,6 +66,9 @@ class _EngineChecks(_Validated):
             raise ValueError("backend='cupy' needs a CUDA device: on device='cpu' use backend='torch'")
         if self.cuda_graphs and not on_cuda:
             raise ValueError("cuda_graphs=True needs a CUDA device: on device='cpu' set cuda_graphs=False")
+        if self.device == "cpu" and self.dtype == "float16" and not _cpu_has_fast_float16():
+            raise ValueError("dtype='float16' has no fast matmul on this CPU (torch would run it for minutes): "
+                             "use dtype='bfloat16' or 'float32'")
         for knob, value in (("quant", self.quant), ("kv_dtype", self.kv_dtype)):
             if value == "fp8" and not _has_fp8(self.device):
                 raise ValueError(f"{knob}='fp8' needs a CUDA GPU with compute capability 8.9 or newer; "
@@ -109,6 +112,14 @@ def _check_cuda(device: str) -> None:
     index = int(device.split(":")[1]) if ":" in device else 0
     if index >= torch.cuda.device_count():
         raise ValueError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+
+
+def _cpu_has_fast_float16() -> bool:
+    import torch
+
+    from .engine.quant import OneDNNLinear
+
+    return OneDNNLinear.available(torch.empty(0, dtype=torch.float16))
 
 
 def _has_fp8(device: str) -> bool:
