@@ -16,6 +16,11 @@ import torch.nn.functional as F
 INT4_GROUP_SIZES = (32, 64, 128, 256)
 
 
+def nbytes(tensors) -> int:
+    """Storage bytes of `tensors`."""
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 class Linear:
     """y = x W^T + b in the model dtype."""
 
@@ -30,7 +35,7 @@ class Linear:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.tensors())
+        return nbytes(self.tensors())
 
 
 def _row_chunks(weight: torch.Tensor, elements: int = 1 << 18):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..backends import torch_ops
-from ..engine.quant import Embedding, Linear
+from ..engine.quant import Embedding, Linear, nbytes
 from .args import ModelArgs
 
 
@@ -114,10 +114,10 @@ class Transformer:
         for layer in self.layers:
             tensors += [layer.attn_norm, layer.mlp_norm] + ([layer.qk_norm] if layer.qk_norm is not None else [])
         tensors += [t for lin in self.linears() for t in lin.tensors()]
-        return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+        return nbytes({id(t): t for t in tensors}.values())
 
     def decode_weight_bytes(self) -> int:
         """Weight bytes one decode step reads: all but an untied embedding table (of which it reads B rows)."""
         head = {id(t) for t in self.lm_head.tensors()}
-        unread = sum(t.numel() * t.element_size() for t in self.embed.tensors() if id(t) not in head)
+        unread = nbytes(t for t in self.embed.tensors() if id(t) not in head)
         return self.weight_bytes() - unread
