@@ -66,6 +66,14 @@ class _EngineChecks(_Validated):
             raise ValueError("backend='cupy' needs a CUDA device: on device='cpu' use backend='torch'")
         if self.cuda_graphs and not on_cuda:
             raise ValueError("cuda_graphs=True needs a CUDA device: on device='cpu' set cuda_graphs=False")
+        if self.cuda_graphs and self.backend != "cupy":
+            raise ValueError("cuda_graphs=True captures the cupy backend's fixed-shape decode step: "
+                             "set backend='cupy' as well")
+        if self.backend == "cupy":
+            if self.dtype not in ("bfloat16", "float16"):
+                raise ValueError(f"backend='cupy' runs dtype 'bfloat16' or 'float16', not {self.dtype!r}")
+            if self.kv_dtype == "fp8":
+                raise ValueError("backend='cupy' stores the KV cache as kv_dtype 'auto' or 'int8', not 'fp8'")
         if self.device == "cpu" and self.dtype == "float16" and not _cpu_has_fast_float16():
             raise ValueError("dtype='float16' has no fast matmul on this CPU (torch would run it for minutes): "
                              "use dtype='bfloat16' or 'float32'")

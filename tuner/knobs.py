@@ -116,7 +116,7 @@ _KNOBS = [
     Knob("dtype", str, "float32", "weight and activation dtype", "engine",
          choices=("float32", "bfloat16", "float16"), reload=True),
     Knob("backend", str, "torch", "op implementations: 'torch' (reference, everywhere) or 'cupy' (CUDA kernels)",
-         "engine", choices=("torch", "cupy"), applies="cupy: CUDA only"),
+         "engine", choices=("torch", "cupy"), applies="cupy: CUDA only, bfloat16/float16"),
     Knob("batch_size", int, 1, "sequences decoded together in one static batch", "engine", low=1, high=4096),
     Knob("max_seq_len", int, 2048, "longest prompt + output a sequence may reach (sizes the KV cache)", "engine",
          low=16, high=1 << 20),
@@ -132,7 +132,7 @@ _KNOBS = [
     Knob("kv_dtype", str, "auto", "KV-cache storage: 'auto' (model dtype), 'int8' or 'fp8' (per-token scales)",
          "engine", choices=("auto", "int8", "fp8"), applies="fp8: CUDA with compute capability 8.9+"),
     Knob("cuda_graphs", bool, False, "capture the decode step in CUDA graphs per batch-size bucket", "engine",
-         applies="CUDA only"),
+         applies="CUDA with backend='cupy'"),
     Knob("seed", int, 0, "seed of dummy weights", "engine", low=0, high=2**63 - 1, reload=True),
     # sampling: per generate() call
     Knob("max_new_tokens", int, 128, "tokens to generate per prompt", "sampling", low=1, high=1 << 20),

@@ -9,10 +9,11 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .. import __version__
+from ..backends import torch_ops
 from ..config import EngineConfig, SamplingParams
 from ..models.args import resolve_model
 from ..models.loader import build_model, eos_token_ids, load_tokenizer
-from ..models.model import Step, rope_tables
+from ..models.model import DecodeState, Step, rope_tables
 from ..profile.hardware import hardware_info
 from ..result import RunResult, compute_metrics
 from .kv_cache import KVCache, PagedKVCache
@@ -28,12 +29,19 @@ class Engine:
     def __init__(self, config: EngineConfig | None = None, *, progress: Callable[[int, int], None] | None = None,
                  **knobs):
         config = EngineConfig(**knobs) if config is None else config.replace(**knobs) if knobs else config
-        if config.backend == "cupy" or config.cuda_graphs:
-            raise ValueError("backend='cupy' and cuda_graphs=True are not in this version of tuner yet: "
-                             "use backend='torch', cuda_graphs=False")
         self.config = config
         self.args, checkpoint = resolve_model(config.model)
         self.device, self.dtype = torch.device(config.device), _DTYPES[config.dtype]
+        # The torch backend decodes through model.forward; the cupy backend through the fixed-shape
+        # model.decode step and its kernels (tests run that step on CPU with torch_ops, the kernels' twins).
+        self.ops, self.fixed_decode = torch_ops, False
+        if config.backend == "cupy":
+            from ..backends import cupy_ops
+
+            why = cupy_ops.supported(self.args.head_dim, self.dtype, self.args.n_heads, self.args.n_kv_heads)
+            if why:
+                raise ValueError(f"{why} ({config.model}): use backend='torch'")
+            self.ops, self.fixed_decode = cupy_ops, True
         t = time.perf_counter()
         weights = None if config.weights == "dummy" else checkpoint
         self.model = build_model(self.args, weights, self.dtype, self.device, config.quant, config.group_size,
@@ -41,14 +49,19 @@ class Engine:
         self.load_s = time.perf_counter() - t
         self.tokenizer = load_tokenizer(checkpoint)
         self.eos_ids = eos_token_ids(self.args, checkpoint)
+        # CUDA graphs pad a batch to its bucket and need a scratch slot for the padding rows to write to
+        graphs = config.cuda_graphs
         if config.kv_cache == "paged":
             self.cache = PagedKVCache(self.args, config.batch_size, config.max_seq_len, self.dtype, config.kv_dtype,
-                                      self.device, config.block_size, config.num_blocks)
+                                      self.device, config.block_size, config.num_blocks, scratch=graphs)
         else:
+            rows = bucket(config.batch_size) + 1 if graphs else None
             self.cache = KVCache(self.args, config.batch_size, config.max_seq_len, self.dtype, config.kv_dtype,
-                                 self.device)
+                                 self.device, rows=rows)
         self.cos, self.sin = rope_tables(self.args, config.max_seq_len, self.device, self.dtype)
         self._hardware: dict | None = None
+        self._plans: dict = {}
+        self.graphs = CudaGraphs(self) if graphs else None
 
     # -- one forward pass -------------------------------------------------------------------------
 
@@ -109,6 +122,8 @@ class Engine:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        # the fused sampler's random state (seed, offset, blocks done) lives on the device
+        self._rng = torch.tensor([sampling.seed, 0, 0], dtype=torch.long, device=self.device)
         stops = set(sampling.stop_token_ids) | (set() if sampling.ignore_eos else set(self.eos_ids))
         B = self.config.batch_size
         n_batches = -(-len(requests) // B)
@@ -186,7 +201,7 @@ class Engine:
         # prefill: all prompts at once, logits only at each prompt's last token
         start = time.perf_counter()
         logits = self.model.forward(ids, self._prefill_step(lens, T, write=True), cache, last=lens_t - 1)
-        next_tok = sample(logits, sampling, generator, seen)
+        next_tok = self._sample(logits, sampling, generator, seen)
         step_ms, stopped = emit(next_tok, start, "prefill")
         prefill_ms.append(step_ms)
 
@@ -196,9 +211,11 @@ class Engine:
         while not all(done) and not stopped:
             start = time.perf_counter()
             cache.reserve([n + 1 for n in lens])
-            step = self._decode_step(lens_t, lens)
-            logits = self.model.forward(next_tok[:, None], step, cache)[:, 0]
-            next_tok = sample(logits, sampling, generator, seen)
+            if self.fixed_decode:
+                logits = self._fixed_decode(next_tok, lens_t, lens)
+            else:
+                logits = self.model.forward(next_tok[:, None], self._decode_step(lens_t, lens), cache)[:, 0]
+            next_tok = self._sample(logits, sampling, generator, seen)
             lens = [n + 1 for n in lens]
             lens_t += 1
             step_ms, stopped = emit(next_tok, start, "decode")
@@ -207,6 +224,30 @@ class Engine:
             decode["bytes"].append(weight_bytes + context * cache.bytes_per_token)
             decode["flops"].append(B * flops_per_token + 4 * a.n_heads * a.head_dim * a.n_layers * context)
         return out, out_times, stopped
+
+    def _sample(self, logits, sampling, generator, seen):
+        if self.fixed_decode:
+            return self.ops.sample(logits, sampling, self._rng, seen)
+        return sample(logits, sampling, generator, seen)
+
+    def _fixed_decode(self, tokens: torch.Tensor, lens_t: torch.Tensor, lens: list[int]) -> torch.Tensor:
+        """Logits [B, V] of the fixed-shape decode step (replayed from a CUDA graph when cuda_graphs=True)."""
+        B = len(lens)
+        if self.graphs is not None:
+            return self.graphs.run(tokens, lens_t, self.cache.decode_tables(B))
+        positions = lens_t.to(torch.int32)
+        st = DecodeState(tokens, positions, positions + 1, self.cache.decode_tables(B), self.cache.block_len, self.cos,
+                         self.sin, self.plan(B, max(lens) + 1))
+        return self.model.decode(st, self.cache, self.ops)
+
+    def plan(self, B: int, max_len: int):
+        """The attention plan for B sequences of up to max_len tokens (one per batch size and 256-token band)."""
+        key = (B, -(-max_len // 256) * 256)
+        if key not in self._plans:
+            a = self.args
+            self._plans[key] = self.ops.plan_attention(B, a.n_heads, a.n_kv_heads, a.head_dim,
+                                                       min(key[1], self.config.max_seq_len), self.device)
+        return self._plans[key]
 
     # -- helpers -----------------------------------------------------------------------------------
 
@@ -264,3 +305,61 @@ class Engine:
         self.generate(Workload(batch=self.config.batch_size, prompt_len=n, output_len=2))
 
 
+
+
+def bucket(batch: int) -> int:
+    """The CUDA-graph batch bucket serving `batch` sequences: the next power of two."""
+    return 1 << (batch - 1).bit_length()
+
+
+class CudaGraphs:
+    """The fixed-shape decode step captured once per batch bucket (1, 2, 4, 8, ...) and replayed.
+
+    A batch of B runs in the graph of bucket(B): rows past B decode a dummy token into a scratch cache
+    slot. Inputs are copied into the graph's static buffers before each replay; the logits come back as
+    a view of its static output, valid until the next replay.
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine, self.graphs, self.pool = engine, {}, None
+        self.capture_s: dict[int, float] = {}
+
+    def run(self, tokens: torch.Tensor, lens_t: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+        B = tokens.shape[0]
+        graph, st, logits = self.graphs.get(bucket(B)) or self._capture(bucket(B))
+        st.tokens[:B].copy_(tokens)
+        st.tokens[B:].zero_()
+        st.positions[:B].copy_(lens_t)
+        st.positions[B:].zero_()
+        torch.add(st.positions, 1, out=st.seq_lens)
+        st.tables[:B].copy_(tables)
+        st.tables[B:].fill_(self.engine.cache.scratch)
+        graph.replay()
+        return logits[:B]
+
+    def _capture(self, Bp: int):
+        e = self.engine
+        t = time.perf_counter()
+        a, cache = e.args, e.cache
+        width = cache.decode_tables(1).shape[1]
+        dev = e.device
+        st = DecodeState(tokens=torch.zeros(Bp, dtype=torch.long, device=dev),
+                         positions=torch.zeros(Bp, dtype=torch.int32, device=dev),
+                         seq_lens=torch.ones(Bp, dtype=torch.int32, device=dev),
+                         tables=torch.full((Bp, width), cache.scratch, dtype=torch.int32, device=dev),
+                         block_size=cache.block_len, cos=e.cos, sin=e.sin,
+                         plan=e.ops.plan_attention(Bp, a.n_heads, a.n_kv_heads, a.head_dim, e.config.max_seq_len,
+                                                   dev))
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):  # warm up: compile and load kernels, settle the allocator
+            for _ in range(2):
+                e.model.decode(st, cache, e.ops)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, stream=side):
+            logits = e.model.decode(st, cache, e.ops)
+        self.pool = graph.pool()
+        self.graphs[Bp] = (graph, st, logits)
+        self.capture_s[Bp] = time.perf_counter() - t
+        return self.graphs[Bp]

@@ -30,11 +30,21 @@ class KVCache:
         self.k = torch.zeros(shape, dtype=self.store, device=device)
         self.v = torch.zeros(shape, dtype=self.store, device=device)
         self.quantized = self.store in _QMAX
+        self.scratch = rows - 1  # the last row: where CUDA-graph padding rows write (allocated only for graphs)
         if self.quantized:
             self.k_scale = torch.zeros(shape[:-1], dtype=torch.float32, device=device)
             self.v_scale = torch.zeros(shape[:-1], dtype=torch.float32, device=device)
         self.bytes_per_token = args.n_layers * 2 * args.n_kv_heads * (
             args.head_dim * self.k.element_size() + (4 if self.quantized else 0))
+
+    @property
+    def block_len(self) -> int:
+        """Tokens per addressable block: the whole row of a contiguous cache."""
+        return self.k.shape[3]
+
+    def decode_tables(self, batch: int) -> torch.Tensor:
+        """int32 [batch, blocks] block ids per sequence, as the fixed-shape decode step reads them."""
+        return torch.arange(batch, dtype=torch.int32, device=self.k.device)[:, None]
 
     @property
     def nbytes(self) -> int:
@@ -112,11 +122,14 @@ class PagedKVCache(KVCache):
     """Paged cache: sequence b's token at position p lives in block block_tables[b][p // bs] at p % bs."""
 
     def __init__(self, args: ModelArgs, batch_size: int, max_seq_len: int, dtype: torch.dtype, kv_dtype: str,
-                 device: torch.device, block_size: int, num_blocks: int = 0):
+                 device: torch.device, block_size: int, num_blocks: int = 0, scratch: bool = False):
         self.block_size = block_size
         self.max_blocks = -(-max_seq_len // block_size)
         num_blocks = num_blocks or batch_size * self.max_blocks
-        super().__init__(args, batch_size, max_seq_len, dtype, kv_dtype, device, rows=num_blocks, row_len=block_size)
+        # with scratch=True one more block, outside the allocator, takes the writes of CUDA-graph padding rows
+        super().__init__(args, batch_size, max_seq_len, dtype, kv_dtype, device, rows=num_blocks + scratch,
+                         row_len=block_size)
+        self.scratch = num_blocks
         self.allocator = BlockAllocator(num_blocks, block_size)
         self.tables: list[list[int]] = [[] for _ in range(batch_size)]
         self.block_tables = torch.zeros(batch_size, self.max_blocks, dtype=torch.long, device=device)
@@ -139,6 +152,9 @@ class PagedKVCache(KVCache):
 
     def slots(self, b: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.block_tables[b, pos // self.block_size], pos % self.block_size
+
+    def decode_tables(self, batch: int) -> torch.Tensor:
+        return self.block_tables[:batch].to(torch.int32)
 
     def read_len(self, length: int) -> int:
         return -(-length // self.block_size) * self.block_size

@@ -3,6 +3,8 @@
 A layer is RMSNorm -> fused q/k/v projection -> (Qwen3: per-head q/k RMSNorm) -> RoPE -> KV-cache
 write -> grouped-query attention -> o projection -> residual -> RMSNorm -> fused gate/up -> SiLU*up
 -> down projection -> residual. The ops come from a backend module (tuner.backends.torch_ops).
+`forward` serves prefill and the torch backend's decode; `decode` is the fixed-shape decode step of the
+cupy backend (fused kernels, CUDA-graph capturable), which runs on CPU too through the kernels' torch twins.
 """
 
 from __future__ import annotations
@@ -38,6 +40,21 @@ class Step:
     mask: torch.Tensor | None  # [B or 1, 1, G*T, key_len] bool, True attends; None: attend to all
     context_len: int | None  # longest sequence after this step; None: attend to this step's own keys only
     write: tuple | None = None  # (flat token index or None for all, cache slots) of tokens to store
+
+
+@dataclass
+class DecodeState:
+    """Inputs of one fixed-shape decode step (one new token per sequence). Shapes do not depend on the
+    context length, so the step can be captured in a CUDA graph and replayed with new values."""
+
+    tokens: torch.Tensor  # [B] the newest token of each sequence
+    positions: torch.Tensor  # [B] int32 its position (= tokens already cached)
+    seq_lens: torch.Tensor  # [B] int32 positions + 1: keys to attend to
+    tables: torch.Tensor  # [B, n] int32 cache blocks of each sequence (contiguous cache: [[b]])
+    block_size: int  # tokens per block (contiguous cache: its row length)
+    cos: torch.Tensor  # [max_seq_len, D] rope tables
+    sin: torch.Tensor
+    plan: object = None  # the backend's attention plan for this batch shape
 
 
 def rope_tables(args: ModelArgs, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,6 +121,24 @@ class Transformer:
         if last is not None:
             x = x[torch.arange(B, device=x.device), last]
         return self.lm_head(ops.rms_norm(x, self.norm, a.norm_eps)).float()
+
+    def decode(self, st: DecodeState, cache, ops) -> torch.Tensor:
+        """One decode step through the fused ops of a backend (cupy kernels, or their torch twins):
+        float32 logits [B, V]. Residual adds are fused into the next RMSNorm, q/k norm and RoPE into the
+        KV-cache write."""
+        a = self.args
+        H, Hkv, eps = a.n_heads, a.n_kv_heads, a.norm_eps
+        x = self.embed(st.tokens)  # [B, dim], a fresh tensor the fused adds update in place
+        x, h = ops.add_rms_norm(x, None, self.layers[0].attn_norm, eps)
+        for i, layer in enumerate(self.layers):
+            qkv = ops.linear(layer.wqkv, h)
+            q = ops.rope_kv_write(qkv, layer.qk_norm, eps, st.positions, st.cos, st.sin, cache, i, st.tables,
+                                  st.block_size, H, Hkv)
+            o = ops.decode_attention(q, cache, i, st.tables, st.block_size, st.seq_lens, st.plan)
+            x, h = ops.add_rms_norm(x, ops.linear(layer.wo, o), layer.mlp_norm, eps)
+            after = self.layers[i + 1].attn_norm if i + 1 < len(self.layers) else self.norm
+            x, h = ops.add_rms_norm(x, ops.linear(layer.w2, ops.silu_and_mul(ops.linear(layer.w13, h))), after, eps)
+        return ops.linear(self.lm_head, h).float()
 
     def linears(self) -> list[Linear]:
         return [lin for layer in self.layers for lin in (layer.wqkv, layer.wo, layer.w13, layer.w2)]

@@ -1,0 +1,149 @@
+// Weight-only quantized matrix products for decode batches of up to MMAX rows, dequantizing in registers:
+//   out[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n])
+// int8: W[n, k] = q[n, k] * scale[n]               q int8 [N, K], scale [N]
+// int4: W[n, k] = (q[n, k] - 8) * scale[n, k/g] + zero[n, k/g]
+//       q packed two per byte [N, K/2] (low nibble = even k), scale and zero [N, K/g], g >= 32
+// 256 threads, a warp per ROWS output features; each lane streams 16 bytes of weights per step (16 int8 or
+// 32 int4 values) with non-allocating loads, so x stays in L1. Twins: torch_ops.int8_linear / int4_linear.
+//
+// Build-time macros: MMAX (rows of x served, <= 8).
+#define ROWS 2
+#define WARPS 8
+#define UNR 4
+
+__device__ __forceinline__ uint4 ld_stream(const void* p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ void finish(float acc[ROWS][MMAX], int n0, int N, int M, const u16* __restrict__ bias,
+                                       const float rowscale[ROWS], u16* __restrict__ out) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+#pragma unroll
+        for (int m = 0; m < MMAX; m++) {
+            float v = warp_sum(acc[r][m]);
+            if (lane == r * MMAX + m && m < M && n0 + r < N) {
+                v *= rowscale[r];
+                if (bias) v += to_f(bias[n0 + r]);
+                out[(i64)m * N + n0 + r] = from_f(v);
+            }
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32, 1) int8_gemm(
+    const u16* __restrict__ x, const i8* __restrict__ q, const u16* __restrict__ scale, const u16* __restrict__ bias,
+    u16* __restrict__ out, int M, int N, int K)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n0 = (blockIdx.x * WARPS + warp) * ROWS;
+    if (n0 >= N) return;
+    float acc[ROWS][MMAX];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int m = 0; m < MMAX; m++) acc[r][m] = 0.f;
+    for (int kb = lane * 16; kb < K; kb += 32 * 16 * UNR) {
+        uint4 w[UNR][ROWS];
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            const int k = kb + u * 32 * 16;
+#pragma unroll
+            for (int r = 0; r < ROWS; r++)
+                if (k < K && n0 + r < N) w[u][r] = ld_stream(q + (i64)(n0 + r) * K + k);
+        }
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            const int k = kb + u * 32 * 16;
+            if (k >= K) break;
+#pragma unroll
+            for (int m = 0; m < MMAX; m++) {
+                if (m < M) {
+                    float xa[8], xb[8];
+                    unpack8(*(const uint4*)(x + (i64)m * K + k), xa);
+                    unpack8(*(const uint4*)(x + (i64)m * K + k + 8), xb);
+#pragma unroll
+                    for (int r = 0; r < ROWS; r++) {
+                        const unsigned ww[4] = {w[u][r].x, w[u][r].y, w[u][r].z, w[u][r].w};
+                        float s = 0.f;
+#pragma unroll
+                        for (int j = 0; j < 8; j++) s += xa[j] * (float)(i8)((ww[j / 4] >> (8 * (j % 4))) & 0xffu);
+#pragma unroll
+                        for (int j = 0; j < 8; j++) s += xb[j] * (float)(i8)((ww[2 + j / 4] >> (8 * (j % 4))) & 0xffu);
+                        acc[r][m] += s;
+                    }
+                }
+            }
+        }
+    }
+    float rowscale[ROWS];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) rowscale[r] = n0 + r < N ? to_f(scale[n0 + r]) : 0.f;
+    finish(acc, n0, N, M, bias, rowscale, out);
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32, 1) int4_gemm(
+    const u16* __restrict__ x, const u8* __restrict__ q, const u16* __restrict__ scale, const u16* __restrict__ zero,
+    const u16* __restrict__ bias, u16* __restrict__ out, int M, int N, int K, int group_size)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n0 = (blockIdx.x * WARPS + warp) * ROWS;
+    if (n0 >= N) return;
+    const int ng = K / group_size;
+    float acc[ROWS][MMAX];
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int m = 0; m < MMAX; m++) acc[r][m] = 0.f;
+    for (int kb = lane * 32; kb < K; kb += 32 * 32 * UNR) {
+        uint4 w[UNR][ROWS];
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            const int k = kb + u * 32 * 32;
+#pragma unroll
+            for (int r = 0; r < ROWS; r++)
+                if (k < K && n0 + r < N) w[u][r] = ld_stream(q + ((i64)(n0 + r) * K + k) / 2);
+        }
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            const int k = kb + u * 32 * 32;
+            if (k >= K) break;
+            float s_[ROWS], z_[ROWS];
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) {
+                const i64 gi = (i64)(n0 + r < N ? n0 + r : n0) * ng + k / group_size;
+                s_[r] = to_f(scale[gi]);
+                z_[r] = to_f(zero[gi]);
+            }
+#pragma unroll
+            for (int m = 0; m < MMAX; m++) {
+                if (m < M) {
+                    float dot[ROWS], xs = 0.f;
+#pragma unroll
+                    for (int r = 0; r < ROWS; r++) dot[r] = 0.f;
+#pragma unroll
+                    for (int c = 0; c < 4; c++) {  // 4 x 8 values of x; weight word c holds their 8 nibbles
+                        float xv[8];
+                        unpack8(*(const uint4*)(x + (i64)m * K + k + 8 * c), xv);
+#pragma unroll
+                        for (int j = 0; j < 8; j++) xs += xv[j];
+#pragma unroll
+                        for (int r = 0; r < ROWS; r++) {
+                            const unsigned ww = c == 0 ? w[u][r].x : c == 1 ? w[u][r].y : c == 2 ? w[u][r].z : w[u][r].w;
+#pragma unroll
+                            for (int j = 0; j < 8; j++) dot[r] += xv[j] * (float)((ww >> (4 * j)) & 0xfu);
+                        }
+                    }
+#pragma unroll
+                    for (int r = 0; r < ROWS; r++) acc[r][m] += s_[r] * dot[r] + (z_[r] - 8.f * s_[r]) * xs;
+                }
+            }
+        }
+    }
+    const float ones[ROWS] = {1.f, 1.f};
+    finish(acc, n0, N, M, bias, ones, out);
+}

@@ -1,0 +1,45 @@
+// Fused residual add + RMSNorm, one block per row:
+//   x += delta (rounded to the scalar type, as a separate add would store it)   [skipped if delta is null]
+//   out = round(round(x * rsqrt(mean(x^2) + eps)) * w)
+// Twin: tuner.backends.torch_ops.add_rms_norm. Rows of n scalars, n % 8 == 0, n <= 8 * 8 * blockDim.x.
+#define MAXC 8
+
+extern "C" __global__ void __launch_bounds__(256) add_rms_norm(
+    u16* __restrict__ x, const u16* __restrict__ delta, const u16* __restrict__ w, u16* __restrict__ out,
+    int n, float eps)
+{
+    __shared__ float scratch[32];
+    const i64 row = blockIdx.x;
+    u16* xr = x + row * n;
+    const u16* dr = delta ? delta + row * n : 0;
+    float v[MAXC][8];
+    float ss = 0.f;
+#pragma unroll
+    for (int c = 0; c < MAXC; c++) {
+        int i = (c * blockDim.x + threadIdx.x) * 8;
+        if (i < n) {
+            unpack8(*(const uint4*)(xr + i), v[c]);
+            if (dr) {
+                float d[8];
+                unpack8(*(const uint4*)(dr + i), d);
+#pragma unroll
+                for (int j = 0; j < 8; j++) v[c][j] = round_s(v[c][j] + d[j]);
+                *(uint4*)(xr + i) = pack8(v[c]);
+            }
+#pragma unroll
+            for (int j = 0; j < 8; j++) ss += v[c][j] * v[c][j];
+        }
+    }
+    const float rstd = rsqrtf(block_sum(ss, scratch) / n + eps);
+#pragma unroll
+    for (int c = 0; c < MAXC; c++) {
+        int i = (c * blockDim.x + threadIdx.x) * 8;
+        if (i < n) {
+            float wv[8], o[8];
+            unpack8(*(const uint4*)(w + i), wv);
+#pragma unroll
+            for (int j = 0; j < 8; j++) o[j] = round_s(v[c][j] * rstd) * wv[j];
+            *(uint4*)(out + row * n + i) = pack8(o);
+        }
+    }
+}

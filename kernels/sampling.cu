@@ -1,0 +1,238 @@
+// Fused sampling, one block of 1024 threads per row of float32 logits [B, V]; no sort.
+//   keep = top-k (k-th largest logit by radix select on the float bits)
+//        & top-p (largest logit v whose kept mass at or above v reaches top_p: radix select on mass)
+//        & min-p (p / p_max >= min_p)
+//   token = argmax over kept of (l - max)/T + Gumbel noise   (the exponential race: a draw from the
+//           renormalized distribution; ties go to the lowest id)
+// Masses are fixed point (2^24 units per unit of exp((l - max)/T)), so their sums do not depend on order.
+// The noise comes from splitmix64 of (seed, offset, row, token id); rng = {seed, offset, blocks done} lives in
+// device memory and the last block to finish advances offset, so the kernel can replay inside a CUDA graph.
+// Twin: tuner.backends.torch_ops.sample_fused.
+typedef unsigned int u32;
+#define NT 1024
+#define MASS_ONE 16777216.f
+
+__device__ __forceinline__ u32 fkey(float f) {
+    u32 u = __float_as_uint(f);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+__device__ __forceinline__ u64 splitmix64(u64 x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+// Warp 0 finds, scanning bins from 255 down, the first where above + (count of higher bins) + bin >= want.
+// Results: s_sel[0] = bin (or -1), s_above[0] = above + count of the bins higher than it.
+__device__ void select_bin(const u64* hist, u64 want, u64 above, int* s_sel, u64* s_above) {
+    if (threadIdx.x >= 32) return;
+    const int lane = threadIdx.x;
+    u64 mine = 0;
+#pragma unroll
+    for (int j = 0; j < 8; j++) mine += hist[255 - 8 * lane - j];
+    u64 incl = mine;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        u64 v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
+    }
+    const unsigned hit = __ballot_sync(0xffffffffu, above + incl >= want);
+    if (hit == 0) {
+        if (lane == 0) s_sel[0] = -1;
+        return;
+    }
+    const int f = __ffs(hit) - 1;
+    if (lane == f) {
+        u64 c = above + incl - mine;
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const u64 h = hist[255 - 8 * lane - j];
+            if (c + h >= want) {
+                s_sel[0] = 255 - 8 * lane - j;
+                s_above[0] = c;
+                break;
+            }
+            c += h;
+        }
+    }
+}
+
+// Radix select over the keys of the kept logits: the largest key kk with weight(keys >= kk) >= want, where
+// weight is 1 per token (by_mass false) or its fixed-point mass. Returns 0 if the kept weight is under want.
+__device__ u32 radix_select(const float* __restrict__ l, int V, float M, float inv_t, u32 floor_key, bool by_mass,
+                            u64 want, u64* hist, int* s_sel, u64* s_above) {
+    u32 prefix = 0, pmask = 0;
+    u64 above = 0;
+    const int lane = threadIdx.x & 31;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int i = threadIdx.x; i < 256; i += NT) hist[i] = 0;
+        __syncthreads();
+        for (int base = 0; base < V; base += NT) {
+            const int i = base + threadIdx.x;
+            int bin = -1;
+            u32 w = 0;
+            if (i < V) {
+                const float x = l[i];
+                const u32 k = fkey(x);
+                if (k >= floor_key && (k & pmask) == prefix) {
+                    bin = (k >> shift) & 255;
+                    w = by_mass ? (u32)(expf((x - M) * inv_t) * MASS_ONE) : 1u;
+                }
+            }
+            const unsigned peers = __match_any_sync(0xffffffffu, bin);
+            const u32 sum = __reduce_add_sync(peers, w);
+            if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (u64)sum);
+        }
+        __syncthreads();
+        select_bin(hist, want, above, s_sel, s_above);
+        __syncthreads();
+        const int sel = s_sel[0];
+        if (sel < 0) return 0u;
+        above = s_above[0];
+        prefix |= (u32)sel << shift;
+        pmask |= 255u << shift;
+        __syncthreads();
+    }
+    return prefix;
+}
+
+extern "C" __global__ void __launch_bounds__(NT) sample_tokens(
+    const float* __restrict__ logits, int V, float temperature, int top_k, float top_p, float min_p,
+    u64* __restrict__ rng, i64* __restrict__ out)
+{
+    __shared__ float scratch[32];
+    __shared__ u64 hist[256];
+    __shared__ int s_sel[1];
+    __shared__ u64 s_above[1];
+    __shared__ float s_best[32];
+    __shared__ int s_idx[32];
+    const int row = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float* l = logits + (i64)row * V;
+    const u64 seed = rng[0], offset = rng[1];
+    const float inv_t = 1.f / temperature;
+
+    float mx = -F_INF;
+    for (int i = threadIdx.x; i < V; i += NT) mx = fmaxf(mx, l[i]);
+    const float M = block_max(mx, scratch);
+
+    u32 floor_key = 0;  // keep tokens whose key is >= floor_key
+    if (top_k > 0 && top_k < V)
+        floor_key = radix_select(l, V, M, inv_t, 0u, false, (u64)top_k, hist, s_sel, s_above);
+    if (top_p < 1.f) {
+        // total kept mass, in the same fixed point as the histogram
+        for (int i = threadIdx.x; i < 256; i += NT) hist[i] = 0;
+        __syncthreads();
+        u64 part = 0;
+        for (int i = threadIdx.x; i < V; i += NT) {
+            const float x = l[i];
+            if (fkey(x) >= floor_key) part += (u32)(expf((x - M) * inv_t) * MASS_ONE);
+        }
+        atomicAdd(&hist[0], part);
+        __syncthreads();
+        const u64 total = hist[0];
+        __syncthreads();
+        const u64 want = (u64)ceil((double)top_p * (double)total);
+        const u32 kp = radix_select(l, V, M, inv_t, floor_key, true, want > 0 ? want : 1, hist, s_sel, s_above);
+        if (kp > floor_key) floor_key = kp;
+    }
+
+    const u64 row_key = splitmix64(splitmix64(seed ^ splitmix64(offset)) + (u64)row);
+    float best = -F_INF;
+    int best_i = 0x7fffffff;
+    for (int i = threadIdx.x; i < V; i += NT) {
+        const float x = l[i];
+        const float z = (x - M) * inv_t;
+        if (fkey(x) < floor_key || (min_p > 0.f && expf(z) < min_p)) continue;
+        const u64 r = splitmix64(row_key + (u64)i);
+        const float u = ((float)(r >> 40) + 0.5f) * (1.f / 16777216.f);
+        const float s = z - logf(-logf(u));
+        if (s > best) {  // i rises within a thread, so equal scores keep the lower id
+            best = s;
+            best_i = i;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+        if (ob > best || (ob == best && oi < best_i)) {
+            best = ob;
+            best_i = oi;
+        }
+    }
+    if (lane == 0) {
+        s_best[warp] = best;
+        s_idx[warp] = best_i;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        best = s_best[lane];
+        best_i = s_idx[lane];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+            if (ob > best || (ob == best && oi < best_i)) {
+                best = ob;
+                best_i = oi;
+            }
+        }
+        if (lane == 0) {
+            out[row] = best_i;
+            __threadfence();
+            const u64 done = atomicAdd(&rng[2], 1ull);
+            if (done == gridDim.x - 1) {  // the last block: every block has read offset
+                rng[1] = offset + 1;
+                rng[2] = 0;
+            }
+        }
+    }
+}
+
+// Greedy: the lowest id of the largest logit of each row (torch.argmax's rule).
+extern "C" __global__ void __launch_bounds__(NT) argmax_rows(const float* __restrict__ logits, int V,
+                                                          i64* __restrict__ out) {
+    __shared__ float s_best[32];
+    __shared__ int s_idx[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float* l = logits + (i64)blockIdx.x * V;
+    float best = -F_INF;
+    int best_i = 0x7fffffff;
+    for (int i = threadIdx.x; i < V; i += NT) {
+        const float x = l[i];
+        if (x > best || best_i == 0x7fffffff) {
+            best = x;
+            best_i = i;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+        if (ob > best || (ob == best && oi < best_i)) {
+            best = ob;
+            best_i = oi;
+        }
+    }
+    if (lane == 0) {
+        s_best[warp] = best;
+        s_idx[warp] = best_i;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        best = s_best[lane];
+        best_i = s_idx[lane];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+            if (ob > best || (ob == best && oi < best_i)) {
+                best = ob;
+                best_i = oi;
+            }
+        }
+        if (lane == 0) out[blockIdx.x] = best_i;
+    }
+}

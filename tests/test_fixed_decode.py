@@ -1,0 +1,173 @@
+"""The cupy backend's fixed-shape decode step and the kernels' torch twins, checked on CPU.
+
+The step (Transformer.decode) runs here through tuner.backends.torch_ops, the twins of kernels/*.cu, so
+its plumbing (positions, block tables, fused residual adds, the sampler's random state) is proven without a
+GPU; the GPU suite then checks each kernel against these twins.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+
+import tuner
+from conftest import VOCAB
+from tuner.backends import torch_ops
+from tuner.engine.kv_cache import KVCache, PagedKVCache
+from tuner.engine.quant import Int4Linear, Int8Linear
+from tuner.engine.sampling import filtered_probs
+from tuner.models.args import resolve_model
+from tuner.models.model import rope_tables
+
+SAMPLING = tuner.SamplingParams(max_new_tokens=12)
+
+
+def prompts(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in lengths]
+
+
+def fixed(engine):
+    engine.fixed_decode = True  # the cupy backend's decode path, with the torch twins as its ops
+    return engine
+
+
+@pytest.mark.parametrize("kv_cache,kv_dtype", [("contiguous", "auto"), ("paged", "auto"), ("paged", "int8")])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "qwen2"])
+def test_fixed_decode_step_gives_the_tokens_of_the_forward_path(checkpoint, family, kv_cache, kv_dtype):
+    path, _ = checkpoint(family)
+    ps = prompts([3, 17, 9], seed=2)
+    knobs = dict(model=str(path), batch_size=3, kv_cache=kv_cache, block_size=8, kv_dtype=kv_dtype)
+    ref = tuner.Engine(**knobs).generate(ps, SAMPLING)
+    got = fixed(tuner.Engine(**knobs)).generate(ps, SAMPLING)
+    assert got.tokens == ref.tokens
+    assert all(len(t) == 12 for t in got.tokens)
+
+
+def test_fixed_decode_logits_match_the_forward_path(checkpoint):
+    path, _ = checkpoint("llama")
+    e = tuner.Engine(model=str(path), batch_size=2, kv_cache="paged", block_size=8)
+    ps = prompts([6, 11], seed=3)
+    full = e.logits(torch.tensor(ps[0] + ps[0][:1]))[0, -1]
+    # prefill the prompts through the engine's forward path, then one fixed-shape step for the extra token
+    e.cache.reset()
+    e.cache.reserve([7, 12])
+    lens = [6, 11]
+    T = 11
+    padded = torch.zeros(2, T, dtype=torch.long)
+    for b, p in enumerate(ps):
+        padded[b, : len(p)] = torch.tensor(p)
+    e.model.forward(padded, e._prefill_step(lens, T, write=True), e.cache, last=torch.tensor(lens) - 1)
+    step_logits = e._fixed_decode(torch.tensor([p[0] for p in ps]), torch.tensor(lens), lens)  # one more token each
+    torch.testing.assert_close(step_logits[0], full, rtol=1e-4, atol=1e-4)
+
+
+def _args():
+    args, _ = resolve_model("tiny")
+    return dataclasses.replace(args, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+@pytest.mark.parametrize("kv_dtype", ["auto", "int8"])
+def test_rope_kv_write_twin_is_rope_then_cache_write(paged, kv_dtype):
+    a = _args()
+    g = torch.Generator().manual_seed(0)
+    B, H, Hkv, D = 3, a.n_heads, a.n_kv_heads, a.head_dim
+    make = (lambda: PagedKVCache(a, B, 64, torch.float32, kv_dtype, torch.device("cpu"), 8)) if paged else \
+        (lambda: KVCache(a, B, 64, torch.float32, kv_dtype, torch.device("cpu")))
+    c1, c2 = make(), make()
+    for c in (c1, c2):
+        c.reserve([40, 9, 23])
+    cos, sin = rope_tables(a, 64, "cpu", torch.float32)
+    qkv = torch.randn(B, (H + 2 * Hkv) * D, generator=g)
+    pos = torch.tensor([39, 8, 22])
+    q = torch_ops.rope_kv_write(qkv, None, 1e-6, pos.int(), cos, sin, c1, 1, c1.decode_tables(B), c1.block_len, H, Hkv)
+    x = qkv.view(B, 1, H + 2 * Hkv, D)
+    qk = torch_ops.rope(x[:, :, : H + Hkv], cos[pos][:, None, None], sin[pos][:, None, None])
+    c2.write(1, qk[:, 0, H:], x[:, 0, H + Hkv:], c2.slots(torch.arange(B), pos))
+    torch.testing.assert_close(q, qk[:, 0, :H])
+    assert torch.equal(c1.k, c2.k) and torch.equal(c1.v, c2.v)
+    assert c1.k[1].abs().sum() > 0 and c1.k[0].abs().sum() == 0  # layer 1 written, layer 0 untouched
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_decode_attention_twin_matches_cache_read_and_attention(paged):
+    a = _args()
+    g = torch.Generator().manual_seed(1)
+    B, H, Hkv, D = 3, a.n_heads, a.n_kv_heads, a.head_dim
+    c = PagedKVCache(a, B, 64, torch.float32, "auto", torch.device("cpu"), 8) if paged else \
+        KVCache(a, B, 64, torch.float32, "auto", torch.device("cpu"))
+    lens = [33, 5, 17]
+    c.reserve(lens)
+    for b, n in enumerate(lens):
+        k, v = torch.randn(n, Hkv, D, generator=g), torch.randn(n, Hkv, D, generator=g)
+        c.write(0, k, v, c.slots(torch.full((n,), b), torch.arange(n)))
+    q = torch.randn(B, H, D, generator=g)
+    out = torch_ops.decode_attention(q, c, 0, c.decode_tables(B), c.block_len, torch.tensor(lens))
+    for b, n in enumerate(lens):
+        k, v = c.read(0, B, max(lens))
+        ref = torch_ops.attention(q[b:b + 1, None], k[b:b + 1, :, :n], v[b:b + 1, :, :n], None)[0, 0]
+        torch.testing.assert_close(out[b], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_splitmix64_twin_gives_the_reference_values():
+    # splitmix64 seeded with 0: the first outputs of the reference generator (Vigna)
+    x = torch.tensor([0, 0x9E3779B97F4A7C15 - (1 << 64)])
+    got = [v & ((1 << 64) - 1) for v in torch_ops.splitmix64(x).tolist()]
+    assert got == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
+
+
+@pytest.mark.parametrize("top_k,top_p,min_p", [(0, 1.0, 0.0), (50, 1.0, 0.0), (0, 0.9, 0.0), (40, 0.8, 0.05),
+                                               (0, 1.0, 0.1)])
+def test_fused_sampler_keeps_exactly_the_tokens_of_the_reference_filters(top_k, top_p, min_p):
+    g = torch.Generator().manual_seed(4)
+    logits = torch.randn(6, 1000, generator=g) * 3
+    params = tuner.SamplingParams(temperature=0.8, top_k=top_k, top_p=top_p, min_p=min_p)
+    keep = torch_ops.fused_keep(logits, 0.8, top_k, top_p, min_p)
+    assert torch.equal(keep, filtered_probs(logits, params) > 0)
+    assert 0 < keep.sum() < keep.numel() or (top_k, top_p, min_p) == (0, 1.0, 0.0)
+
+
+def test_fused_sampler_draws_from_the_filtered_distribution_and_advances_its_offset():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, -3.0, 0.0]]).repeat(4000, 1)
+    params = tuner.SamplingParams(temperature=1.0, top_k=4)
+    rng = torch.tensor([7, 0, 0])
+    tokens = torch_ops.sample_fused(logits, params, rng)
+    assert rng.tolist() == [7, 1, 0]
+    freq = torch.bincount(tokens, minlength=6).float() / len(tokens)
+    p = filtered_probs(logits[:1], params)[0]
+    assert freq[4] == 0 and freq[3] == 0 or p[3] > 0
+    assert (freq - p).abs().max() < 0.03, (freq, p)
+    again = torch_ops.sample_fused(logits, params, torch.tensor([7, 0, 0]))
+    assert torch.equal(again, tokens)  # the same (seed, offset) gives the same draw
+    other = torch_ops.sample_fused(logits, params, rng)  # the next offset gives another
+    assert not torch.equal(other, tokens)
+
+
+def test_quantized_linear_twins_match_the_layers():
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(24, 128, generator=g)  # N % 16 != 0 keeps the nibble layout on CPU
+    x = torch.randn(3, 128, generator=g)
+    l8 = Int8Linear(w)
+    torch.testing.assert_close(torch_ops.int8_linear(x, l8.weight, l8.scale, None), x @ l8.dequantize().t(),
+                               rtol=1e-2, atol=1e-2)
+    l4 = Int4Linear(w, None, 32)
+    assert not l4.packed_cpu
+    torch.testing.assert_close(torch_ops.int4_linear(x, l4.weight, l4.scale, l4.zero, None, 32),
+                               x @ l4.dequantize().t(), rtol=1e-2, atol=1e-2)
+
+
+def test_cuda_graphs_need_the_cupy_backend():
+    with pytest.raises(ValueError, match="cuda_graphs=True"):
+        tuner.EngineConfig(device="cpu", cuda_graphs=True)
+    with pytest.raises(ValueError, match="CUDA device"):
+        tuner.EngineConfig(device="cpu", backend="cupy")
+
+
+def test_cupy_backend_explains_what_it_cannot_serve():
+    from tuner.backends import cupy_ops
+
+    assert cupy_ops.supported(128, torch.bfloat16, 32, 8) is None
+    assert "head_dim" in cupy_ops.supported(96, torch.bfloat16, 32, 8)
+    assert "float16" in cupy_ops.supported(128, torch.float32, 32, 8)
+    assert "query groups" in cupy_ops.supported(64, torch.bfloat16, 32, 2)

@@ -1,0 +1,271 @@
+"""The cupy backend: tuner's CUDA decode kernels (kernels/*.cu), compiled by NVRTC through CuPy.
+
+Each op has the signature of its torch twin in tuner.backends.torch_ops. Torch tensors go in as raw
+pointers (no copies, no DLPack), every launch runs on torch's current stream (so CUDA-graph capture
+records it), and outputs are allocated by torch. Kernels are compiled per variant (dtype, head size,
+KV dtype, query-group size, batch rows) on first use and cached by CuPy on disk; warm up before
+timing or capture. This module imports without CuPy and without a GPU: `sources()` and `NVRTC_OPTIONS`
+are what the NVRTC compile tests use.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from . import torch_ops
+
+NVRTC_OPTIONS = ("-std=c++17",)
+HEAD_DIMS = (64, 128)
+GROUPS = (1, 2, 4, 8)  # query-group variants; a group of G uses the smallest variant >= G
+GEMV_ROWS = (1, 2, 4, 8)  # weight-only GEMV variants; more rows than 8 take torch's dequantized matmul
+SCALARS = {torch.bfloat16: 1, torch.float16: 0}
+
+
+def kernel_dir() -> Path:
+    """kernels/ inside the installed package (the wheel), else beside it in a source checkout."""
+    here = Path(__file__).resolve().parent.parent
+    for d in (here / "kernels", here.parent / "kernels"):
+        if (d / "common.cuh").exists():
+            return d
+    raise FileNotFoundError(f"tuner's CUDA sources (kernels/*.cu) are missing: looked in {here / 'kernels'} "
+                            f"and {here.parent / 'kernels'}")
+
+
+def source(file: str, **defines: int) -> str:
+    """The full translation unit: defines, then common.cuh, then the kernel file (no #include needed)."""
+    d = kernel_dir()
+    head = "".join(f"#define {k} {v}\n" for k, v in sorted(defines.items()))
+    return head + (d / "common.cuh").read_text() + "\n" + (d / file).read_text()
+
+
+def variants() -> list[tuple[str, dict]]:
+    """Every (file, defines) the backend can ask for: what the compile tests build."""
+    out = []
+    for s in SCALARS.values():
+        out.append(("norm.cu", {"SCALAR_BF16": s}))
+        for d in HEAD_DIMS:
+            for kv in (0, 1):
+                out.append(("rope_kv.cu", {"SCALAR_BF16": s, "HEAD_DIM": d, "KV_INT8": kv}))
+                out += [("attention.cu", {"SCALAR_BF16": s, "HEAD_DIM": d, "KV_INT8": kv, "GMAX": g}) for g in GROUPS]
+        out += [("gemv.cu", {"SCALAR_BF16": s, "MMAX": m}) for m in GEMV_ROWS]
+    out.append(("sampling.cu", {}))
+    return out
+
+
+def supported(head_dim: int, dtype: torch.dtype, n_heads: int, n_kv_heads: int) -> str | None:
+    """Why the kernels cannot serve this model, or None when they can."""
+    if dtype not in SCALARS:
+        return "backend='cupy' runs dtype bfloat16 or float16"
+    if head_dim not in HEAD_DIMS:
+        return f"backend='cupy' serves head_dim {HEAD_DIMS}, this model has {head_dim}"
+    if n_heads // n_kv_heads > max(GROUPS):
+        return f"backend='cupy' serves query groups up to {max(GROUPS)}, this model has {n_heads // n_kv_heads}"
+    return None
+
+
+# -- compile and launch --------------------------------------------------------------------------
+
+
+@cache
+def _function(file: str, name: str, defines: tuple):
+    import cupy
+
+    module = cupy.RawModule(code=source(file, **dict(defines)), options=NVRTC_OPTIONS, backend="nvrtc")
+    return module.get_function(name)
+
+
+def _kernel(file: str, name: str, **defines: int):
+    return _function(file, name, tuple(sorted(defines.items())))
+
+
+_streams: dict[int, object] = {}
+
+
+def _stream():
+    import cupy
+
+    ptr = torch.cuda.current_stream().cuda_stream
+    s = _streams.get(ptr)
+    if s is None:
+        s = _streams[ptr] = cupy.cuda.ExternalStream(ptr)
+    return s
+
+
+def _p(t: torch.Tensor | None):
+    import numpy as np
+
+    return np.uint64(0 if t is None else t.data_ptr())
+
+
+def _i(v: int):
+    import numpy as np
+
+    return np.int32(v)
+
+
+def _l(v: int):
+    import numpy as np
+
+    return np.int64(v)
+
+
+def _f(v: float):
+    import numpy as np
+
+    return np.float32(v)
+
+
+def _launch(kernel, grid, block, args) -> None:
+    kernel(grid, block, args, stream=_stream())
+
+
+def _scalar(t: torch.Tensor) -> int:
+    if t.dtype not in SCALARS:
+        raise TypeError(f"the cupy kernels take bfloat16 or float16 tensors, got {t.dtype}")
+    return SCALARS[t.dtype]
+
+
+# -- ops (same signatures as the torch twins) --------------------------------------------------------
+
+
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    n = x.shape[-1]
+    if n % 8 or n > 8 * 8 * 256:
+        return torch_ops.add_rms_norm(x, delta, weight, eps)
+    out = torch.empty_like(x)
+    k = _kernel("norm.cu", "add_rms_norm", SCALAR_BF16=_scalar(x))
+    _launch(k, (x.numel() // n,), (256,), (_p(x), _p(delta), _p(weight), _p(out), _i(n), _f(eps)))
+    return x, out
+
+
+def _kv_args(cache, layer: int):
+    k, v = cache.k[layer], cache.v[layer]
+    sx, sh, sy = k.stride(0), k.stride(1), k.stride(2)
+    if cache.quantized:
+        ks, vs = cache.k_scale[layer], cache.v_scale[layer]
+        return (_p(k), _p(v), _p(ks), _p(vs), _l(sx), _l(sh), _l(sy), _l(ks.stride(0)), _l(ks.stride(1)))
+    return (_p(k), _p(v), _p(None), _p(None), _l(sx), _l(sh), _l(sy), _l(0), _l(0))
+
+
+def _kv_int8(cache) -> int:
+    if cache.quantized and cache.store != torch.int8:
+        raise ValueError("backend='cupy' stores the KV cache in the model dtype or int8: use kv_dtype='auto' or 'int8'")
+    return int(cache.quantized)
+
+
+def rope_kv_write(qkv, qk_norm, eps, positions, cos, sin, cache, layer, tables, block_size, H, Hkv):
+    B, D = qkv.shape[0], cos.shape[-1]
+    q = torch.empty(B, H, D, dtype=qkv.dtype, device=qkv.device)
+    k = _kernel("rope_kv.cu", "rope_kv_write", SCALAR_BF16=_scalar(qkv), HEAD_DIM=D, KV_INT8=_kv_int8(cache))
+    args = (_p(qkv), _l(qkv.stride(0)), _p(qk_norm), _f(eps), _p(positions), _p(cos), _p(sin),
+            *_kv_args(cache, layer), _p(tables), _i(tables.shape[1]), _i(block_size), _p(q), _i(H), _i(Hkv))
+    _launch(k, (B,), (256,), args)
+    return q
+
+
+class AttentionPlan:
+    """How decode attention splits a batch's context (once per batch shape), and the buffers it needs."""
+
+    def __init__(self, B: int, H: int, Hkv: int, D: int, max_len: int, device):
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        want_parts = max(1, math.ceil(2 * sms / (B * Hkv)))  # enough blocks to fill the GPU twice
+        self.part_size = max(64, -(-math.ceil(max_len / want_parts) // 64) * 64)
+        self.num_parts = -(-max_len // self.part_size)
+        self.max_len = max_len
+        n = B * H * self.num_parts
+        self.part_out = torch.empty(n * D, dtype=torch.float32, device=device) if self.num_parts > 1 else None
+        self.part_lse = torch.empty(max(n, 1), dtype=torch.float32, device=device)
+        self.group = next(g for g in GROUPS if g >= H // Hkv)
+
+
+def plan_attention(B: int, H: int, Hkv: int, D: int, max_len: int, device) -> AttentionPlan:
+    return AttentionPlan(B, H, Hkv, D, max_len, device)
+
+
+def decode_attention(q, cache, layer, tables, block_size, seq_lens, plan: AttentionPlan):
+    B, H, D = q.shape
+    Hkv = cache.k.shape[2]
+    out = torch.empty(B, H * D, dtype=q.dtype, device=q.device)
+    defines = dict(SCALAR_BF16=_scalar(q), HEAD_DIM=D, KV_INT8=_kv_int8(cache), GMAX=plan.group)
+    k = _kernel("attention.cu", "decode_attention", **defines)
+    args = (_p(q), *_kv_args(cache, layer), _p(tables), _i(tables.shape[1]), _i(block_size), _p(seq_lens),
+            _i(H), _i(Hkv), _f(D ** -0.5 * math.log2(math.e)), _i(plan.part_size), _p(out), _p(plan.part_out),
+            _p(plan.part_lse))
+    _launch(k, (Hkv, B, plan.num_parts), (128,), args)
+    if plan.num_parts > 1:
+        m = _kernel("attention.cu", "merge_parts", **defines)
+        _launch(m, (H, B), (D,), (_p(plan.part_out), _p(plan.part_lse), _i(plan.num_parts), _i(H), _p(out)))
+    return out
+
+
+def _rows(M: int) -> int:
+    return next(r for r in GEMV_ROWS if r >= M)
+
+
+def int8_linear(x, q, scale, bias):
+    M, K = x.shape
+    N = q.shape[0]
+    if M > max(GEMV_ROWS) or K % 16:
+        return torch_ops.int8_linear(x, q, scale, bias)
+    x = x.contiguous()
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    k = _kernel("gemv.cu", "int8_gemm", SCALAR_BF16=_scalar(x), MMAX=_rows(M))
+    _launch(k, (-(-N // 16),), (256,), (_p(x), _p(q), _p(scale), _p(bias), _p(out), _i(M), _i(N), _i(K)))
+    return out
+
+
+def int4_linear(x, packed, scale, zero, bias, group_size):
+    M, K = x.shape
+    N = packed.shape[0]
+    if M > max(GEMV_ROWS) or K % 32 or group_size < 32:
+        return torch_ops.int4_linear(x, packed, scale, zero, bias, group_size)
+    x = x.contiguous()
+    out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    k = _kernel("gemv.cu", "int4_gemm", SCALAR_BF16=_scalar(x), MMAX=_rows(M))
+    _launch(k, (-(-N // 16),), (256,),
+            (_p(x), _p(packed), _p(scale), _p(zero), _p(bias), _p(out), _i(M), _i(N), _i(K), _i(group_size)))
+    return out
+
+
+def linear(lin, x: torch.Tensor) -> torch.Tensor:
+    """A model linear layer: weight-only int8/int4 through the GEMV kernels, everything else through torch."""
+    from ..engine.quant import Int4Linear, Int8Linear
+
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])
+    if type(lin) is Int8Linear and x2.shape[0] <= max(GEMV_ROWS):
+        return int8_linear(x2, lin.weight, lin.scale, lin.bias).view(*shape[:-1], -1)
+    if type(lin) is Int4Linear and not lin.packed_cpu and x2.shape[0] <= max(GEMV_ROWS):
+        return int4_linear(x2, lin.weight, lin.scale, lin.zero, lin.bias, lin.group_size).view(*shape[:-1], -1)
+    return lin(x)
+
+
+def sample_fused(logits: torch.Tensor, params, rng: torch.Tensor) -> torch.Tensor:
+    logits = logits.float().contiguous()
+    B, V = logits.shape
+    out = torch.empty(B, dtype=torch.long, device=logits.device)
+    if params.temperature == 0.0:
+        _launch(_kernel("sampling.cu", "argmax_rows"), (B,), (1024,), (_p(logits), _i(V), _p(out)))
+        return out
+    k = _kernel("sampling.cu", "sample_tokens")
+    top_k = params.top_k if 0 < params.top_k < V else 0
+    _launch(k, (B,), (1024,), (_p(logits), _i(V), _f(params.temperature), _i(top_k), _f(params.top_p),
+                               _f(params.min_p), _p(rng), _p(out)))
+    return out
+
+
+def sample(logits: torch.Tensor, params, rng: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+    if seen is not None and params.repetition_penalty != 1.0:
+        from ..engine.sampling import apply_repetition_penalty
+        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
+    return sample_fused(logits, params, rng)
+
+
+# The ops the model's fixed-shape decode step uses that need no kernel of their own.
+rms_norm = torch_ops.rms_norm
+silu_and_mul = torch_ops.silu_and_mul
