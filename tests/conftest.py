@@ -31,7 +31,7 @@ def hf_config(family: str, **overrides):
     if family == "qwen2":  # q/k/v bias, MQA (one KV head), tied embeddings
         return Qwen2Config(**{**common, "num_key_value_heads": 1}, tie_word_embeddings=True)
     if family == "qwen3":  # per-head q/k RMSNorm, explicit head_dim
-        return Qwen3Config(**common, head_dim=32)
+        return Qwen3Config(**{"head_dim": 32, **common})
     raise ValueError(family)
 
 

@@ -178,8 +178,11 @@ def test_fused_sampling_matches_twin(V, top_k, top_p, min_p):
 
 def _engine_checkpoint(tmp_path, family="llama"):
     # weights spread enough that greedy choices are not near-ties at half precision
+    # and head_dim 64, which the kernels serve
     path = tmp_path / family
-    save_checkpoint(path, family, dtype=torch.float16, initializer_range=0.2)
+    dims = dict(hidden_size=256, intermediate_size=512) if family == "llama" else \
+        dict(hidden_size=128, head_dim=64, intermediate_size=256)
+    save_checkpoint(path, family, dtype=torch.float16, initializer_range=0.2, **dims)
     return str(path)
 
 
