@@ -98,6 +98,36 @@ __device__ u32 radix_select(const float* __restrict__ l, int V, float M, float i
     return prefix;
 }
 
+// Block-wide argmax of (best, best_i) pairs, ties to the lower id; the result lands in thread 0.
+__device__ __forceinline__ void warp_argmax(float& best, int& best_i) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
+        if (ob > best || (ob == best && oi < best_i)) {
+            best = ob;
+            best_i = oi;
+        }
+    }
+}
+
+__device__ __forceinline__ void block_argmax(float& best, int& best_i) {
+    __shared__ float s_best[32];
+    __shared__ int s_idx[32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    warp_argmax(best, best_i);
+    if (lane == 0) {
+        s_best[warp] = best;
+        s_idx[warp] = best_i;
+    }
+    __syncthreads();
+    if (warp == 0) {
+        best = s_best[lane];
+        best_i = s_idx[lane];
+        warp_argmax(best, best_i);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(NT) sample_tokens(
     const float* __restrict__ logits, int V, float temperature, int top_k, float top_p, float min_p,
     u64* __restrict__ rng, i64* __restrict__ out)
@@ -106,9 +136,7 @@ extern "C" __global__ void __launch_bounds__(NT) sample_tokens(
     __shared__ u64 hist[256];
     __shared__ int s_sel[1];
     __shared__ u64 s_above[1];
-    __shared__ float s_best[32];
-    __shared__ int s_idx[32];
-    const int row = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int row = blockIdx.x;
     const float* l = logits + (i64)row * V;
     const u64 seed = rng[0], offset = rng[1];
     const float inv_t = 1.f / temperature;
@@ -153,40 +181,14 @@ extern "C" __global__ void __launch_bounds__(NT) sample_tokens(
             best_i = i;
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-        if (ob > best || (ob == best && oi < best_i)) {
-            best = ob;
-            best_i = oi;
-        }
-    }
-    if (lane == 0) {
-        s_best[warp] = best;
-        s_idx[warp] = best_i;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        best = s_best[lane];
-        best_i = s_idx[lane];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-            if (ob > best || (ob == best && oi < best_i)) {
-                best = ob;
-                best_i = oi;
-            }
-        }
-        if (lane == 0) {
-            out[row] = best_i;
-            __threadfence();
-            const u64 done = atomicAdd(&rng[2], 1ull);
-            if (done == gridDim.x - 1) {  // the last block: every block has read offset
-                rng[1] = offset + 1;
-                rng[2] = 0;
-            }
+    block_argmax(best, best_i);
+    if (threadIdx.x == 0) {
+        out[row] = best_i;
+        __threadfence();
+        const u64 done = atomicAdd(&rng[2], 1ull);
+        if (done == gridDim.x - 1) {  // the last block: every block has read offset
+            rng[1] = offset + 1;
+            rng[2] = 0;
         }
     }
 }
@@ -194,9 +196,6 @@ extern "C" __global__ void __launch_bounds__(NT) sample_tokens(
 // Greedy: the lowest id of the largest logit of each row (torch.argmax's rule).
 extern "C" __global__ void __launch_bounds__(NT) argmax_rows(const float* __restrict__ logits, int V,
                                                           i64* __restrict__ out) {
-    __shared__ float s_best[32];
-    __shared__ int s_idx[32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const float* l = logits + (i64)blockIdx.x * V;
     float best = -F_INF;
     int best_i = 0x7fffffff;
@@ -207,32 +206,6 @@ extern "C" __global__ void __launch_bounds__(NT) argmax_rows(const float* __rest
             best_i = i;
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-        if (ob > best || (ob == best && oi < best_i)) {
-            best = ob;
-            best_i = oi;
-        }
-    }
-    if (lane == 0) {
-        s_best[warp] = best;
-        s_idx[warp] = best_i;
-    }
-    __syncthreads();
-    if (warp == 0) {
-        best = s_best[lane];
-        best_i = s_idx[lane];
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-            const int oi = __shfl_xor_sync(0xffffffffu, best_i, o);
-            if (ob > best || (ob == best && oi < best_i)) {
-                best = ob;
-                best_i = oi;
-            }
-        }
-        if (lane == 0) out[blockIdx.x] = best_i;
-    }
+    block_argmax(best, best_i);
+    if (threadIdx.x == 0) out[blockIdx.x] = best_i;
 }
