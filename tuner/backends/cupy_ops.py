@@ -168,12 +168,15 @@ def rope_kv_write(qkv, qk_norm, eps, positions, cos, sin, cache, layer, tables, 
     return q
 
 
+WAVES = 2  # decode-attention blocks per SM the plan aims for
+
+
 class AttentionPlan:
     """How decode attention splits a batch's context (once per batch shape), and the buffers it needs."""
 
-    def __init__(self, B: int, H: int, Hkv: int, D: int, max_len: int, device):
+    def __init__(self, B: int, H: int, Hkv: int, D: int, max_len: int, device, waves: float = WAVES):
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        want_parts = max(1, math.ceil(2 * sms / (B * Hkv)))  # enough blocks to fill the GPU twice
+        want_parts = max(1, math.ceil(waves * sms / (B * Hkv)))  # enough blocks for `waves` per SM
         self.part_size = max(64, -(-math.ceil(max_len / want_parts) // 64) * 64)
         self.num_parts = -(-max_len // self.part_size)
         self.max_len = max_len
