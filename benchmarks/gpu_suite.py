@@ -263,12 +263,36 @@ def bench_e2e(bw: float, quick: bool) -> list[dict]:
     return rows
 
 
+def profile_decode(model: str = "llama-3.2-1b") -> dict:
+    """Where a CUDA-graph decode step's time goes: device time per kernel (torch.profiler, CUPTI)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    import tuner
+
+    e = tuner.Engine(model=model, weights="dummy", device="cuda", dtype="bfloat16", max_seq_len=1024,
+                     kv_cache="paged", backend="cupy", cuda_graphs=True)
+    w = tuner.Workload(batch=1, prompt_len=128, output_len=17)
+    e.generate(w)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        e.generate(w)
+    steps = 16
+    rows = []
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        if t and ev.count >= steps:
+            rows.append({"kernel": ev.key[:90], "calls_per_step": round(ev.count / steps, 1),
+                         "us_per_step": round(t / steps, 1)})
+    rows.sort(key=lambda r: -r["us_per_step"])
+    return {"model": model, "batch": 1, "kernels": rows[:25],
+            "kernel_us_per_step": round(sum(r["us_per_step"] for r in rows), 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--quick", action="store_true", help="fewer end-to-end cases")
     ap.add_argument("--skip-tests", action="store_true")
-    ap.add_argument("--only", default="attention,gemv,sampling,e2e", help="benchmarks to run, comma-separated")
+    ap.add_argument("--only", default="attention,gemv,sampling,e2e,profile", help="benchmarks to run, comma-separated")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -283,7 +307,8 @@ def main() -> None:
         (out / "gpu_suite.json").write_text(json.dumps(result, indent=1))
         print("tests", {k: v for k, v in result["tests"].items() if k != "failed"}, flush=True)
     for name, fn in (("attention", lambda: bench_attention(bw)), ("gemv", lambda: bench_gemv(bw)),
-                     ("sampling", bench_sampling), ("e2e", lambda: bench_e2e(bw, args.quick))):
+                     ("sampling", bench_sampling), ("e2e", lambda: bench_e2e(bw, args.quick)),
+                     ("profile", profile_decode)):
         if name not in args.only.split(","):
             continue
         t = time.time()
@@ -301,9 +326,12 @@ def main() -> None:
     print(f"copy {bw:.0f} GB/s, bf16 matmul {result['ceilings']['bf16_matmul_tflops']:.0f} TFLOP/s")
     t = result.get("tests", {})
     print(f"tests: {t.get('tests')} run, {t.get('failures')} failures, {t.get('errors')} errors")
+    prof = result.get("profile", {})
+    for k in prof.get("kernels", [])[:12] if isinstance(prof, dict) else []:
+        print("profile", k)
     for name in ("attention", "gemv", "sampling", "e2e"):
         rows = result.get(name, [])
-        if isinstance(rows, dict):
+        if isinstance(rows, dict) and "error" in rows:
             print(name, "ERROR", rows["error"][:300])
             continue
         for r in rows:

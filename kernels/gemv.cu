@@ -3,6 +3,7 @@
 // int8: W[n, k] = q[n, k] * scale[n]               q int8 [N, K], scale [N]
 // int4: W[n, k] = (q[n, k] - 8) * scale[n, k/g] + zero[n, k/g]
 //       q packed two per byte [N, K/2] (low nibble = even k), scale and zero [N, K/g], g >= 32
+//       (computed as scale * sum(x * (q - 8)) + zero * sum(x) per group)
 // 256 threads, a warp per ROWS output features; each lane streams 16 bytes of weights per step (16 int8 or
 // 32 int4 values) with non-allocating loads, so x stays in L1. Twins: torch_ops.int8_linear / int4_linear.
 //
@@ -10,6 +11,16 @@
 #define ROWS 2
 #define WARPS 8
 #define UNR 4
+
+// Integer -> float without I2F (a quarter-rate instruction that would bound the int4 kernel): put the
+// value in the mantissa of 2^23 and subtract. Byte j of w as a signed int8; nibble j of w minus 8.
+__device__ __forceinline__ float i8_to_f(unsigned w, int j) {
+    return __int_as_float(0x4B000000u | (((w >> (8 * j)) & 0xffu) ^ 0x80u)) - 8388736.f;  // 2^23 + 128
+}
+
+__device__ __forceinline__ float u4_to_f(unsigned w, int j) {
+    return __int_as_float(0x4B000000u | ((w >> (4 * j)) & 0xfu)) - 8388616.f;  // 2^23 + 8
+}
 
 __device__ __forceinline__ uint4 ld_stream(const void* p) {
     uint4 r;
@@ -71,9 +82,9 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32, 1) int8_gemm(
                         const unsigned ww[4] = {w[u][r].x, w[u][r].y, w[u][r].z, w[u][r].w};
                         float s = 0.f;
 #pragma unroll
-                        for (int j = 0; j < 8; j++) s += xa[j] * (float)(i8)((ww[j / 4] >> (8 * (j % 4))) & 0xffu);
+                        for (int j = 0; j < 8; j++) s += xa[j] * i8_to_f(ww[j / 4], j % 4);
 #pragma unroll
-                        for (int j = 0; j < 8; j++) s += xb[j] * (float)(i8)((ww[2 + j / 4] >> (8 * (j % 4))) & 0xffu);
+                        for (int j = 0; j < 8; j++) s += xb[j] * i8_to_f(ww[2 + j / 4], j % 4);
                         acc[r][m] += s;
                     }
                 }
@@ -135,11 +146,11 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32, 1) int4_gemm(
                         for (int r = 0; r < ROWS; r++) {
                             const unsigned ww = c == 0 ? w[u][r].x : c == 1 ? w[u][r].y : c == 2 ? w[u][r].z : w[u][r].w;
 #pragma unroll
-                            for (int j = 0; j < 8; j++) dot[r] += xv[j] * (float)((ww >> (4 * j)) & 0xfu);
+                            for (int j = 0; j < 8; j++) dot[r] += xv[j] * u4_to_f(ww, j);
                         }
                     }
 #pragma unroll
-                    for (int r = 0; r < ROWS; r++) acc[r][m] += s_[r] * dot[r] + (z_[r] - 8.f * s_[r]) * xs;
+                    for (int r = 0; r < ROWS; r++) acc[r][m] += s_[r] * dot[r] + z_[r] * xs;
                 }
             }
         }

@@ -43,3 +43,18 @@ extern "C" __global__ void __launch_bounds__(256) add_rms_norm(
         }
     }
 }
+
+// out = round(round(silu(gate)) * up) for rows of x = [gate | up], each half n scalars (n % 8 == 0).
+// grid (ceil(n / 2048), rows), 256 threads. Twin: tuner.backends.torch_ops.silu_and_mul.
+extern "C" __global__ void __launch_bounds__(256) silu_and_mul(const u16* __restrict__ x, u16* __restrict__ out,
+                                                              int n) {
+    const int i = (blockIdx.x * blockDim.x + threadIdx.x) * 8;
+    if (i >= n) return;
+    const i64 row = blockIdx.y;
+    float g[8], u[8], o[8];
+    unpack8(*(const uint4*)(x + row * 2 * n + i), g);
+    unpack8(*(const uint4*)(x + row * 2 * n + n + i), u);
+#pragma unroll
+    for (int j = 0; j < 8; j++) o[j] = round_s(g[j] / (1.f + expf(-g[j]))) * u[j];
+    *(uint4*)(out + row * n + i) = pack8(o);
+}

@@ -1,5 +1,5 @@
 // Decode: (Qwen3 per-head q/k RMSNorm) + rotary embedding on q and k + KV-cache write, one launch.
-// One block per sequence, one warp per head of the fused qkv row [q heads | k heads | v heads].
+// grid (B, heads / 8): one warp per head of the fused qkv row [q heads | k heads | v heads].
 // Token b sits at position positions[b]; the cache slot is block_tables[b][p / block_size] at
 // p % block_size (a contiguous cache is the case block_size = max_seq_len, table[b][0] = b).
 // Twin: tuner.backends.torch_ops.rope_kv_write.
@@ -25,7 +25,7 @@ extern "C" __global__ void __launch_bounds__(256) rope_kv_write(
     const int p = positions[b];
     const u16* row = qkv + (i64)b * qkv_stride;
     const int blk = block_tables[(i64)b * max_blocks + p / block_size], off = p % block_size;
-    for (int hh = warp; hh < H + 2 * Hkv; hh += nw) {
+    for (int hh = blockIdx.y * nw + warp; hh < H + 2 * Hkv; hh += nw * gridDim.y) {
         float lo[PAIRS], hi[PAIRS];
 #pragma unroll
         for (int j = 0; j < PAIRS; j++) {

@@ -81,9 +81,11 @@ __device__ u32 radix_select(const float* __restrict__ l, int V, float M, float i
                     w = by_mass ? (u32)(expf((x - M) * inv_t) * MASS_ONE) : 1u;
                 }
             }
-            const unsigned peers = __match_any_sync(0xffffffffu, bin);
-            const u32 sum = __reduce_add_sync(peers, w);
-            if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (u64)sum);
+            if (__any_sync(0xffffffffu, bin >= 0)) {  // later passes: most warps hold no candidate
+                const unsigned peers = __match_any_sync(0xffffffffu, bin);  // lanes of one bin add once
+                const u32 sum = __reduce_add_sync(peers, w);
+                if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (u64)sum);
+            }
         }
         __syncthreads();
         select_bin(hist, want, above, s_sel, s_above);

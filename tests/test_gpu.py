@@ -65,6 +65,15 @@ def test_add_rms_norm_matches_twin(dtype, rows, n, with_delta):
     assert rel_err(out, out_ref) < 2e-2
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows,n", [(1, 8192), (3, 14336), (8, 896)])
+def test_silu_and_mul_matches_twin(dtype, rows, n):
+    x = (torch.randn(rows, 2 * n, device=DEV) * 3).to(dtype)
+    ref = torch_ops.silu_and_mul(x)
+    poison()
+    assert rel_err(cupy_ops().silu_and_mul(x), ref) < 1e-2
+
+
 def _args(H, Hkv, D, layers=2):
     args, _ = resolve_model("tiny")
     return dataclasses.replace(args, n_layers=layers, n_heads=H, n_kv_heads=Hkv, head_dim=D)
