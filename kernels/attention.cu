@@ -19,7 +19,7 @@ typedef u16 kv_t;
 #define TPW (32 / LG)
 #define NWARPS 4
 #define NS (NWARPS * TPW)
-#define UNROLL (GMAX >= 8 ? 2 : 4)  // tokens per stream per chunk: loads in flight, one rescale
+#define UNROLL 2
 
 struct Row8 {
 #if KV_INT8
@@ -89,7 +89,7 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32, 1) decode_attention(
         Row8 kr[UNROLL], vr[UNROLL];
         float ks[UNROLL], vs[UNROLL];
 #pragma unroll
-        for (int u = 0; u < UNROLL; u++) {  // issue every load of the chunk before using any
+        for (int u = 0; u < UNROLL; u++) {
             const int t = t0 + lane / LG + u * NS;
             if (t < end) {
                 const int blk = table[t / block_size], off = t % block_size;
@@ -106,59 +106,31 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32, 1) decode_attention(
 #endif
             }
         }
-        // scores of the chunk's tokens (a token's lanes agree on its validity; shuffles run on all lanes)
-        float s[GMAX][UNROLL];
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
-            const bool valid = t0 + lane / LG + u * NS < end;
-            float kf[8];
+            const int t = t0 + lane / LG + u * NS;
+            // every lane of a token group agrees on `valid`, so the group's shuffles below stay in step
+            const bool valid = t < end;
+            float kf[8], vf[8];
             row_floats(kr[u], kf);
+            row_floats(vr[u], vf);
 #pragma unroll
             for (int g = 0; g < GMAX; g++) {
                 if (g < G) {
-                    float d = 0.f;
+                    float s = 0.f;
 #pragma unroll
-                    for (int j = 0; j < 8; j++) d += qf[g][j] * kf[j];
+                    for (int j = 0; j < 8; j++) s += qf[g][j] * kf[j];
 #pragma unroll
-                    for (int o = LG / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-                    s[g][u] = valid ? d * ks[u] : -F_INF;
-                }
-            }
-        }
-        // one online-softmax rescale per chunk; s becomes the tokens' weights p
+                    for (int o = LG / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                    if (valid) {
+                        s *= ks[u];
+                        const float m_new = fmaxf(m[g], s);
+                        const float corr = exp2f(m[g] - m_new), p = exp2f(s - m_new);
+                        l[g] = l[g] * corr + p;
+                        const float pv = p * vs[u];
 #pragma unroll
-        for (int g = 0; g < GMAX; g++) {
-            if (g < G) {
-                float cm = s[g][0];
-#pragma unroll
-                for (int u = 1; u < UNROLL; u++) cm = fmaxf(cm, s[g][u]);
-                const float m_new = fmaxf(m[g], cm);
-                if (m_new != -F_INF) {  // -inf only for a stream that has seen no token yet
-                    const float corr = exp2f(m[g] - m_new);
-                    float sum = 0.f;
-#pragma unroll
-                    for (int u = 0; u < UNROLL; u++) {
-                        s[g][u] = exp2f(s[g][u] - m_new);
-                        sum += s[g][u];
-                    }
-                    l[g] = l[g] * corr + sum;
-#pragma unroll
-                    for (int j = 0; j < 8; j++) acc[g][j] *= corr;
-                    m[g] = m_new;
-                }
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            if (t0 + lane / LG + u * NS < end) {  // an unloaded row may hold NaN: 0 * NaN is NaN
-                float vf[8];
-                row_floats(vr[u], vf);
-#pragma unroll
-                for (int g = 0; g < GMAX; g++) {
-                    if (g < G) {
-                        const float pv = s[g][u] * vs[u];
-#pragma unroll
-                        for (int j = 0; j < 8; j++) acc[g][j] += pv * vf[j];
+                        for (int j = 0; j < 8; j++) acc[g][j] = acc[g][j] * corr + pv * vf[j];
+                        m[g] = m_new;
                     }
                 }
             }

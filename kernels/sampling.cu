@@ -17,6 +17,22 @@ __device__ __forceinline__ u32 fkey(float f) {
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+// Elements i .. i+3 of a row (16-byte load when the row allows it); ok[j] false past the end.
+__device__ __forceinline__ void load4(const float* __restrict__ l, int i, int V, float x[4], bool ok[4]) {
+    if ((V & 3) == 0 && i + 3 < V) {
+        const float4 v = *(const float4*)(l + i);
+        x[0] = v.x; x[1] = v.y; x[2] = v.z; x[3] = v.w;
+#pragma unroll
+        for (int j = 0; j < 4; j++) ok[j] = true;
+    } else {
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            ok[j] = i + j < V;
+            x[j] = ok[j] ? l[i + j] : 0.f;
+        }
+    }
+}
+
 __device__ __forceinline__ u64 splitmix64(u64 x) {
     x += 0x9E3779B97F4A7C15ull;
     x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -69,22 +85,24 @@ __device__ u32 radix_select(const float* __restrict__ l, int V, float M, float i
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int i = threadIdx.x; i < 256; i += NT) hist[i] = 0;
         __syncthreads();
-        for (int base = 0; base < V; base += NT) {
-            const int i = base + threadIdx.x;
-            int bin = -1;
-            u32 w = 0;
-            if (i < V) {
-                const float x = l[i];
-                const u32 k = fkey(x);
-                if (k >= floor_key && (k & pmask) == prefix) {
+        for (int base = 0; base < V; base += 4 * NT) {  // uniform trip count: every lane reaches the syncs
+            float xv[4];
+            bool ok[4];
+            load4(l, base + 4 * threadIdx.x, V, xv, ok);
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                int bin = -1;
+                u32 w = 0;
+                const u32 k = fkey(xv[j]);
+                if (ok[j] && k >= floor_key && (k & pmask) == prefix) {
                     bin = (k >> shift) & 255;
-                    w = by_mass ? (u32)(expf((x - M) * inv_t) * MASS_ONE) : 1u;
+                    w = by_mass ? (u32)(expf((xv[j] - M) * inv_t) * MASS_ONE) : 1u;
                 }
-            }
-            if (__any_sync(0xffffffffu, bin >= 0)) {  // later passes: most warps hold no candidate
-                const unsigned peers = __match_any_sync(0xffffffffu, bin);  // lanes of one bin add once
-                const u32 sum = __reduce_add_sync(peers, w);
-                if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (u64)sum);
+                if (__any_sync(0xffffffffu, bin >= 0)) {  // later passes: most warps hold no candidate
+                    const unsigned peers = __match_any_sync(0xffffffffu, bin);  // lanes of one bin add once
+                    const u32 sum = __reduce_add_sync(peers, w);
+                    if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (u64)sum);
+                }
             }
         }
         __syncthreads();
@@ -144,7 +162,13 @@ extern "C" __global__ void __launch_bounds__(NT) sample_tokens(
     const float inv_t = 1.f / temperature;
 
     float mx = -F_INF;
-    for (int i = threadIdx.x; i < V; i += NT) mx = fmaxf(mx, l[i]);
+    for (int i = 4 * threadIdx.x; i < V; i += 4 * NT) {
+        float xv[4];
+        bool ok[4];
+        load4(l, i, V, xv, ok);
+#pragma unroll
+        for (int j = 0; j < 4; j++) if (ok[j]) mx = fmaxf(mx, xv[j]);
+    }
     const float M = block_max(mx, scratch);
 
     u32 floor_key = 0;  // keep tokens whose key is >= floor_key
@@ -155,9 +179,13 @@ extern "C" __global__ void __launch_bounds__(NT) sample_tokens(
         for (int i = threadIdx.x; i < 256; i += NT) hist[i] = 0;
         __syncthreads();
         u64 part = 0;
-        for (int i = threadIdx.x; i < V; i += NT) {
-            const float x = l[i];
-            if (fkey(x) >= floor_key) part += (u32)(expf((x - M) * inv_t) * MASS_ONE);
+        for (int i = 4 * threadIdx.x; i < V; i += 4 * NT) {
+            float xv[4];
+            bool ok[4];
+            load4(l, i, V, xv, ok);
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                if (ok[j] && fkey(xv[j]) >= floor_key) part += (u32)(expf((xv[j] - M) * inv_t) * MASS_ONE);
         }
         atomicAdd(&hist[0], part);
         __syncthreads();
@@ -171,16 +199,22 @@ extern "C" __global__ void __launch_bounds__(NT) sample_tokens(
     const u64 row_key = splitmix64(splitmix64(seed ^ splitmix64(offset)) + (u64)row);
     float best = -F_INF;
     int best_i = 0x7fffffff;
-    for (int i = threadIdx.x; i < V; i += NT) {
-        const float x = l[i];
-        const float z = (x - M) * inv_t;
-        if (fkey(x) < floor_key || (min_p > 0.f && expf(z) < min_p)) continue;
-        const u64 r = splitmix64(row_key + (u64)i);
-        const float u = ((float)(r >> 40) + 0.5f) * (1.f / 16777216.f);
-        const float s = z - logf(-logf(u));
-        if (s > best) {  // i rises within a thread, so equal scores keep the lower id
-            best = s;
-            best_i = i;
+    for (int i0 = 4 * threadIdx.x; i0 < V; i0 += 4 * NT) {
+        float xv[4];
+        bool ok[4];
+        load4(l, i0, V, xv, ok);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int i = i0 + j;
+            const float z = (xv[j] - M) * inv_t;
+            if (!ok[j] || fkey(xv[j]) < floor_key || (min_p > 0.f && expf(z) < min_p)) continue;
+            const u64 r = splitmix64(row_key + (u64)i);
+            const float u = ((float)(r >> 40) + 0.5f) * (1.f / 16777216.f);
+            const float s = z - logf(-logf(u));
+            if (s > best) {  // i rises within a thread, so equal scores keep the lower id
+                best = s;
+                best_i = i;
+            }
         }
     }
     block_argmax(best, best_i);
@@ -201,11 +235,16 @@ extern "C" __global__ void __launch_bounds__(NT) argmax_rows(const float* __rest
     const float* l = logits + (i64)blockIdx.x * V;
     float best = -F_INF;
     int best_i = 0x7fffffff;
-    for (int i = threadIdx.x; i < V; i += NT) {
-        const float x = l[i];
-        if (x > best || best_i == 0x7fffffff) {
-            best = x;
-            best_i = i;
+    for (int i0 = 4 * threadIdx.x; i0 < V; i0 += 4 * NT) {
+        float xv[4];
+        bool ok[4];
+        load4(l, i0, V, xv, ok);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            if (ok[j] && (xv[j] > best || best_i == 0x7fffffff)) {
+                best = xv[j];
+                best_i = i0 + j;
+            }
         }
     }
     block_argmax(best, best_i);

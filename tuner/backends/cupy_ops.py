@@ -21,7 +21,8 @@ from . import torch_ops
 NVRTC_OPTIONS = ("-std=c++17",)
 HEAD_DIMS = (64, 128)
 GROUPS = (1, 2, 4, 8)  # query-group variants; a group of G uses the smallest variant >= G
-GEMV_ROWS = (1, 2, 4, 8)  # weight-only GEMV variants; more rows than 8 take torch's dequantized matmul
+GEMV_ROWS = (1, 2, 4, 8)
+Q8_KMAX = 28672  # int4_gemv_q8 keeps x (int8) in shared memory: inputs up to this width  # weight-only GEMV variants; more rows than 8 take torch's dequantized matmul
 SCALARS = {torch.bfloat16: 1, torch.float16: 0}
 
 
@@ -229,6 +230,11 @@ def int4_linear(x, packed, scale, zero, bias, group_size):
         return torch_ops.int4_linear(x, packed, scale, zero, bias, group_size)
     x = x.contiguous()
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    if M == 1 and K <= Q8_KMAX:  # batch-1 decode: integer dot products against x rounded to int8
+        k = _kernel("gemv.cu", "int4_gemv_q8", SCALAR_BF16=_scalar(x), MMAX=1)
+        _launch(k, (-(-N // 16),), (256,),
+                (_p(x), _p(packed), _p(scale), _p(zero), _p(bias), _p(out), _i(N), _i(K), _i(group_size)))
+        return out
     k = _kernel("gemv.cu", "int4_gemm", SCALAR_BF16=_scalar(x), MMAX=_rows(M))
     _launch(k, (-(-N // 16),), (256,),
             (_p(x), _p(packed), _p(scale), _p(zero), _p(bias), _p(out), _i(M), _i(N), _i(K), _i(group_size)))
