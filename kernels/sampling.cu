@@ -148,7 +148,7 @@ __device__ __forceinline__ void block_argmax(float& best, int& best_i) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(NT) sample_tokens(
+extern "C" __global__ void __launch_bounds__(NT, 1) sample_tokens(
     const float* __restrict__ logits, int V, float temperature, int top_k, float top_p, float min_p,
     u64* __restrict__ rng, i64* __restrict__ out)
 {
@@ -230,7 +230,7 @@ extern "C" __global__ void __launch_bounds__(NT) sample_tokens(
 }
 
 // Greedy: the lowest id of the largest logit of each row (torch.argmax's rule).
-extern "C" __global__ void __launch_bounds__(NT) argmax_rows(const float* __restrict__ logits, int V,
+extern "C" __global__ void __launch_bounds__(NT, 1) argmax_rows(const float* __restrict__ logits, int V,
                                                           i64* __restrict__ out) {
     const float* l = logits + (i64)blockIdx.x * V;
     float best = -F_INF;

@@ -21,8 +21,8 @@ from . import torch_ops
 NVRTC_OPTIONS = ("-std=c++17",)
 HEAD_DIMS = (64, 128)
 GROUPS = (1, 2, 4, 8)  # query-group variants; a group of G uses the smallest variant >= G
-GEMV_ROWS = (1, 2, 4, 8)
-Q8_KMAX = 28672  # int4_gemv_q8 keeps x (int8) in shared memory: inputs up to this width  # weight-only GEMV variants; more rows than 8 take torch's dequantized matmul
+GEMV_ROWS = (1, 2, 4, 8)  # weight-only GEMV variants; more rows than 8 take torch's dequantized matmul
+Q8_KMAX = 28672  # int4_gemv_q8 keeps x (int8) in shared memory: inputs up to this width
 SCALARS = {torch.bfloat16: 1, torch.float16: 0}
 
 
