@@ -159,13 +159,12 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32, 1) int4_gemm(
     finish(acc, n0, N, M, bias, ones, out);
 }
 
-// int4 at one row of x (batch-1 decode): integer dot products. Each block first quantizes x to int8 per
-// 32 values into shared memory (scale = max|x| / 127), laid out to meet the nibbles: in each 8 values the
-// even k go to one word, the odd k to the next. Then per 32 weights a lane needs 4 LOP/SHF pairs and 8 dp4a
-// instead of 32 conversions and FMAs:
+// int4 at one row of x (batch-1 decode): integer dot products. quantize_x_q8 first rounds x to int8 per 32
+// values (scale = max|x| / 127), laid out to meet the nibbles: in each 8 values the even k go to one word, the
+// odd k to the next. Then per 32 weights a lane needs 4 LOP/SHF pairs and 8 dp4a instead of 32 conversions
+// and FMAs:
 //   sum_k x_k (q_k - 8) ~= xscale * (sum_k xq_k q_k - 8 sum_k xq_k);  out += scale * that + zero * sum_k x_k
 // Twin: torch_ops.int4_linear (x is rounded to int8 here: relative error ~1e-3).
-#define Q8_KMAX 28672
 
 __device__ __forceinline__ int dp4a(unsigned a, unsigned b, int c) {
     int d;
@@ -173,30 +172,34 @@ __device__ __forceinline__ int dp4a(unsigned a, unsigned b, int c) {
     return d;
 }
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32, 1) int4_gemv_q8(
-    const u16* __restrict__ x, const u8* __restrict__ q, const u16* __restrict__ scale, const u16* __restrict__ zero,
-    const u16* __restrict__ bias, u16* __restrict__ out, int N, int K, int group_size)
+// grid ceil(K / 256), 256 threads: one warp per 32 values of x.
+extern "C" __global__ void __launch_bounds__(256) quantize_x_q8(
+    const u16* __restrict__ x, unsigned* __restrict__ xq, float* __restrict__ xscale, float* __restrict__ xsum,
+    int* __restrict__ xqsum, int K)
 {
-    __shared__ unsigned s_xq[Q8_KMAX / 4];
-    __shared__ float s_xs[Q8_KMAX / 32], s_xsum[Q8_KMAX / 32];
-    __shared__ int s_xqsum[Q8_KMAX / 32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int c = warp; c < K / 32; c += WARPS) {  // one warp per 32 values of x
-        const float v = to_f(x[c * 32 + lane]);
-        const float amax = warp_max(fabsf(v));
-        const float xs = amax > 0.f ? amax / 127.f : 1.f;
-        const int xq = (int)rintf(v / xs);
-        const int b = lane & 7, word = 2 * (lane >> 3) + (b & 1);
-        ((i8*)s_xq)[c * 32 + word * 4 + (b >> 1)] = (i8)xq;
-        const float sum = warp_sum(v);
-        const float qsum = warp_sum((float)xq);
-        if (lane == 0) {
-            s_xs[c] = xs;
-            s_xsum[c] = sum;
-            s_xqsum[c] = (int)qsum;
-        }
+    const int lane = threadIdx.x & 31;
+    const int c = blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (c >= K / 32) return;
+    const float v = to_f(x[c * 32 + lane]);
+    const float amax = warp_max(fabsf(v));
+    const float xs = amax > 0.f ? amax / 127.f : 1.f;
+    const int q = (int)rintf(v / xs);
+    const int b = lane & 7, word = 2 * (lane >> 3) + (b & 1);
+    ((i8*)xq)[c * 32 + word * 4 + (b >> 1)] = (i8)q;
+    const float sum = warp_sum(v), qsum = warp_sum((float)q);
+    if (lane == 0) {
+        xscale[c] = xs;
+        xsum[c] = sum;
+        xqsum[c] = (int)qsum;
     }
-    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32, 1) int4_gemv_q8(
+    const unsigned* __restrict__ xq, const float* __restrict__ xscale, const float* __restrict__ xsum_,
+    const int* __restrict__ xqsum_, const u8* __restrict__ q, const u16* __restrict__ scale,
+    const u16* __restrict__ zero, const u16* __restrict__ bias, u16* __restrict__ out, int N, int K, int group_size)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int n0 = (blockIdx.x * WARPS + warp) * ROWS;
     if (n0 >= N) return;
     const int ng = K / group_size;
@@ -217,14 +220,14 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32, 1) int4_gemv_q8(
             const int k = kb + u * 32 * 32;
             if (k >= K) break;
             const int c = k / 32;
-            const uint4 xa = *(const uint4*)(s_xq + c * 8), xb = *(const uint4*)(s_xq + c * 8 + 4);
-            const float xs = s_xs[c], xsum = s_xsum[c];
-            const int xqsum = s_xqsum[c];
+            const uint4 xa = *(const uint4*)(xq + c * 8), xb = *(const uint4*)(xq + c * 8 + 4);
+            const float xs = xscale[c], xsum = xsum_[c];
+            const int xqsum = xqsum_[c];
+            const unsigned xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
 #pragma unroll
             for (int r = 0; r < ROWS; r++) {
                 const i64 gi = (i64)(n0 + r < N ? n0 + r : n0) * ng + k / group_size;
                 const unsigned ww[4] = {w[u][r].x, w[u][r].y, w[u][r].z, w[u][r].w};
-                const unsigned xw[8] = {xa.x, xa.y, xa.z, xa.w, xb.x, xb.y, xb.z, xb.w};
                 int dot = 0;
 #pragma unroll
                 for (int j = 0; j < 4; j++) {

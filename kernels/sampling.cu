@@ -41,8 +41,10 @@ __device__ __forceinline__ u64 splitmix64(u64 x) {
 }
 
 // Warp 0 finds, scanning bins from 255 down, the first where above + (count of higher bins) + bin >= want.
-// Results: s_sel[0] = bin (or -1), s_above[0] = above + count of the bins higher than it.
-__device__ void select_bin(const u64* hist, u64 want, u64 above, int* s_sel, u64* s_above) {
+// Results: s_sel[0] = bin (or -1), s_above[0] = above + count of the bins higher than it. With frac >= 0
+// (the first pass of a top-p select) want is ceil(frac * total of all bins), returned in s_want[0].
+__device__ void select_bin(const u64* hist, u64 want, float frac, u64 above, int* s_sel, u64* s_above,
+                           u64* s_want) {
     if (threadIdx.x >= 32) return;
     const int lane = threadIdx.x;
     u64 mine = 0;
@@ -53,6 +55,12 @@ __device__ void select_bin(const u64* hist, u64 want, u64 above, int* s_sel, u64
     for (int o = 1; o < 32; o <<= 1) {
         u64 v = __shfl_up_sync(0xffffffffu, incl, o);
         if (lane >= o) incl += v;
+    }
+    if (frac >= 0.f) {  // incl of lane 31 is the total of every bin
+        const u64 total = __shfl_sync(0xffffffffu, incl, 31);
+        want = (u64)ceil((double)frac * (double)total);
+        want = want > 0 ? want : 1;
+        if (lane == 0) s_want[0] = want;
     }
     const unsigned hit = __ballot_sync(0xffffffffu, above + incl >= want);
     if (hit == 0) {
@@ -78,7 +86,7 @@ __device__ void select_bin(const u64* hist, u64 want, u64 above, int* s_sel, u64
 // Radix select over the keys of the kept logits: the largest key kk with weight(keys >= kk) >= want, where
 // weight is 1 per token (by_mass false) or its fixed-point mass. Returns 0 if the kept weight is under want.
 __device__ u32 radix_select(const float* __restrict__ l, int V, float M, float inv_t, u32 floor_key, bool by_mass,
-                            u64 want, u64* hist, int* s_sel, u64* s_above) {
+                            u64 want, float frac, u64* hist, int* s_sel, u64* s_above) {
     u32 prefix = 0, pmask = 0;
     u64 above = 0;
     const int lane = threadIdx.x & 31;
@@ -106,8 +114,10 @@ __device__ u32 radix_select(const float* __restrict__ l, int V, float M, float i
             }
         }
         __syncthreads();
-        select_bin(hist, want, above, s_sel, s_above);
+        __shared__ u64 s_want[1];
+        select_bin(hist, want, shift == 24 ? frac : -1.f, above, s_sel, s_above, s_want);
         __syncthreads();
+        if (shift == 24 && frac >= 0.f) want = s_want[0];
         const int sel = s_sel[0];
         if (sel < 0) return 0u;
         above = s_above[0];
@@ -173,26 +183,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1) sample_tokens(
 
     u32 floor_key = 0;  // keep tokens whose key is >= floor_key
     if (top_k > 0 && top_k < V)
-        floor_key = radix_select(l, V, M, inv_t, 0u, false, (u64)top_k, hist, s_sel, s_above);
-    if (top_p < 1.f) {
-        // total kept mass, in the same fixed point as the histogram
-        for (int i = threadIdx.x; i < 256; i += NT) hist[i] = 0;
-        __syncthreads();
-        u64 part = 0;
-        for (int i = 4 * threadIdx.x; i < V; i += 4 * NT) {
-            float xv[4];
-            bool ok[4];
-            load4(l, i, V, xv, ok);
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-                if (ok[j] && fkey(xv[j]) >= floor_key) part += (u32)(expf((xv[j] - M) * inv_t) * MASS_ONE);
-        }
-        atomicAdd(&hist[0], part);
-        __syncthreads();
-        const u64 total = hist[0];
-        __syncthreads();
-        const u64 want = (u64)ceil((double)top_p * (double)total);
-        const u32 kp = radix_select(l, V, M, inv_t, floor_key, true, want > 0 ? want : 1, hist, s_sel, s_above);
+        floor_key = radix_select(l, V, M, inv_t, 0u, false, (u64)top_k, -1.f, hist, s_sel, s_above);
+    if (top_p < 1.f) {  // want = ceil(top_p * total kept mass), found from the first histogram
+        const u32 kp = radix_select(l, V, M, inv_t, floor_key, true, 0, top_p, hist, s_sel, s_above);
         if (kp > floor_key) floor_key = kp;
     }
 

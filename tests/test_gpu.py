@@ -219,8 +219,22 @@ def test_cuda_graph_replay_gives_the_eager_tokens(tmp_path, batch):
     e = tuner.Engine(**knobs, cuda_graphs=True)
     graphed = e.generate(ps, sp)
     assert graphed.tokens == eager.tokens
-    assert list(e.graphs.graphs) == [1 if batch == 1 else 4]  # batch 3 replays the bucket of 4
+    # batch 3 replays the bucket of 4; contexts up to 50 tokens need only the 256-token band
+    assert list(e.graphs.graphs) == [(1 if batch == 1 else 4, 256)]
     sampled = dict(temperature=0.8, top_p=0.9, max_new_tokens=16, seed=3)
     a = tuner.Engine(**knobs).generate(ps, tuner.SamplingParams(**sampled))
     b = e.generate(ps, tuner.SamplingParams(**sampled))
     assert a.tokens == b.tokens  # the sampler's device-side random state gives the same draws
+
+
+def test_cuda_graphs_follow_the_context_across_bands(tmp_path):
+    path = _engine_checkpoint(tmp_path)
+    g = torch.Generator().manual_seed(2)
+    ps = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (250, 20)]
+    sp = tuner.SamplingParams(max_new_tokens=12)
+    knobs = dict(model=path, device="cuda", dtype="float16", batch_size=2, kv_cache="paged", backend="cupy",
+                 max_seq_len=1024)
+    eager = tuner.Engine(**knobs).generate(ps, sp)
+    e = tuner.Engine(**knobs, cuda_graphs=True)
+    assert e.generate(ps, sp).tokens == eager.tokens
+    assert sorted(e.graphs.graphs) == [(2, 256), (2, 512)]  # the 250-token prompt grows past 256

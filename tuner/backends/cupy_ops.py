@@ -22,7 +22,6 @@ NVRTC_OPTIONS = ("-std=c++17",)
 HEAD_DIMS = (64, 128)
 GROUPS = (1, 2, 4, 8)  # query-group variants; a group of G uses the smallest variant >= G
 GEMV_ROWS = (1, 2, 4, 8)  # weight-only GEMV variants; more rows than 8 take torch's dequantized matmul
-Q8_KMAX = 28672  # int4_gemv_q8 keeps x (int8) in shared memory: inputs up to this width
 SCALARS = {torch.bfloat16: 1, torch.float16: 0}
 
 
@@ -170,6 +169,7 @@ def rope_kv_write(qkv, qk_norm, eps, positions, cos, sin, cache, layer, tables, 
 
 
 WAVES = 4  # decode-attention blocks per SM the plan aims for (H100: 4 ran 1.4x faster than 2)
+MIN_PART = 256  # tokens per partition at least: shorter contexts run in one pass, with no merge
 
 
 class AttentionPlan:
@@ -178,7 +178,7 @@ class AttentionPlan:
     def __init__(self, B: int, H: int, Hkv: int, D: int, max_len: int, device, waves: float = WAVES):
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         want_parts = max(1, math.ceil(waves * sms / (B * Hkv)))  # enough blocks for `waves` per SM
-        self.part_size = max(64, -(-math.ceil(max_len / want_parts) // 64) * 64)
+        self.part_size = max(MIN_PART, -(-math.ceil(max_len / want_parts) // 64) * 64)
         self.num_parts = -(-max_len // self.part_size)
         self.max_len = max_len
         n = B * H * self.num_parts
@@ -230,10 +230,15 @@ def int4_linear(x, packed, scale, zero, bias, group_size):
         return torch_ops.int4_linear(x, packed, scale, zero, bias, group_size)
     x = x.contiguous()
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    if M == 1 and K <= Q8_KMAX:  # batch-1 decode: integer dot products against x rounded to int8
+    if M == 1:  # batch-1 decode: integer dot products against x rounded to int8
+        c = K // 32
+        ws = torch.empty(K // 4 + 3 * c, dtype=torch.int32, device=x.device)  # xq words, scale, sum, qsum
+        xq, xs, xsum, xqsum = ws[: K // 4], ws[K // 4: K // 4 + c], ws[K // 4 + c: K // 4 + 2 * c], ws[K // 4 + 2 * c:]
+        q8 = _kernel("gemv.cu", "quantize_x_q8", SCALAR_BF16=_scalar(x), MMAX=1)
+        _launch(q8, (-(-c // 8),), (256,), (_p(x), _p(xq), _p(xs), _p(xsum), _p(xqsum), _i(K)))
         k = _kernel("gemv.cu", "int4_gemv_q8", SCALAR_BF16=_scalar(x), MMAX=1)
-        _launch(k, (-(-N // 16),), (256,),
-                (_p(x), _p(packed), _p(scale), _p(zero), _p(bias), _p(out), _i(N), _i(K), _i(group_size)))
+        _launch(k, (-(-N // 16),), (256,), (_p(xq), _p(xs), _p(xsum), _p(xqsum), _p(packed), _p(scale), _p(zero),
+                                            _p(bias), _p(out), _i(N), _i(K), _i(group_size)))
         return out
     k = _kernel("gemv.cu", "int4_gemm", SCALAR_BF16=_scalar(x), MMAX=_rows(M))
     _launch(k, (-(-N // 16),), (256,),

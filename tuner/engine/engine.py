@@ -234,7 +234,7 @@ class Engine:
         """Logits [B, V] of the fixed-shape decode step (replayed from a CUDA graph when cuda_graphs=True)."""
         B = len(lens)
         if self.graphs is not None:
-            return self.graphs.run(tokens, lens_t, self.cache.decode_tables(B))
+            return self.graphs.run(tokens, lens_t, self.cache.decode_tables(B), max(lens) + 1)
         positions = lens_t.to(torch.int32)
         st = DecodeState(tokens, positions, positions + 1, self.cache.decode_tables(B), self.cache.block_len, self.cos,
                          self.sin, self.plan(B, max(lens) + 1))
@@ -313,20 +313,27 @@ def bucket(batch: int) -> int:
 
 
 class CudaGraphs:
-    """The fixed-shape decode step captured once per batch bucket (1, 2, 4, 8, ...) and replayed.
+    """The fixed-shape decode step captured once per batch bucket (1, 2, 4, 8, ...) and context band
+    (256, 512, 1024, ... tokens, up to max_seq_len), and replayed.
 
     A batch of B runs in the graph of bucket(B): rows past B decode a dummy token into a scratch cache
-    slot. Inputs are copied into the graph's static buffers before each replay; the logits come back as
-    a view of its static output, valid until the next replay.
+    slot. The band sizes the graph's attention split, so short contexts run one pass with no merge.
+    Inputs are copied into the graph's static buffers before each replay; the logits come back as a view
+    of its static output, valid until the next replay.
     """
 
     def __init__(self, engine: Engine):
         self.engine, self.graphs, self.pool = engine, {}, None
-        self.capture_s: dict[int, float] = {}
+        self.capture_s: dict[tuple[int, int], float] = {}
 
-    def run(self, tokens: torch.Tensor, lens_t: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    def band(self, max_len: int) -> int:
+        return min(self.engine.config.max_seq_len, max(256, bucket(max_len)))
+
+    def run(self, tokens: torch.Tensor, lens_t: torch.Tensor, tables: torch.Tensor, max_len: int) -> torch.Tensor:
+        """Logits [B, V] of one decode step; max_len: the longest sequence once this token is in."""
         B = tokens.shape[0]
-        graph, st, logits = self.graphs.get(bucket(B)) or self._capture(bucket(B))
+        key = (bucket(B), self.band(max_len))
+        graph, st, logits = self.graphs.get(key) or self._capture(*key)
         st.tokens[:B].copy_(tokens)
         st.tokens[B:].zero_()
         st.positions[:B].copy_(lens_t)
@@ -337,7 +344,7 @@ class CudaGraphs:
         graph.replay()
         return logits[:B]
 
-    def _capture(self, Bp: int):
+    def _capture(self, Bp: int, band: int):
         e = self.engine
         t = time.perf_counter()
         a, cache = e.args, e.cache
@@ -348,8 +355,7 @@ class CudaGraphs:
                          seq_lens=torch.ones(Bp, dtype=torch.int32, device=dev),
                          tables=torch.full((Bp, width), cache.scratch, dtype=torch.int32, device=dev),
                          block_size=cache.block_len, cos=e.cos, sin=e.sin,
-                         plan=e.ops.plan_attention(Bp, a.n_heads, a.n_kv_heads, a.head_dim, e.config.max_seq_len,
-                                                   dev))
+                         plan=e.ops.plan_attention(Bp, a.n_heads, a.n_kv_heads, a.head_dim, band, dev))
         side = torch.cuda.Stream(dev)
         side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):  # warm up: compile and load kernels, settle the allocator
@@ -360,6 +366,6 @@ class CudaGraphs:
         with torch.cuda.graph(graph, pool=self.pool, stream=side):
             logits = e.model.decode(st, cache, e.ops)
         self.pool = graph.pool()
-        self.graphs[Bp] = (graph, st, logits)
-        self.capture_s[Bp] = time.perf_counter() - t
-        return self.graphs[Bp]
+        self.graphs[Bp, band] = (graph, st, logits)
+        self.capture_s[Bp, band] = time.perf_counter() - t
+        return self.graphs[Bp, band]
