@@ -317,7 +317,7 @@ class CudaGraphs:
     (256, 512, 1024, ... tokens, up to max_seq_len), and replayed.
 
     A batch of B runs in the graph of bucket(B): rows past B decode a dummy token into a scratch cache
-    slot. The band sizes the graph's attention split, so short contexts run one pass with no merge.
+    slot. The band sizes the graph's attention split, so short contexts skip empty partitions.
     Inputs are copied into the graph's static buffers before each replay; the logits come back as a view
     of its static output, valid until the next replay.
     """
