@@ -56,6 +56,7 @@ class RunResult:
     timings: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
     ops_records: list[dict] = field(default_factory=list)
+    profile: dict = field(default_factory=dict)  # profiled runs: trace paths and the per-phase summary
     stopped: bool = False
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -63,7 +64,11 @@ class RunResult:
 
     @property
     def ops(self):
-        """Per (phase, op) profile table as a pandas DataFrame; empty unless the run was profiled."""
+        """Per (phase, op) profile table as a pandas DataFrame; empty unless the run was profiled.
+
+        Columns: phase, op, calls, time_ms, flops, bytes (analytic), intensity (FLOP/B), achieved_tflops,
+        achieved_gbs, pct_peak_compute, pct_peak_bandwidth (of the measured peaks), bound (memory /
+        compute / overhead) and explanation."""
         import pandas as pd
 
         return pd.DataFrame(self.ops_records)
@@ -73,7 +78,7 @@ class RunResult:
                 "tuner_version": self.tuner_version, "config": self.config, "sampling": self.sampling,
                 "workload": self.workload, "hardware": self.hardware, "metrics": self.metrics,
                 "memory": self.memory, "timings": self.timings, "tokens": self.tokens, "text": self.text,
-                "ops": self.ops_records, "stopped": self.stopped}
+                "ops": self.ops_records, "profile": self.profile, "stopped": self.stopped}
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -84,7 +89,8 @@ class RunResult:
             raise ValueError(f"not a tuner run record: schema is {d.get('schema')!r}, expected {SCHEMA!r}")
         return cls(config=d["config"], sampling=d["sampling"], workload=d["workload"], hardware=d["hardware"],
                    metrics=d["metrics"], tokens=d["tokens"], text=d.get("text"), timings=d.get("timings", {}),
-                   memory=d.get("memory", {}), ops_records=d.get("ops", []), stopped=d.get("stopped", False),
+                   memory=d.get("memory", {}), ops_records=d.get("ops", []), profile=d.get("profile", {}),
+                   stopped=d.get("stopped", False),
                    run_id=d["run_id"], created=d["created"], tuner_version=d.get("tuner_version", ""))
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import time
 from collections.abc import Callable, Sequence
@@ -14,7 +15,9 @@ from ..config import EngineConfig, SamplingParams
 from ..models.args import resolve_model
 from ..models.loader import build_model, eos_token_ids, load_tokenizer
 from ..models.model import DecodeState, Step, rope_tables
+from ..profile.capture import Capture, new_run_id
 from ..profile.hardware import hardware_info
+from ..profile.ranges import op
 from ..result import RunResult, compute_metrics
 from .kv_cache import KVCache, PagedKVCache
 from .sampling import sample
@@ -61,6 +64,7 @@ class Engine:
         self.cos, self.sin = rope_tables(self.args, config.max_seq_len, self.device, self.dtype)
         self._hardware: dict | None = None
         self._plans: dict = {}
+        self._cap: Capture | None = None
         self.graphs = CudaGraphs(self) if graphs else None
 
     # -- one forward pass -------------------------------------------------------------------------
@@ -109,16 +113,18 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self, prompts, sampling: SamplingParams | None = None, profile: bool = False,
-                 on_step: Callable[[dict], bool | None] | None = None) -> RunResult:
+                 on_step: Callable[[dict], bool | None] | None = None, logdir: str | None = None) -> RunResult:
         """Generate for `prompts` (token-id lists, strings, or a Workload) in static batches of batch_size.
 
         on_step(event) is called after each prefill and decode step with progress figures; returning
-        True stops the run, keeping what finished.
+        True stops the run, keeping what finished. profile=True runs under torch.profiler: the result's
+        `ops` table explains each op per phase (time, FLOPs, bytes, achieved rates, bound) and its traces
+        land in <logdir>/<run_id>/ (logdir defaults to tuner.profile.capture.default_logdir()).
         """
-        if profile:
-            raise NotImplementedError("profile=True needs the profiler, which is not in this version of tuner")
         requests, sampling, workload = self._requests(prompts, sampling)
         hw = self.hardware()
+        run_id = new_run_id()
+        self._cap = Capture(self.device, logdir, run_id) if profile else None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
@@ -130,14 +136,20 @@ class Engine:
         tokens, times, prefill_ms, decode = [], [], [], {"step_ms": [], "bytes": [], "flops": []}
         stopped = False
         t0 = time.perf_counter()
-        for i in range(n_batches):
-            batch = requests[i * B:(i + 1) * B]
-            out, out_times, stopped = self._run_batch(batch, sampling, generator, stops, t0, prefill_ms, decode,
-                                                      on_step, (i, n_batches, len(requests)))
-            tokens += out
-            times += out_times
-            if stopped:
-                break
+        with self._cap or contextlib.nullcontext():
+            for i in range(n_batches):
+                batch = requests[i * B:(i + 1) * B]
+                out, out_times, stopped = self._run_batch(batch, sampling, generator, stops, t0, prefill_ms, decode,
+                                                          on_step, (i, n_batches, len(requests)))
+                tokens += out
+                times += out_times
+                if stopped:
+                    break
+        ops_records, profile_info = [], {}
+        if self._cap is not None:
+            ops_records, profile_info = self._cap.finish(self.config.to_dict(), hw, sampling.temperature == 0.0,
+                                                         self.args)
+            self._cap = None
         prompt_lens = [len(p) for p in requests[: len(tokens)]]
         metrics = compute_metrics(times, prompt_lens)
         decode_s = sum(decode["step_ms"]) / 1e3
@@ -157,7 +169,7 @@ class Engine:
             metrics=metrics, tokens=tokens, text=text, stopped=stopped, tuner_version=__version__,
             timings={"token_times_ms": [[round(x, 4) for x in t] for t in times], "prefill_ms": prefill_ms,
                      "decode_step_ms": decode["step_ms"]},
-            memory=self._memory(),
+            memory=self._memory(), ops_records=ops_records, profile=profile_info, run_id=run_id,
         )
 
     def _run_batch(self, prompts, sampling, generator, stops, t0, prefill_ms, decode, on_step, where):
@@ -200,8 +212,11 @@ class Engine:
 
         # prefill: all prompts at once, logits only at each prompt's last token
         start = time.perf_counter()
-        logits = self.model.forward(ids, self._prefill_step(lens, T, write=True), cache, last=lens_t - 1)
-        next_tok = self._sample(logits, sampling, generator, seen)
+        with op("prefill"):
+            logits = self.model.forward(ids, self._prefill_step(lens, T, write=True), cache, last=lens_t - 1)
+            next_tok = self._sample(logits, sampling, generator, seen)
+        if self._cap is not None:
+            self._cap.step("prefill", [(n, 0) for n in lens], B)
         step_ms, stopped = emit(next_tok, start, "prefill")
         prefill_ms.append(step_ms)
 
@@ -210,12 +225,15 @@ class Engine:
         flops_per_token = 2 * sum(o * i for o, i in a.linear_shapes().values()) * a.n_layers + 2 * a.dim * a.vocab_size
         while not all(done) and not stopped:
             start = time.perf_counter()
-            cache.reserve([n + 1 for n in lens])
-            if self.fixed_decode:
-                logits = self._fixed_decode(next_tok, lens_t, lens)
-            else:
-                logits = self.model.forward(next_tok[:, None], self._decode_step(lens_t, lens), cache)[:, 0]
-            next_tok = self._sample(logits, sampling, generator, seen)
+            with op("decode"):
+                cache.reserve([n + 1 for n in lens])
+                if self.fixed_decode:
+                    logits = self._fixed_decode(next_tok, lens_t, lens)
+                else:
+                    logits = self.model.forward(next_tok[:, None], self._decode_step(lens_t, lens), cache)[:, 0]
+                next_tok = self._sample(logits, sampling, generator, seen)
+            if self._cap is not None:
+                self._cap.step("decode", [(1, n) for n in lens], B)
             lens = [n + 1 for n in lens]
             lens_t += 1
             step_ms, stopped = emit(next_tok, start, "decode")
@@ -226,9 +244,10 @@ class Engine:
         return out, out_times, stopped
 
     def _sample(self, logits, sampling, generator, seen):
-        if self.fixed_decode:
-            return self.ops.sample(logits, sampling, self._rng, seen)
-        return sample(logits, sampling, generator, seen)
+        with op("sampling"):
+            if self.fixed_decode:
+                return self.ops.sample(logits, sampling, self._rng, seen)
+            return sample(logits, sampling, generator, seen)
 
     def _fixed_decode(self, tokens: torch.Tensor, lens_t: torch.Tensor, lens: list[int]) -> torch.Tensor:
         """Logits [B, V] of the fixed-shape decode step (replayed from a CUDA graph when cuda_graphs=True)."""

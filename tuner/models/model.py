@@ -16,6 +16,7 @@ import torch
 
 from ..backends import torch_ops
 from ..engine.quant import Embedding, Linear, nbytes
+from ..profile.ranges import op
 from .args import ModelArgs
 
 
@@ -95,32 +96,54 @@ class Transformer:
         a, ops = self.args, self.ops
         B, T = tokens.shape
         H, Hkv, D = a.n_heads, a.n_kv_heads, a.head_dim
-        x = self.embed(tokens)
+        with op("embedding"):
+            x = self.embed(tokens)
         for i, layer in enumerate(self.layers):
-            h = ops.rms_norm(x, layer.attn_norm, a.norm_eps)
-            qkv = layer.wqkv(h)
+            with op("attn_norm"):
+                h = ops.rms_norm(x, layer.attn_norm, a.norm_eps)
+            with op("qkv_proj"):
+                qkv = layer.wqkv(h)
             qk = qkv[..., : (H + Hkv) * D].view(B, T, H + Hkv, D)
             v = qkv[..., (H + Hkv) * D :].view(B, T, Hkv, D)
             if layer.qk_norm is not None:
-                qk = ops.head_rms_norm(qk, layer.qk_norm, a.norm_eps)
-            qk = ops.rope(qk, step.cos, step.sin)
+                with op("qk_norm"):
+                    qk = ops.head_rms_norm(qk, layer.qk_norm, a.norm_eps)
+            with op("rope"):
+                qk = ops.rope(qk, step.cos, step.sin)
             q, k = qk[:, :, :H], qk[:, :, H:]
             if step.write is not None:
-                index, slots = step.write
-                k_new, v_new = k.reshape(B * T, Hkv, D), v.reshape(B * T, Hkv, D)
-                if index is not None:
-                    k_new, v_new = k_new[index], v_new[index]
-                cache.write(i, k_new, v_new, slots)
-            if step.context_len is None:
-                k_all, v_all = k.transpose(1, 2), v.transpose(1, 2)
-            else:
-                k_all, v_all = cache.read(i, B, step.context_len)
-            x = x + layer.wo(ops.attention(q, k_all, v_all, step.mask))
-            h = ops.rms_norm(x, layer.mlp_norm, a.norm_eps)
-            x = x + layer.w2(ops.silu_and_mul(layer.w13(h)))
-        if last is not None:
-            x = x[torch.arange(B, device=x.device), last]
-        return self.lm_head(ops.rms_norm(x, self.norm, a.norm_eps)).float()
+                with op("kv_write"):
+                    index, slots = step.write
+                    k_new, v_new = k.reshape(B * T, Hkv, D), v.reshape(B * T, Hkv, D)
+                    if index is not None:
+                        k_new, v_new = k_new[index], v_new[index]
+                    cache.write(i, k_new, v_new, slots)
+            with op("attention"):
+                if step.context_len is None:
+                    k_all, v_all = k.transpose(1, 2), v.transpose(1, 2)
+                else:
+                    k_all, v_all = cache.read(i, B, step.context_len)
+                att = ops.attention(q, k_all, v_all, step.mask)
+            with op("o_proj"):
+                o = layer.wo(att)
+            with op("residual"):
+                x = x + o
+            with op("mlp_norm"):
+                h = ops.rms_norm(x, layer.mlp_norm, a.norm_eps)
+            with op("gate_up_proj"):
+                gu = layer.w13(h)
+            with op("act_mul"):
+                m = ops.silu_and_mul(gu)
+            with op("down_proj"):
+                d = layer.w2(m)
+            with op("residual"):
+                x = x + d
+        with op("final_norm"):
+            if last is not None:
+                x = x[torch.arange(B, device=x.device), last]
+            h = ops.rms_norm(x, self.norm, a.norm_eps)
+        with op("lm_head"):
+            return self.lm_head(h).float()
 
     def decode(self, st: DecodeState, cache, ops) -> torch.Tensor:
         """One decode step through the fused ops of a backend (cupy kernels, or their torch twins):
@@ -128,17 +151,33 @@ class Transformer:
         KV-cache write."""
         a = self.args
         H, Hkv, eps = a.n_heads, a.n_kv_heads, a.norm_eps
-        x = self.embed(st.tokens)  # [B, dim], a fresh tensor the fused adds update in place
-        x, h = ops.add_rms_norm(x, None, self.layers[0].attn_norm, eps)
+        with op("embedding"):
+            x = self.embed(st.tokens)  # [B, dim], a fresh tensor the fused adds update in place
+        with op("add_norm"):
+            x, h = ops.add_rms_norm(x, None, self.layers[0].attn_norm, eps)
         for i, layer in enumerate(self.layers):
-            qkv = ops.linear(layer.wqkv, h)
-            q = ops.rope_kv_write(qkv, layer.qk_norm, eps, st.positions, st.cos, st.sin, cache, i, st.tables,
-                                  st.block_size, H, Hkv)
-            o = ops.decode_attention(q, cache, i, st.tables, st.block_size, st.seq_lens, st.plan)
-            x, h = ops.add_rms_norm(x, ops.linear(layer.wo, o), layer.mlp_norm, eps)
+            with op("qkv_proj"):
+                qkv = ops.linear(layer.wqkv, h)
+            with op("rope_kv_write"):
+                q = ops.rope_kv_write(qkv, layer.qk_norm, eps, st.positions, st.cos, st.sin, cache, i, st.tables,
+                                      st.block_size, H, Hkv)
+            with op("attention"):
+                o = ops.decode_attention(q, cache, i, st.tables, st.block_size, st.seq_lens, st.plan)
+            with op("o_proj"):
+                o = ops.linear(layer.wo, o)
+            with op("add_norm"):
+                x, h = ops.add_rms_norm(x, o, layer.mlp_norm, eps)
+            with op("gate_up_proj"):
+                gu = ops.linear(layer.w13, h)
+            with op("act_mul"):
+                m = ops.silu_and_mul(gu)
+            with op("down_proj"):
+                d = ops.linear(layer.w2, m)
             after = self.layers[i + 1].attn_norm if i + 1 < len(self.layers) else self.norm
-            x, h = ops.add_rms_norm(x, ops.linear(layer.w2, ops.silu_and_mul(ops.linear(layer.w13, h))), after, eps)
-        return ops.linear(self.lm_head, h).float()
+            with op("add_norm"):
+                x, h = ops.add_rms_norm(x, d, after, eps)
+        with op("lm_head"):
+            return ops.linear(self.lm_head, h).float()
 
     def linears(self) -> list[Linear]:
         return [lin for layer in self.layers for lin in (layer.wqkv, layer.wo, layer.w13, layer.w2)]
