@@ -17,6 +17,9 @@ _LAZY = {
     "ENGINE_KNOBS": "tuner.knobs",
     "SAMPLING_KNOBS": "tuner.knobs",
     "Knob": "tuner.knobs",
+    "calibrate": "tuner.profile.hardware",
+    "hw_table": "tuner.profile.hardware",
+    "tensorboard": "tuner.profile.tensorboard",
 }
 
 __all__ = ["__version__", *_LAZY]

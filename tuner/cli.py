@@ -57,8 +57,21 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--threads", type=int, default=None, help="CPU threads torch may use (default: torch's)")
     out.add_argument("--no-warmup", action="store_true", help="skip the short warm-up batch before the run")
     out.add_argument("--json", type=Path, default=None, help="write the RunResult (tuner.run/1) to this file")
+    out.add_argument("--profile", action="store_true",
+                     help="profile the run: print each op's time, rates and bound; write traces")
+    out.add_argument("--logdir", type=Path, default=None,
+                     help="where profiled runs write their traces (default ~/.cache/tuner/runs)")
 
     sub.add_parser("presets", help="list the model presets (real models' shapes, dummy weights)")
+    hw = sub.add_parser("hw", help="this device: datasheet and measured bandwidth and matmul peaks",
+                        description="Show the device and its datasheet and measured ceilings (measured once, "
+                                    "then cached).")
+    hw.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    hw.add_argument("--force", action="store_true", help="measure again instead of reading the cache")
+    tb = sub.add_parser("tensorboard", help="serve the profiled runs in TensorBoard on 127.0.0.1",
+                        description="Start TensorBoard with the PyTorch profiler plugin over a log dir; Ctrl-C stops.")
+    tb.add_argument("--logdir", type=Path, default=None, help="default ~/.cache/tuner/runs")
+    tb.add_argument("--port", type=int, default=None, help="default: a free port")
     return p
 
 
@@ -114,9 +127,12 @@ def cmd_run(args) -> int:
         bar.n = event["batch_index"] * cfg.batch_size * sampling.max_new_tokens + event["tokens"]
         bar.refresh()
 
-    result = engine.generate(prompts, sampling, on_step=on_step)
+    result = engine.generate(prompts, sampling, on_step=on_step, profile=args.profile, logdir=args.logdir)
     bar.close()
     print(result.table())
+    if args.profile:
+        print()
+        print(result.ops_text())
     if result.text is not None and args.prompt:
         for prompt, text in zip(args.prompt, result.text, strict=True):
             print(f"\n>>> {prompt}\n{text}")
@@ -141,11 +157,36 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def cmd_hw(args) -> int:
+    import torch
+
+    from .config import _check_cuda
+    from .profile.hardware import hw_table
+
+    if args.device != "cpu":
+        _check_cuda(args.device)
+    print(hw_table(torch.device(args.device), force=args.force))
+    return 0
+
+
+def cmd_tensorboard(args) -> int:
+    import time
+
+    from .profile.tensorboard import tensorboard
+
+    with tensorboard(args.logdir, args.port) as tb:
+        print(f"TensorBoard on {tb.profiler_url()} (log dir {tb.logdir}); Ctrl-C stops it")
+        while tb.process.poll() is None:
+            time.sleep(1)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return {"run": cmd_run, "presets": cmd_presets}[args.command](args)
+        return {"run": cmd_run, "presets": cmd_presets, "hw": cmd_hw,
+                "tensorboard": cmd_tensorboard}[args.command](args)
     except ValueError as e:
         parser.exit(2, f"tuner: error: {e}\n")
     except RuntimeError as e:

@@ -73,6 +73,48 @@ class RunResult:
 
         return pd.DataFrame(self.ops_records)
 
+    def ops_text(self, phase: str | None = None) -> str:
+        """The op table as aligned text (what `tuner run --profile` prints)."""
+        rows = [r for r in self.ops_records if phase is None or r["phase"] == phase]
+        if not rows:
+            return "no op profile: run with profile=True"
+        totals: dict[str, float] = {}
+        for r in rows:
+            totals[r["phase"]] = totals.get(r["phase"], 0.0) + r["time_ms"]
+        head = f"{'phase':<8} {'op':<14} {'calls':>6} {'ms':>9} {'share':>6} {'GB/s':>8} {'TFLOP/s':>8} " \
+               f"{'%BW':>5} {'%FLOP':>5}  bound"
+        lines = [head]
+        for r in rows:
+            lines.append(f"{r['phase']:<8} {r['op']:<14} {r['calls']:>6} {r['time_ms']:>9.2f} "
+                         f"{r['time_ms'] / totals[r['phase']]:>6.1%} {r['achieved_gbs']:>8.1f} "
+                         f"{r['achieved_tflops']:>8.3f} {r['pct_peak_bandwidth']:>5.0%} "
+                         f"{r['pct_peak_compute']:>5.0%}  {r['bound']}")
+        for ph, entry in self.profile.get("phases", {}).items():
+            if "idle_share" in entry:
+                lines.append(f"{ph}: the GPU was idle or waiting on the host {entry['idle_share']:.0%} of the time")
+        if self.profile.get("trace_dir"):
+            lines.append(f"traces: {self.profile['trace_dir']} (Perfetto: trace.json.gz; TensorBoard: "
+                         "tuner.pt.trace.json.gz)")
+        return "\n".join(lines)
+
+    def roofline(self, phase: str | None = None):
+        """Figure: the ops on a roofline under this device's measured ceilings (needs matplotlib/seaborn)."""
+        from .profile.plots import roofline
+
+        return roofline(self, phase)
+
+    def time_breakdown(self):
+        """Figure: time per op and phase, coloured by bound."""
+        from .profile.plots import time_breakdown
+
+        return time_breakdown(self)
+
+    def step_latency(self):
+        """Figure: decode step latency over the run."""
+        from .profile.plots import step_latency
+
+        return step_latency(self)
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "run_id": self.run_id, "created": self.created,
                 "tuner_version": self.tuner_version, "config": self.config, "sampling": self.sampling,

@@ -179,6 +179,8 @@ def classify(phase: str, op: str, calls: int, time_us: float, flops: float, nbyt
         bound = "memory"
         why = (f"moves {nbytes / max(calls, 1) / 1e6:.3g} MB per call at {gbs:.1f} GB/s ({pb:.0%} of measured "
                f"bandwidth); {ai:.3g} FLOP/B is {'below' if ai < ridge else 'above'} the ridge {ridge:.3g}")
+        if pb > 1:
+            why += "; above the memory ceiling, so its data came from cache"
     else:
         bound = "compute"
         why = (f"{tflops:.3g} TFLOP/s ({pc:.0%} of the measured matmul peak); {ai:.3g} FLOP/B is "

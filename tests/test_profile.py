@@ -1,0 +1,243 @@
+"""The profiler: cost model against hand counts and torch's own FLOP counter, the roofline verdicts on
+this CPU, traces that TensorBoard (a real server) and Perfetto read, plots, and `tuner hw`."""
+
+import dataclasses
+import gzip
+import json
+import re
+import time
+
+import pytest
+import torch
+
+import tuner
+from conftest import VOCAB
+from tuner.cli import main
+from tuner.models.args import resolve_model
+from tuner.profile import cost
+from tuner.profile.hardware import cache_dir, calibrate, datasheet_key, hw_table
+
+LINEARS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head")
+
+
+def small_args(**kw):
+    args, _ = resolve_model("tiny")
+    fields = dict(n_layers=2, dim=64, n_heads=4, n_kv_heads=2, head_dim=16, intermediate_size=96, vocab_size=100,
+                  qk_norm=False, qkv_bias=False, o_bias=False, mlp_bias=False)
+    return dataclasses.replace(args, **{**fields, **kw})
+
+
+def test_cost_model_matches_hand_counts_for_every_op_in_decode():
+    a = small_args()
+    p = cost.Precision(act_bytes=4)
+    seqs = [(1, 9), (1, 4)]  # two sequences decoding one token after 9 and 4 cached ones
+    c = cost.step_costs(a, p, seqs, logits_rows=2, greedy=True, from_cache=True)
+    L, rows = 2, 2
+    assert set(c) == set(cost.OPS)
+    assert c["qkv_proj"] == (L * 2 * rows * 64 * 128, L * (64 * 128 * 4 + rows * (64 + 128) * 4))
+    assert c["o_proj"] == (L * 2 * rows * 64 * 64, L * (64 * 64 * 4 + rows * 128 * 4))
+    assert c["gate_up_proj"] == (L * 2 * rows * 64 * 192, L * (64 * 192 * 4 + rows * (64 + 192) * 4))
+    assert c["down_proj"] == (L * 2 * rows * 96 * 64, L * (96 * 64 * 4 + rows * 160 * 4))
+    assert c["lm_head"] == (2 * rows * 64 * 100, 64 * 100 * 4 + rows * 164 * 4)
+    # attention: keys 10 and 5; q.k and p.v 2*16 FLOPs per head and key each, softmax 5 per score
+    keys = 10 + 5
+    assert c["attention"] == (L * (4 * 4 * 16 * keys + 5 * 4 * keys),
+                              L * (2 * rows * 4 * 16 * 4 + 2 * keys * 2 * 16 * 4))
+    assert c["attn_norm"] == c["mlp_norm"] == (L * 4 * rows * 64, L * (2 * rows * 64 * 4 + 64 * 4))
+    assert c["rope"] == (L * 3 * rows * 6 * 16, L * (2 * rows * 6 * 16 * 4 + 2 * rows * 16 * 4))
+    assert c["kv_write"] == (0, L * rows * 2 * 2 * (16 * 4 + 16 * 4))
+    assert c["residual"] == (L * 2 * rows * 64, L * 6 * rows * 64 * 4)
+    assert c["act_mul"] == (L * 5 * rows * 96, L * 3 * rows * 96 * 4)
+    assert c["qk_norm"] == (0, 0)
+    assert c["embedding"] == (0, 2 * rows * 64 * 4)
+    assert c["final_norm"] == (4 * rows * 64, 2 * rows * 64 * 4 + 64 * 4)
+    assert c["sampling"] == (rows * 100, 4 * rows * 100)
+
+
+def test_cost_model_prefill_quantization_and_kv_dtype():
+    a = small_args(qk_norm=True)
+    # a 5-token prompt: 1+2+3+4+5 = 15 causal (query, key) pairs per head
+    c = cost.step_costs(a, cost.Precision(act_bytes=2, quant="int4", group_size=32, kv_dtype="int8"),
+                        [(5, 0)], logits_rows=1, greedy=False)
+    assert c["attention"][0] == 2 * (4 * 4 * 16 * 15 + 5 * 4 * 15)
+    # int4: half a byte per weight plus a 16-bit scale and zero per group of 32
+    assert c["qkv_proj"][1] == 2 * (64 * 128 / 2 + 2 * 128 * (64 / 32) * 2 + 5 * (64 + 128) * 2)
+    assert c["lm_head"][1] == 64 * 100 + 100 * 2 + 1 * 164 * 2  # int8 head beside int4 layers
+    # int8 KV: one byte per value plus a 4-byte scale per token and head; quantizing costs ~3 FLOPs a value
+    assert c["kv_write"] == (2 * 3 * 5 * 2 * 2 * 16, 2 * 5 * 2 * 2 * (16 * 2 + 16 + 4))
+    assert c["qk_norm"][0] == 2 * 4 * 5 * 6 * 16
+    assert c["sampling"][0] == 5 * 100
+    with pytest.raises(ValueError, match="'none', 'int8', 'int4' or 'fp8'"):
+        cost.weight_bytes(8, 8, "int3", 32, 2)
+
+
+def test_matmul_flops_match_torch_profiler_with_flops():
+    a = small_args()
+    rows = 3
+    shapes = a.linear_shapes()
+    ours = sum(cost.linear(rows, inp, out, cost.Precision(4))[0] for out, inp in shapes.values())
+    with torch.profiler.profile(with_flops=True) as prof:
+        for out, inp in shapes.values():
+            torch.mm(torch.randn(rows, inp), torch.randn(inp, out))
+    theirs = sum(e.flops for e in prof.key_averages() if e.key == "aten::mm")
+    assert theirs == ours == 2 * rows * sum(o * i for o, i in shapes.values())
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    """smollm2-135m shapes (dummy weights, fp32): a profiled batch-1 decode and a 512x8 prefill."""
+    logdir = tmp_path_factory.mktemp("runs")
+    e = tuner.Engine(model="smollm2-135m", batch_size=8, max_seq_len=1024)
+    e.warmup()
+    decode = e.generate(tuner.Workload(batch=1, prompt_len=32, output_len=12), profile=True, logdir=logdir)
+    prefill = e.generate(tuner.Workload(batch=8, prompt_len=512, output_len=1), profile=True, logdir=logdir)
+    return decode, prefill, logdir
+
+
+def test_decode_at_batch_1_is_memory_bound_and_a_big_prefill_compute_bound(profiled):
+    decode, prefill, _ = profiled
+    d = decode.ops[decode.ops.phase == "decode"].set_index("op")
+    for op in LINEARS:
+        assert d.loc[op, "bound"] == "memory", d.loc[op, "explanation"]
+        assert d.loc[op, "intensity"] < 1  # fp32 GEMV: ~2 FLOPs per 4-byte weight
+    p = prefill.ops[prefill.ops.phase == "prefill"].set_index("op")
+    for op in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+        assert p.loc[op, "bound"] == "compute", p.loc[op, "explanation"]
+        assert p.loc[op, "intensity"] > 100
+    assert d.loc["qkv_proj", "calls"] == 30 * 11  # 30 layers x 11 decode steps
+    assert set(prefill.ops.phase) == {"prefill"}
+
+
+def test_op_table_columns_and_phase_summary(profiled):
+    decode, _, _ = profiled
+    df = decode.ops
+    assert list(df.columns) == ["phase", "op", "calls", "time_ms", "flops", "bytes", "intensity", "achieved_tflops",
+                                "achieved_gbs", "pct_peak_compute", "pct_peak_bandwidth", "bound", "explanation"]
+    assert set(df.op) == set(cost.OPS) - {"qk_norm"}  # smollm2 has no q/k norm
+    row = df[(df.phase == "decode") & (df.op == "gate_up_proj")].iloc[0]
+    assert row.achieved_gbs == pytest.approx(row.bytes / (row.time_ms / 1e3) / 1e9)
+    assert row.pct_peak_bandwidth == pytest.approx(row.achieved_gbs / decode.hardware["bandwidth_gbs"])
+    for phase, entry in decode.profile["phases"].items():
+        assert sum(entry["time_share"].values()) == pytest.approx(1.0)
+        assert entry["op_time_ms"] == pytest.approx(df[df.phase == phase].time_ms.sum())
+    assert all(df.explanation.str.len() > 20)
+    text = decode.ops_text()
+    assert "gate_up_proj" in text and "memory" in text and decode.profile["trace_dir"] in text
+    again = tuner.RunResult.from_json(decode.to_json())
+    assert again.ops_records == decode.ops_records and again.profile == decode.profile
+
+
+def test_traces_are_valid_gzip_json_with_every_op_range(profiled):
+    decode, prefill, logdir = profiled
+    assert decode.profile["trace_dir"] != prefill.profile["trace_dir"]  # a fresh folder per run
+    run_dir = logdir / decode.run_id
+    assert str(run_dir) == decode.profile["trace_dir"]
+    for name in ("trace.json.gz", "tuner.pt.trace.json.gz"):
+        with gzip.open(run_dir / name, "rt") as f:
+            trace = json.load(f)
+        names = {ev.get("name") for ev in trace["traceEvents"]}
+        assert (set(cost.OPS) - {"qk_norm"}) | {"prefill", "decode"} <= names
+    assert re.match(r"^(.*?)(\.\d+)?\.pt\.trace\.json(?:\.gz)?$", "tuner.pt.trace.json.gz")  # TB's run pattern
+
+
+def test_profiling_does_not_change_results(checkpoint, tmp_path):
+    path, _ = checkpoint("qwen3")
+    e = tuner.Engine(model=str(path), batch_size=2)
+    g = torch.Generator().manual_seed(0)
+    ps = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (7, 12)]
+    for sp in (tuner.SamplingParams(max_new_tokens=10), tuner.SamplingParams(max_new_tokens=10, temperature=0.9,
+                                                                             top_p=0.9, seed=4)):
+        plain = e.generate(ps, sp)
+        prof = e.generate(ps, sp, profile=True, logdir=tmp_path)
+        assert prof.tokens == plain.tokens
+        assert "qk_norm" in set(prof.ops.op)
+    assert plain.ops.empty and plain.profile == {}
+
+
+def test_fused_decode_ranges_carry_the_costs_of_the_ops_they_fuse(checkpoint, tmp_path):
+    path, _ = checkpoint("llama")
+    e = tuner.Engine(model=str(path), batch_size=1)
+    e.fixed_decode = True  # the cupy backend's fused decode step, through the kernels' torch twins
+    r = e.generate([[1, 2, 3]], tuner.SamplingParams(max_new_tokens=6), profile=True, logdir=tmp_path)
+    d = r.ops[r.ops.phase == "decode"].set_index("op")
+    assert {"add_norm", "rope_kv_write", "attention", "qkv_proj"} <= set(d.index)
+    assert "rope" not in d.index and "residual" not in d.index
+    a = e.args
+    p = cost.Precision(4)
+    expect = [cost.range_costs(cost.step_costs(a, p, [(1, n)], 1, True, True))["rope_kv_write"]
+              for n in range(3, 8)]
+    assert d.loc["rope_kv_write", "flops"] == pytest.approx(sum(f for f, _ in expect))
+    assert d.loc["add_norm", "calls"] == 5 * (2 * a.n_layers + 1)
+
+
+def test_tensorboard_lists_and_serves_a_profiled_run(profiled):
+    from tuner.profile.tensorboard import tensorboard
+
+    decode, _, logdir = profiled
+    api = "data/plugin/pytorch_profiler/"
+    with tensorboard(logdir) as tb:
+        assert tb.url.startswith("http://127.0.0.1:")
+        deadline = time.monotonic() + 90
+        runs = {}
+        while time.monotonic() < deadline:
+            runs = tb.get(api + "runs")
+            if decode.run_id in runs["runs"] and not runs["loading"]:
+                break
+            time.sleep(1)
+        assert decode.run_id in runs["runs"]
+        run = decode.run_id
+        views = tb.get(api + f"views?run={run}")
+        assert "Overview" in views and "Operator" in views
+        worker = tb.get(api + f"workers?run={run}&view=Overview")
+        assert worker == ["tuner"]
+        span = tb.get(api + f"spans?run={run}&worker=tuner")[0]
+        overview = tb.get(api + f"overview?run={run}&worker=tuner&span={span}")
+        assert overview["steps"]["rows"]
+        table = tb.get(api + f"operation/table?run={run}&worker=tuner&span={span}&group_by=Operation")
+        names = {row["name"] for row in table["data"]}
+        assert {"qkv_proj", "attention", "decode"} <= names
+        process = tb.process
+    assert process.poll() is not None  # stopped on leaving the block
+
+
+def test_plots_draw_the_run(profiled):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    decode, prefill, _ = profiled
+    fig = decode.roofline()
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    points = sum(len(c.get_offsets()) for c in ax.collections)
+    assert points == int((decode.ops.flops > 0).sum())
+    fig = decode.time_breakdown()
+    assert len(fig.axes[0].patches) == len(decode.ops)
+    fig = decode.step_latency()
+    assert len(fig.axes[0].lines[0].get_xdata()) == len(decode.timings["decode_step_ms"]) == 11
+    plain = tuner.RunResult.from_dict({**decode.to_dict(), "ops": []})
+    with pytest.raises(ValueError, match="profile=True"):
+        plain.roofline()
+    with pytest.raises(ValueError, match="phase='warmup'"):
+        decode.roofline(phase="warmup")
+
+
+def test_hardware_datasheet_calibration_and_tuner_hw(capsys):
+    assert datasheet_key("NVIDIA H100 80GB HBM3") == "H100 SXM"
+    assert datasheet_key("NVIDIA H100 PCIe") == "H100 PCIe"
+    assert datasheet_key("NVIDIA H200") == "H200"
+    assert datasheet_key("NVIDIA A100-SXM4-40GB") == "A100 40GB"
+    assert datasheet_key("NVIDIA A100 80GB PCIe") == "A100 80GB"
+    assert datasheet_key("NVIDIA L4") == "L4" and datasheet_key("NVIDIA L40S") == "L40S"
+    assert datasheet_key("NVIDIA A10G") == "A10G" and datasheet_key("NVIDIA GeForce RTX 4090") == "RTX 4090"
+    assert datasheet_key("NVIDIA T4") is None
+    cal = calibrate("cpu", (torch.float32,))
+    assert cal["bandwidth_gbs"] > 1 and cal["matmul_tflops"]["float32"] > 0.01
+    assert cal["cores"] >= 1 and cal["datasheet"] is None
+    stored = json.loads((cache_dir() / "hardware.json").read_text())
+    assert any(v["bandwidth_gbs"] == cal["bandwidth_gbs"] for v in stored.values())
+    assert calibrate("cpu", (torch.float32,)) == cal  # read back from the cache, not measured again
+    text = hw_table("cpu", (torch.float32,))
+    assert f"{cal['bandwidth_gbs']:.1f}" in text and "datasheet" in text
+    assert main(["hw"]) == 0
+    out = capsys.readouterr().out
+    assert "copy GB/s" in out and "float32 matmul TFLOP/s" in out
