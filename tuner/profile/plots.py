@@ -46,9 +46,10 @@ def roofline(result, phase: str | None = None, ax=None):
         ax.scatter(g.intensity, g.achieved_tflops, s=60, marker=markers.get(ph, "o"),
                    color=BOUND_COLORS.get(bound, "C0"), edgecolor="white", label=f"{ph}: {bound}-bound", zorder=3)
     for _, r in df.iterrows():
-        if r.time_ms >= 0.03 * df.time_ms.sum():  # label the ops that matter
-            ax.annotate(r.op, (r.intensity, r.achieved_tflops), textcoords="offset points", xytext=(5, 3),
-                        fontsize=8)
+        if r.time_ms >= 0.03 * df[df.phase == r.phase].time_ms.sum():  # label the ops that matter
+            up = r.phase == "prefill"
+            ax.annotate(f"{r.op} ({r.phase})", (r.intensity, r.achieved_tflops), textcoords="offset points",
+                        xytext=(5, 4 if up else -10), fontsize=7, rotation=20 if up else -20)
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte, analytic)",
            ylabel="achieved TFLOP/s", title=f"Roofline: {result.config['model']} on {hw.get('name')}")
     ax.legend(fontsize=8, loc="lower right")
