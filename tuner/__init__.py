@@ -22,7 +22,22 @@ _LAZY = {
     "tensorboard": "tuner.profile.tensorboard",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension", *_LAZY]
+
+
+def load_ipython_extension(ipython) -> None:
+    """`%load_ext tuner`: registers the %tuner / %%tuner magics (nothing heavy is imported yet)."""
+    from .jupyter.magics import TunerMagics
+
+    ipython.register_magics(TunerMagics(ipython))
+
+
+def unload_ipython_extension(ipython) -> None:
+    """`%unload_ext tuner`: removes the magics again."""
+    manager = ipython.magics_manager
+    for kind in ("line", "cell"):
+        manager.magics[kind].pop("tuner", None)
+    manager.registry.pop("TunerMagics", None)
 
 
 def __getattr__(name):

@@ -115,6 +115,48 @@ class RunResult:
 
         return step_latency(self)
 
+    MIME = "application/vnd.tuner.run+json"
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
+        """Notebook display: text/plain, text/html (metrics, op table, charts) and the tuner MIME type
+        (the record without per-token data) for the JupyterLab renderer."""
+        record = self.to_dict()
+        record.pop("tokens"), record.pop("text")
+        record["timings"] = {k: v for k, v in record["timings"].items() if k != "token_times_ms"}
+        return {"text/plain": self.table(), "text/html": self._html(), self.MIME: record}
+
+    def _html(self) -> str:
+        import base64
+        import html
+
+        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>"
+                       f"{html.escape(v)}</td></tr>" for k, v in (line.split("  ", 1) for line in
+                                                                   _split_table(self.table())))
+        parts = [f"<div class='tuner-run'><b>tuner run {self.run_id}</b><table>{rows}</table>"]
+        if self.ops_records:
+            top = sorted(self.ops_records, key=lambda r: -r["time_ms"])[:8]
+            cells = "".join(
+                f"<tr><td>{r['phase']}</td><td>{r['op']}</td><td>{r['time_ms']:.2f}</td>"
+                f"<td>{r['pct_peak_bandwidth']:.0%}</td><td>{r['pct_peak_compute']:.0%}</td><td>{r['bound']}</td>"
+                f"<td style='text-align:left'>{html.escape(r['explanation'])}</td></tr>" for r in top)
+            parts.append("<b>slowest ops</b><table><tr><th>phase</th><th>op</th><th>ms</th><th>%BW</th>"
+                         f"<th>%FLOP</th><th>bound</th><th>why</th></tr>{cells}</table>")
+        try:
+            from .profile.plots import png, roofline, step_latency, time_breakdown
+
+            charts = []
+            if self.ops_records:
+                charts += [roofline(self), time_breakdown(self)]
+            if len(self.timings.get("decode_step_ms") or []) > 1:
+                charts.append(step_latency(self))
+            for fig in charts:
+                b64 = base64.b64encode(png(fig, dpi=72)).decode()
+                parts.append(f"<img src='data:image/png;base64,{b64}' style='max-width:560px'/>")
+        except ImportError:  # matplotlib / seaborn not installed: the tables alone
+            pass
+        parts.append("</div>")
+        return "".join(parts)
+
     def to_dict(self) -> dict[str, Any]:
         return {"schema": SCHEMA, "run_id": self.run_id, "created": self.created,
                 "tuner_version": self.tuner_version, "config": self.config, "sampling": self.sampling,
@@ -173,6 +215,15 @@ class RunResult:
         return (f"RunResult({self.config['model']}, batch={self.config['batch_size']}, "
                 f"output_tok_s={_num(m.get('output_tok_s'))}, tpot_ms={_num(m.get('tpot_ms'))}, "
                 f"mbu={_num(m.get('mbu'))})")
+
+
+def _split_table(text: str) -> list[str]:
+    """Lines of table() with the label and value separated by two spaces."""
+    out = []
+    for line in text.splitlines():
+        label, _, value = line.partition("  ")
+        out.append(f"{label.strip()}  {value.strip()}")
+    return out
 
 
 def _num(x) -> str:

@@ -12,6 +12,7 @@ import torch
 from .. import __version__
 from ..backends import torch_ops
 from ..config import EngineConfig, SamplingParams
+from ..knobs import ENGINE_KNOBS
 from ..models.args import resolve_model
 from ..models.loader import build_model, eos_token_ids, load_tokenizer
 from ..models.model import DecodeState, Step, rope_tables
@@ -30,7 +31,7 @@ class Engine:
     """A loaded model plus its KV cache, ready to generate."""
 
     def __init__(self, config: EngineConfig | None = None, *, progress: Callable[[int, int], None] | None = None,
-                 **knobs):
+                 _weights_from: Engine | None = None, **knobs):
         config = EngineConfig(**knobs) if config is None else config.replace(**knobs) if knobs else config
         self.config = config
         self.args, checkpoint = resolve_model(config.model)
@@ -45,13 +46,17 @@ class Engine:
             if why:
                 raise ValueError(f"{why} ({config.model}): use backend='torch'")
             self.ops, self.fixed_decode = cupy_ops, True
-        t = time.perf_counter()
-        weights = None if config.weights == "dummy" else checkpoint
-        self.model = build_model(self.args, weights, self.dtype, self.device, config.quant, config.group_size,
-                                 config.seed, progress)
-        self.load_s = time.perf_counter() - t
-        self.tokenizer = load_tokenizer(checkpoint)
-        self.eos_ids = eos_token_ids(self.args, checkpoint)
+        if _weights_from is not None:  # same weights, other runtime knobs (see replace())
+            self.model, self.load_s = _weights_from.model, 0.0
+            self.tokenizer, self.eos_ids = _weights_from.tokenizer, _weights_from.eos_ids
+        else:
+            t = time.perf_counter()
+            weights = None if config.weights == "dummy" else checkpoint
+            self.model = build_model(self.args, weights, self.dtype, self.device, config.quant, config.group_size,
+                                     config.seed, progress)
+            self.load_s = time.perf_counter() - t
+            self.tokenizer = load_tokenizer(checkpoint)
+            self.eos_ids = eos_token_ids(self.args, checkpoint)
         # CUDA graphs pad a batch to its bucket and need a scratch slot for the padding rows to write to
         graphs = config.cuda_graphs
         if config.kv_cache == "paged":
@@ -66,6 +71,14 @@ class Engine:
         self._plans: dict = {}
         self._cap: Capture | None = None
         self.graphs = CudaGraphs(self) if graphs else None
+
+    def replace(self, progress: Callable[[int, int], None] | None = None, **knobs) -> Engine:
+        """An engine with these knobs changed. It shares this engine's loaded weights unless a knob that
+        shapes them changes (model, weights, device, dtype, quant, group_size, seed: see Knob.reload)."""
+        config = self.config.replace(**knobs)
+        if any(getattr(config, k.name) != getattr(self.config, k.name) for k in ENGINE_KNOBS.values() if k.reload):
+            return Engine(config, progress=progress)
+        return Engine(config, _weights_from=self)
 
     # -- one forward pass -------------------------------------------------------------------------
 

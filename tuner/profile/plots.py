@@ -5,12 +5,32 @@ from __future__ import annotations
 BOUND_COLORS = {"memory": "#1f77b4", "compute": "#d62728", "overhead": "#7f7f7f"}
 
 
+class _Figures:
+    """Figures made without pyplot (safe from a worker thread, and not left open in pyplot's registry);
+    notebooks still render them inline."""
+
+    @staticmethod
+    def subplots(figsize):
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots()
+
+
 def _plt():
-    import matplotlib.pyplot as plt
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook")
-    return plt, sns
+    return _Figures, sns
+
+
+def png(fig, dpi: int = 90) -> bytes:
+    """A figure as PNG bytes."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
 
 
 def _ops(result, phase: str | None):

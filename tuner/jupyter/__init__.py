@@ -1,0 +1,1 @@
+"""Jupyter front end: the %tuner magics, the session, the widget panel."""

@@ -1,0 +1,232 @@
+"""`%tuner` / `%%tuner`: load a model, run it, open the panel, read the hardware, compare runs.
+
+Imports stay light: torch and the engine load when a subcommand first needs them.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from .session import Session, compare, knob_names, parse_knobs
+
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@magic_arguments(name="%tuner load")
+@argument("model", help="a preset (see `tuner presets`) or a local Hugging Face checkpoint directory")
+@argument("--weights", choices=("auto", "dummy"), help="the checkpoint's weights (presets: dummy) or random ones")
+@argument("--device", help="cpu, cuda or cuda:N")
+@argument("--dtype", choices=("float32", "bfloat16", "float16"))
+@argument("knobs", nargs="*", help="more engine knobs as key=value (batch_size=8 quant=int8 ...)")
+def _load_args(line):
+    """Load a model. Later runs reuse its weights unless a knob that shapes them changes."""
+
+
+@magic_arguments(name="%tuner run")
+@argument("knobs", nargs="*", help="engine, sampling and workload knobs as key=value; %%tuner run takes them "
+                                   "one per line in the cell too")
+@argument("--prompt-len", type=int, help="tokens per synthetic prompt (default 128)")
+@argument("--output-len", type=int, help="tokens to generate per prompt (default 64)")
+@argument("--num-prompts", type=int, help="synthetic prompts (default: the batch size)")
+@argument("--prompt", action="append", help="a text prompt instead of synthetic ones (repeatable)")
+@argument("--profile", action="store_true", help="profile: per-op times, roofline verdicts, traces")
+@argument("-o", "--output", action="store_true", help="return the RunResult instead of displaying it")
+def _run_args(line):
+    """Run the engine on a workload and show its metrics (and op profile with --profile)."""
+
+
+@magic_arguments(name="%tuner hw")
+@argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+@argument("--force", action="store_true", help="measure again instead of reading the cache")
+def _hw_args(line):
+    """This device: datasheet peaks beside the measured bandwidth and matmul rates."""
+
+
+@magic_arguments(name="%tuner history")
+@argument("-n", type=int, default=0, help="only the last n runs")
+def _history_args(line):
+    """The runs of this session, one row each."""
+
+
+@magic_arguments(name="%tuner compare")
+@argument("a", help="run id (or prefix) or history index, e.g. -2")
+@argument("b", help="run id (or prefix) or history index, e.g. -1")
+def _compare_args(line):
+    """Two runs side by side: the knobs that differ and the metrics they gave."""
+
+
+@magic_arguments(name="%tuner tensorboard")
+@argument("--logdir", help="default: where profiled runs write (~/.cache/tuner/runs)")
+@argument("--port", type=int, help="default: a free port")
+@argument("--stop", action="store_true", help="stop the TensorBoard this session started")
+def _tensorboard_args(line):
+    """Start TensorBoard (PyTorch profiler plugin) on 127.0.0.1 over the profiled runs."""
+
+
+@magic_arguments(name="%tuner panel")
+def _panel_args(line):
+    """The control panel: knobs as widgets, Run and Stop, live progress and charts, run history."""
+
+
+PARSERS = {"load": _load_args, "run": _run_args, "panel": _panel_args, "hw": _hw_args, "history": _history_args,
+           "compare": _compare_args, "tensorboard": _tensorboard_args}
+LATER = ("sweep", "export")  # arrive with tuner's tuning module
+
+
+def _doc() -> str:
+    parts = ["tuner in the notebook: `%tuner SUBCOMMAND ...` (or `%%tuner SUBCOMMAND` with key=value lines in the "
+             "cell).\n\nSubcommands: " + ", ".join(PARSERS) + ".\nKnobs (key=value): " + ", ".join(knob_names())
+             + "\n"]
+    for func in PARSERS.values():
+        parts.append(func.__doc__ or "")
+    return "\n".join(parts)
+
+
+@magics_class
+class TunerMagics(Magics):
+    def __init__(self, shell, session: Session | None = None):
+        super().__init__(shell)
+        self.session = session or Session()
+        self.tensorboard = None
+
+    @line_cell_magic
+    def tuner(self, line: str, cell: str | None = None):
+        cmd, _, rest = line.strip().partition(" ")
+        if not cmd:
+            raise UsageError("%tuner needs a subcommand: " + ", ".join(PARSERS) + " (%tuner? explains each)")
+        if cmd in LATER:
+            raise UsageError(f"%tuner {cmd} is not in this version of tuner yet")
+        if cmd not in PARSERS:
+            raise UsageError(f"unknown subcommand {cmd!r}: use one of {', '.join(PARSERS)}")
+        if cell is not None:
+            body = [ln.strip() for ln in cell.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+            rest = " ".join([rest, *body])
+        args = parse_argstring(PARSERS[cmd], rest)
+        try:
+            return getattr(self, f"_{cmd}")(args)
+        except ValueError as e:  # bad knob values, unknown runs: one clear line
+            raise UsageError(str(e)) from None
+
+    tuner.__doc__ = _doc()
+
+    # -- subcommands ---------------------------------------------------------------------------------
+
+    def _load(self, args):
+        engine_knobs, sampling, workload = parse_knobs(args.knobs)
+        if sampling or workload:
+            raise ValueError(f"%tuner load takes engine knobs only; pass {', '.join([*sampling, *workload])} "
+                             "to %tuner run")
+        engine_knobs["model"] = args.model
+        for k in ("weights", "device", "dtype"):
+            if getattr(args, k) is not None:
+                engine_knobs[k] = getattr(args, k)
+        engine = self.session.load(progress=_progress(f"loading {args.model}"), **engine_knobs)
+        a = engine.args
+        print(f"loaded {engine.config.model}: {a.n_params() / 1e6:.1f}M parameters, "
+              f"{engine.model.weight_bytes() / 2**20:.1f} MiB of weights on {engine.config.device} "
+              f"({engine.config.dtype}, quant={engine.config.quant}) in {engine.load_s:.1f} s")
+
+    def _run(self, args):
+        engine_knobs, sampling, workload = parse_knobs(args.knobs)
+        for k in ("prompt_len", "output_len", "num_prompts"):
+            if getattr(args, k) is not None:
+                workload[k] = getattr(args, k)
+        if self.session.engine is None and "model" not in engine_knobs:
+            engine_knobs["model"] = DEFAULT_MODEL
+            print(f"no model loaded: using {DEFAULT_MODEL} (dummy weights); %tuner load MODEL picks another")
+        bar = _bar()
+
+        def on_step(event):
+            bar.total = event["n_batches"] * event["batch_tokens_max"]
+            bar.n = event["batch_index"] * event["batch_tokens_max"] + event["tokens"]
+            bar.refresh()
+
+        try:
+            result = self.session.run(engine_knobs, sampling, workload, profile=args.profile, prompts=args.prompt,
+                                      on_step=on_step, progress=_progress("loading"))
+        finally:
+            bar.close()
+        if args.output:
+            return result
+        from IPython.display import display
+
+        display(result)
+
+    def _panel(self, args):
+        from .panel import Panel, widgets_unavailable
+
+        why = widgets_unavailable(self.shell)
+        if why:
+            print(f"the panel cannot render here: {why}; every other %tuner subcommand works as text")
+            return None
+        panel = Panel(self.session)
+        from IPython.display import display
+
+        display(panel.widget)
+        return None
+
+    def _hw(self, args):
+        import torch
+
+        from ..config import _check_cuda
+        from ..profile.hardware import hw_table
+
+        if args.device != "cpu":
+            _check_cuda(args.device)
+        print(hw_table(torch.device(args.device), force=args.force))
+
+    def _history(self, args):
+        df = self.session.history_frame()
+        if df.empty:
+            print("no runs yet: %tuner run")
+            return None
+        from IPython.display import display
+
+        display(df.tail(args.n) if args.n else df)
+
+    def _compare(self, args):
+        print(compare(self.session.get(args.a), self.session.get(args.b)))
+
+    def _tensorboard(self, args):
+        if args.stop:
+            if self.tensorboard is None:
+                print("no TensorBoard was started from this session")
+            else:
+                self.tensorboard.stop()
+                print(f"stopped {self.tensorboard.url}")
+                self.tensorboard = None
+            return None
+        from ..profile.tensorboard import tensorboard
+
+        if self.tensorboard is not None:
+            self.tensorboard.stop()
+        self.tensorboard = tensorboard(args.logdir, args.port)
+        print(f"TensorBoard: {self.tensorboard.profiler_url()} (log dir {self.tensorboard.logdir}); "
+              "%tuner tensorboard --stop ends it")
+
+
+def _progress(desc: str):
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit="layer", leave=False, file=sys.stderr)
+        bar.n = done
+        bar.refresh()
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _bar():
+    from tqdm.auto import tqdm
+
+    return tqdm(desc="generating", unit="tok", leave=False, file=sys.stderr)

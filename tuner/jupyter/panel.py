@@ -1,0 +1,231 @@
+"""`%tuner panel`: the knobs as widgets (generated from the registry), Run and Stop, live progress and a
+per-step latency chart while the engine runs, then metrics, roofline and time-breakdown charts, and the
+history of runs.
+
+The run happens on a worker thread, so the kernel stays free to receive the Stop click; the thread
+carries the cell's parent header (ipykernel 7 routes thread output by it). The thread only sets widget
+values (HTML, Image, progress), which sync to the front end from any thread; errors land in the panel.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+import traceback
+
+from ..knobs import ENGINE_KNOBS, SAMPLING_KNOBS, Knob
+from .session import SAMPLING_ALIASES, WORKLOAD, Session
+
+LIVE_INTERVAL_S = 0.3  # redraw the live chart at most ~3 times a second
+
+
+def widgets_unavailable(shell) -> str | None:
+    """Why widgets cannot render in this shell, or None when they can."""
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return "ipywidgets is not installed (pip install ipywidgets, or tuner[jupyter])"
+    if shell is None or "IPKernelApp" not in getattr(shell, "config", {}):
+        return "this is not a Jupyter kernel (a plain console has no widget front end)"
+    return None
+
+
+def _widget(knob: Knob, value, name: str):
+    import ipywidgets as w
+
+    style = {"description_width": "initial"}
+    layout = w.Layout(width="260px")
+    kw = dict(description=name, style=style, layout=layout, tooltip=knob.help)
+    if knob.choices is not None:
+        return w.Dropdown(options=list(knob.choices), value=value, **kw)
+    if knob.type is bool:
+        return w.Checkbox(value=value, indent=False, **kw)
+    if knob.type is int:
+        lo = int(knob.low) if knob.low is not None else -(2**31)
+        hi = int(knob.high) if knob.high is not None and knob.high < 2**53 else 2**53
+        return w.BoundedIntText(value=value, min=lo, max=hi, **kw)
+    if knob.type is float:
+        lo = knob.low if knob.low is not None else -1e9
+        hi = knob.high if knob.high is not None else 1e9
+        return w.BoundedFloatText(value=value, min=lo, max=hi, step=0.05, **kw)
+    if knob.type is tuple:
+        return w.Text(value=",".join(map(str, value)), placeholder="comma-separated ids", **kw)
+    if knob.name == "model":
+        from ..models.args import PRESETS
+
+        return w.Combobox(value=value, options=list(PRESETS), ensure_option=False, **kw)
+    return w.Text(value=str(value), **kw)
+
+
+class Panel:
+    def __init__(self, session: Session):
+        import ipywidgets as w
+
+        self.session = session
+        cfg = session.engine.config.to_dict() if session.engine is not None else {}
+        self.engine_controls = {n: _widget(k, cfg.get(n, k.default if n != "model" else "smollm2-135m"), n)
+                                for n, k in ENGINE_KNOBS.items()}
+        alias = {v: k for k, v in SAMPLING_ALIASES.items()}
+        self.sampling_controls = {n: _widget(k, k.default, alias.get(n, n)) for n, k in SAMPLING_KNOBS.items()
+                                  if n != "max_new_tokens"}  # the workload's output_len sets it
+        self.workload_controls = {
+            n: w.BoundedIntText(value=v, min=0 if n in ("num_prompts", "workload_seed") else 1, max=1 << 20,
+                                description=n, style={"description_width": "initial"}, layout=w.Layout(width="260px"))
+            for n, v in WORKLOAD.items()}
+        self.profile = w.Checkbox(value=False, description="profile (per-op roofline)", indent=False)
+        self.run_button = w.Button(description="Run", button_style="primary", icon="play")
+        self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
+        self.progress = w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="240px"))
+        self.status = w.HTML("ready")
+        self.live = w.Image(format="png", layout=w.Layout(max_width="720px"))
+        self.metrics = w.HTML()
+        self.roofline = w.Image(format="png", layout=w.Layout(max_width="560px"))
+        self.breakdown = w.Image(format="png", layout=w.Layout(max_width="560px"))
+        self.history = w.HTML()
+        self.errors = w.HTML()
+
+        def grid(controls):
+            return w.GridBox(list(controls), layout=w.Layout(grid_template_columns="repeat(3, 270px)"))
+
+        tabs = w.Tab(children=[grid(self.engine_controls.values()), grid(self.sampling_controls.values()),
+                               grid([*self.workload_controls.values(), self.profile])])
+        for i, title in enumerate(("engine", "sampling", "workload")):
+            tabs.set_title(i, title)
+        self.widget = w.VBox([
+            w.HTML("<b>tuner</b>: set knobs, then Run. Changing model, dtype or quant reloads weights; "
+                   "other knobs reuse them."),
+            tabs, w.HBox([self.run_button, self.stop_button, self.progress, self.status]), self.errors,
+            self.live, self.metrics, w.HBox([self.roofline, self.breakdown]), self.history])
+        self.run_button.on_click(lambda _: self.start())
+        self.stop_button.on_click(lambda _: self.stop())
+        self.thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._show_history()
+
+    # -- actions ------------------------------------------------------------------------------------
+
+    def values(self) -> tuple[dict, dict, dict, bool]:
+        """The knobs the widgets hold, checked against the registry (ValueError names a bad one)."""
+        engine = {n: self._value(ENGINE_KNOBS[n], c) for n, c in self.engine_controls.items()}
+        sampling = {n: self._value(SAMPLING_KNOBS[n], c) for n, c in self.sampling_controls.items()}
+        workload = {n: int(c.value) for n, c in self.workload_controls.items()}
+        return engine, sampling, workload, bool(self.profile.value)
+
+    @staticmethod
+    def _value(knob: Knob, control):
+        v = control.value
+        return knob.parse(v) if isinstance(v, str) and knob.type is not str else knob.check(v)
+
+    def start(self) -> None:
+        """Run button: start a run on a worker thread (ignored while one is running)."""
+        if self.thread is not None and self.thread.is_alive():
+            return
+        self.errors.value = ""
+        try:
+            values = self.values()
+        except ValueError as e:
+            self._error(str(e))
+            return
+        parent = _parent()
+        self._stop.clear()
+        self.run_button.disabled, self.stop_button.disabled = True, False
+        self.status.value = "starting"
+        self.thread = threading.Thread(target=self._work, args=(values, parent), daemon=True, name="tuner-run")
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop button: the run ends after its current step and keeps what finished."""
+        self._stop.set()
+        self.status.value = "stopping after this step"
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
+
+    def _work(self, values, parent) -> None:
+        _set_parent(parent)
+        engine, sampling, workload, profile = values
+        steps: list[float] = []
+        last = [0.0]
+
+        def loading(done: int, total: int) -> None:
+            self.status.value = f"loading weights: layer {done}/{total}"
+
+        def on_step(event: dict) -> bool:
+            self.progress.max = max(1, event["n_batches"] * event["batch_tokens_max"])
+            self.progress.value = min(self.progress.max,
+                                      event["batch_index"] * event["batch_tokens_max"] + event["tokens"])
+            if event["phase"] == "decode":
+                steps.append(event["step_ms"])
+            now = time.monotonic()
+            if now - last[0] >= LIVE_INTERVAL_S and len(steps) > 1:
+                last[0] = now
+                self.live.value = _live_chart(steps)
+                self.status.value = f"{event['tokens']} tokens, {event['step_ms']:.1f} ms/step"
+            return self._stop.is_set()
+
+        try:
+            result = self.session.run(engine, sampling, workload, profile=profile, on_step=on_step,
+                                      progress=loading)
+            if len(steps) > 1:
+                self.live.value = _live_chart(steps)
+            self._show(result)
+            self.status.value = "stopped: kept what finished" if result.stopped else "done"
+        except Exception as e:  # noqa: BLE001 - shown in the panel, never lost to the log console
+            self._error(f"{type(e).__name__}: {e}", traceback.format_exc())
+            self.status.value = "failed"
+        finally:
+            self.run_button.disabled, self.stop_button.disabled = False, True
+
+    # -- output -------------------------------------------------------------------------------------
+
+    def _show(self, result) -> None:
+        self.metrics.value = f"<pre>{html.escape(result.table())}</pre>"
+        if result.ops_records:
+            from ..profile.plots import png, roofline, time_breakdown
+
+            self.roofline.value = png(roofline(result))
+            self.breakdown.value = png(time_breakdown(result))
+        self._show_history()
+
+    def _show_history(self) -> None:
+        df = self.session.history_frame()
+        self.history.value = "" if df.empty else "<b>runs</b>" + df.to_html(index=False, float_format="%.4g")
+
+    def _error(self, message: str, detail: str = "") -> None:
+        more = f"<details><summary>traceback</summary><pre>{html.escape(detail)}</pre></details>" if detail else ""
+        self.errors.value = f"<div style='color:#b00020'>{html.escape(message)}</div>{more}"
+
+
+def _live_chart(steps: list[float]) -> bytes:
+    from matplotlib.figure import Figure
+
+    from ..profile.plots import png
+
+    fig = Figure(figsize=(7, 2.2))
+    ax = fig.subplots()
+    ax.plot(range(1, len(steps) + 1), steps, lw=1.2, color="#1f77b4")
+    ax.set(xlabel="decode step", ylabel="ms", ylim=(0, max(steps) * 1.15), title="step latency (live)")
+    fig.tight_layout()
+    return png(fig, dpi=80)
+
+
+def _parent():
+    try:
+        from IPython import get_ipython
+
+        ip = get_ipython()
+        return ip.get_parent() if ip is not None and hasattr(ip, "get_parent") else None
+    except ImportError:
+        return None
+
+
+def _set_parent(parent) -> None:
+    if parent is None:
+        return
+    from IPython import get_ipython
+
+    ip = get_ipython()
+    if ip is not None and hasattr(ip, "set_parent"):
+        ip.set_parent(parent)

@@ -1,0 +1,154 @@
+"""The notebook session: the current engine, the runs so far, and where their records go.
+
+Runtime knobs (batch size, cache layout, sampling, workload) reuse the loaded weights; a knob that
+shapes the weights (model, weights, device, dtype, quant, group_size, seed) reloads them. Every run's
+record (tuner.run/1 JSON) is written to `runs_dir` as soon as it finishes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from pathlib import Path
+
+from ..knobs import ENGINE_KNOBS, SAMPLING_KNOBS
+
+# Workload knobs of a run, beside the registry's engine and sampling knobs.
+WORKLOAD = {"prompt_len": 128, "output_len": 64, "num_prompts": 0, "workload_seed": 0}
+# The sampler's seed is written sampling_seed (seed alone is the dummy weights' seed), as on the command line.
+SAMPLING_ALIASES = {f"sampling_{n}": n for n in SAMPLING_KNOBS if n in ENGINE_KNOBS}
+
+
+def knob_names() -> list[str]:
+    sampling = [n for n in SAMPLING_KNOBS if n not in ENGINE_KNOBS] + list(SAMPLING_ALIASES)
+    return sorted([*ENGINE_KNOBS, *sampling, *WORKLOAD])
+
+
+def parse_knobs(tokens: list[str]) -> tuple[dict, dict, dict]:
+    """`key=value` tokens -> (engine knobs, sampling knobs, workload) checked against the registry.
+
+    Raises ValueError with one line naming the problem and what is allowed."""
+    engine, sampling, workload = {}, {}, {}
+    for tok in tokens:
+        if "=" not in tok:
+            raise ValueError(f"{tok!r} is not a knob setting: write key=value, e.g. batch_size=8")
+        key, value = tok.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key == "max_new_tokens":  # a run's output length is its workload's output_len
+            key = "output_len"
+        if key in WORKLOAD:
+            try:
+                n = int(value)
+            except ValueError:
+                raise ValueError(f"{key}={value!r} is not allowed: {key} must be an int") from None
+            if n < (0 if key in ("num_prompts", "workload_seed") else 1):
+                raise ValueError(f"{key}={n} is not allowed: {key} must be >= "
+                                 f"{0 if key in ('num_prompts', 'workload_seed') else 1}")
+            workload[key] = n
+        elif key in SAMPLING_ALIASES:
+            sampling[SAMPLING_ALIASES[key]] = SAMPLING_KNOBS[SAMPLING_ALIASES[key]].parse(value)
+        elif key in ENGINE_KNOBS:
+            engine[key] = ENGINE_KNOBS[key].parse(value)
+        elif key in SAMPLING_KNOBS:
+            sampling[key] = SAMPLING_KNOBS[key].parse(value)
+        else:
+            close = difflib.get_close_matches(key, knob_names(), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ValueError(f"unknown knob {key!r}{hint}: knobs are {', '.join(knob_names())}")
+    return engine, sampling, workload
+
+
+class Session:
+    """What `%tuner` works on: one engine at a time and the history of runs."""
+
+    def __init__(self, runs_dir: str | Path = "tuner-runs"):
+        self.runs_dir = Path(runs_dir)
+        self.engine = None
+        self.history: list = []  # RunResult, oldest first
+
+    def load(self, progress: Callable[[int, int], None] | None = None, **knobs):
+        """Load (or reconfigure) the engine with these engine knobs; returns it."""
+        from ..engine.engine import Engine
+
+        if self.engine is None:
+            self.engine = Engine(progress=progress, **knobs)
+        elif knobs:
+            self.engine = self.engine.replace(progress=progress, **knobs)
+        return self.engine
+
+    def run(self, engine_knobs: dict | None = None, sampling_knobs: dict | None = None,
+            workload: dict | None = None, profile: bool = False, prompts: list[str] | None = None,
+            on_step: Callable[[dict], bool | None] | None = None, progress=None):
+        """Apply the knobs, generate, store the record; returns the RunResult."""
+        from ..config import SamplingParams
+        from ..engine.workload import Workload
+
+        engine = self.load(progress=progress, **(engine_knobs or {}))
+        w = {**WORKLOAD, **(workload or {})}
+        sampling = SamplingParams(max_new_tokens=w["output_len"], **(sampling_knobs or {}))
+        if prompts:
+            source = prompts
+        else:
+            source = Workload(batch=w["num_prompts"] or engine.config.batch_size, prompt_len=w["prompt_len"],
+                              output_len=w["output_len"], seed=w["workload_seed"])
+        result = engine.generate(source, sampling, profile=profile, on_step=on_step)
+        self.record(result)
+        return result
+
+    def record(self, result) -> Path:
+        self.history.append(result)
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        path = self.runs_dir / f"{result.run_id}.json"
+        path.write_text(result.to_json(indent=1))
+        return path
+
+    def get(self, ref: str):
+        """A run by id (or a unique prefix of one) or by history index (-1 is the latest)."""
+        if not self.history:
+            raise ValueError("no runs yet: %tuner run first")
+        try:
+            i = int(ref)
+        except ValueError:
+            hits = [r for r in self.history if r.run_id.startswith(ref)]
+            if len(hits) != 1:
+                raise ValueError(f"{ref!r} matches {len(hits)} runs: use a run id from %tuner history "
+                                 "or an index like -1") from None
+            return hits[0]
+        if not -len(self.history) <= i < len(self.history):
+            raise ValueError(f"run index {i} is out of range: {len(self.history)} runs so far")
+        return self.history[i]
+
+    def history_frame(self):
+        """One row per run: what changed and what it measured."""
+        import pandas as pd
+
+        rows = []
+        for i, r in enumerate(self.history):
+            c, m = r.config, r.metrics
+            rows.append({"#": i, "run_id": r.run_id, "model": c["model"], "batch": c["batch_size"],
+                         "quant": c["quant"], "kv": f"{c['kv_cache']}/{c['kv_dtype']}", "backend": c["backend"],
+                         "prompt": round(r.workload.get("prompt_len_mean", 0)), "ttft_ms": m.get("ttft_ms"),
+                         "tpot_ms": m.get("tpot_ms"), "tok_s": m.get("output_tok_s"), "mbu": m.get("mbu"),
+                         "stopped": r.stopped})
+        return pd.DataFrame(rows)
+
+
+def compare(a, b) -> str:
+    """Two runs side by side: the knobs that differ, then the headline metrics and their ratio."""
+    lines = [f"{'':<16} {a.run_id:>14} {b.run_id:>14}"]
+    for k in sorted(set(a.config) | set(b.config)):
+        if a.config.get(k) != b.config.get(k):
+            lines.append(f"{k:<16} {a.config.get(k)!s:>14} {b.config.get(k)!s:>14}")
+    for k in sorted(set(a.sampling) | set(b.sampling)):
+        if a.sampling.get(k) != b.sampling.get(k):
+            lines.append(f"{k:<16} {a.sampling.get(k)!s:>14} {b.sampling.get(k)!s:>14}")
+    lines.append("")
+    for key in ("ttft_ms", "tpot_ms", "itl_ms_p99", "output_tok_s", "mbu"):
+        x, y = a.metrics.get(key), b.metrics.get(key)
+        ratio = f"{y / x:.2f}x" if x and y else ""
+        lines.append(f"{key:<16} {_num(x):>14} {_num(y):>14}  {ratio}")
+    return "\n".join(lines)
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}"
