@@ -9,8 +9,10 @@ were launched in). The op's FLOPs and bytes come from tuner.profile.cost for the
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -52,12 +54,14 @@ class Capture:
 
     def __enter__(self) -> Capture:
         self._rec.__enter__()
-        self._prof.__enter__()
+        with _quiet_stderr():
+            self._prof.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         try:
-            self._prof.__exit__(*exc)
+            with _quiet_stderr():
+                self._prof.__exit__(*exc)
         finally:
             self._rec.__exit__(*exc)
 
@@ -151,6 +155,25 @@ class Capture:
         with gzip.open(tb, "wt") as f:
             json.dump(trace, f)
         return {"perfetto_trace": str(perfetto), "tensorboard_trace": str(tb)}
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence file descriptor 2 while the profiler starts and stops: torch's C++ side prints a
+    "profiler_start" / "profiler_stop" line there each time, which would land in every notebook cell."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _order(name: str) -> int:

@@ -7,13 +7,17 @@ BOUND_COLORS = {"memory": "#1f77b4", "compute": "#d62728", "overhead": "#7f7f7f"
 
 class _Figures:
     """Figures made without pyplot (safe from a worker thread, and not left open in pyplot's registry);
-    notebooks still render them inline."""
+    they carry _repr_png_, so a notebook shows one returned from a cell."""
 
     @staticmethod
     def subplots(figsize):
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=figsize)
+        class TunerFigure(Figure):
+            def _repr_png_(self):
+                return png(self)
+
+        fig = TunerFigure(figsize=figsize)
         return fig, fig.subplots()
 
 
