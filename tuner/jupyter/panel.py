@@ -78,10 +78,11 @@ class Panel:
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.progress = w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="240px"))
         self.status = w.HTML("ready")
-        self.live = w.Image(format="png", layout=w.Layout(max_width="720px"))
+        # images stay hidden until they hold a chart (an empty image shows as a broken one)
+        self.live = w.Image(format="png", layout=w.Layout(max_width="720px", display="none"))
         self.metrics = w.HTML()
-        self.roofline = w.Image(format="png", layout=w.Layout(max_width="560px"))
-        self.breakdown = w.Image(format="png", layout=w.Layout(max_width="560px"))
+        self.roofline = w.Image(format="png", layout=w.Layout(max_width="560px", display="none"))
+        self.breakdown = w.Image(format="png", layout=w.Layout(max_width="560px", display="none"))
         self.history = w.HTML()
         self.errors = w.HTML()
 
@@ -161,7 +162,7 @@ class Panel:
             now = time.monotonic()
             if now - last[0] >= LIVE_INTERVAL_S and len(steps) > 1:
                 last[0] = now
-                self.live.value = _live_chart(steps)
+                _set_image(self.live, _live_chart(steps))
                 self.status.value = f"{event['tokens']} tokens, {event['step_ms']:.1f} ms/step"
             return self._stop.is_set()
 
@@ -169,7 +170,7 @@ class Panel:
             result = self.session.run(engine, sampling, workload, profile=profile, on_step=on_step,
                                       progress=loading)
             if len(steps) > 1:
-                self.live.value = _live_chart(steps)
+                _set_image(self.live, _live_chart(steps))
             self._show(result)
             self.status.value = "stopped: kept what finished" if result.stopped else "done"
         except Exception as e:  # noqa: BLE001 - shown in the panel, never lost to the log console
@@ -185,8 +186,8 @@ class Panel:
         if result.ops_records:
             from ..profile.plots import png, roofline, time_breakdown
 
-            self.roofline.value = png(roofline(result))
-            self.breakdown.value = png(time_breakdown(result))
+            _set_image(self.roofline, png(roofline(result)))
+            _set_image(self.breakdown, png(time_breakdown(result)))
         self._show_history()
 
     def _show_history(self) -> None:
@@ -196,6 +197,11 @@ class Panel:
     def _error(self, message: str, detail: str = "") -> None:
         more = f"<details><summary>traceback</summary><pre>{html.escape(detail)}</pre></details>" if detail else ""
         self.errors.value = f"<div style='color:#b00020'>{html.escape(message)}</div>{more}"
+
+
+def _set_image(image, data: bytes) -> None:
+    image.value = data
+    image.layout.display = ""
 
 
 def _live_chart(steps: list[float]) -> bytes:
