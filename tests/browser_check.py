@@ -7,6 +7,7 @@ inside Playwright's event loop on later runs, while the same steps as a plain sc
 (see the session note on issue 4). Run it by hand with `python -m pytest tests/browser_check.py`; rename it
 to test_browser.py once it is reliable, and add `apt-get install -y chromium` to .ci/run with it."""
 
+import os
 import shutil
 import socket
 import subprocess
@@ -37,7 +38,8 @@ def lab(tmp_path):
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
          f"--ServerApp.root_dir={tmp_path}", "--LabApp.expose_app_in_browser=True", "--allow-root"],
-        stdout=log, stderr=subprocess.STDOUT, text=True)
+        stdout=log, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"})  # leave the browser a core: torch would take both
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
