@@ -274,10 +274,7 @@ def sample_fused(logits: torch.Tensor, params, rng: torch.Tensor) -> torch.Tenso
 
 
 def sample(logits: torch.Tensor, params, rng: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
-    if seen is not None and params.repetition_penalty != 1.0:
-        from ..engine.sampling import apply_repetition_penalty
-        logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-    return sample_fused(logits, params, rng)
+    return torch_ops.sample(logits, params, rng, seen, fused=sample_fused)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
@@ -291,5 +288,3 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
             (_p(x), _p(out), _i(n)))
     return out
 
-
-rms_norm = torch_ops.rms_norm  # the fixed-shape step fuses every norm into add_rms_norm; kept for completeness

@@ -176,12 +176,14 @@ def sample_fused(logits: torch.Tensor, params, rng: torch.Tensor) -> torch.Tenso
     return score.argmax(dim=-1)
 
 
-def sample(logits: torch.Tensor, params, rng: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
-    """The fixed-shape decode path's sampler: repetition penalty in torch, then the fused draw."""
+def sample(logits: torch.Tensor, params, rng: torch.Tensor, seen: torch.Tensor | None = None,
+           fused=sample_fused) -> torch.Tensor:
+    """The fixed-shape decode path's sampler: repetition penalty in torch, then the fused draw (this twin,
+    or the cupy kernel)."""
     if seen is not None and params.repetition_penalty != 1.0:
         from ..engine.sampling import apply_repetition_penalty
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-    return sample_fused(logits, params, rng)
+    return fused(logits, params, rng)
 
 
 def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

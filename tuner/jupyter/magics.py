@@ -11,6 +11,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from ..cli import _progress
 from .session import Session, compare, knob_names, parse_knobs
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -207,23 +208,6 @@ class TunerMagics(Magics):
         self.tensorboard = tensorboard(args.logdir, args.port)
         print(f"TensorBoard: {self.tensorboard.profiler_url()} (log dir {self.tensorboard.logdir}); "
               "%tuner tensorboard --stop ends it")
-
-
-def _progress(desc: str):
-    from tqdm.auto import tqdm
-
-    bar = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc=desc, unit="layer", leave=False, file=sys.stderr)
-        bar.n = done
-        bar.refresh()
-        if done >= total:
-            bar.close()
-
-    return update
 
 
 def _bar():
