@@ -125,19 +125,34 @@ def run_tests(out: Path) -> dict:
     return res
 
 
+ATTENTION_VARIANTS = [  # (name, AttentionPlan keywords: kernel, fused merge, build-time macros)
+    ("stream", {"algo": "stream"}), ("chunked", {"algo": "chunked"}),
+    ("stream-fm", {"algo": "stream", "fuse_merge": True}), ("chunked-fm", {"algo": "chunked", "fuse_merge": True}),
+    ("chunked-uk8", {"algo": "chunked", "defines": {"UK": 8}}),
+    ("chunked-uk2", {"algo": "chunked", "defines": {"UK": 2}}),
+    ("chunked-ch128", {"algo": "chunked", "defines": {"CH": 128}}),
+    ("chunked-accsmem", {"algo": "chunked", "defines": {"ACC_SMEM": 1}}),
+    ("chunked-uk8-accsmem", {"algo": "chunked", "defines": {"UK": 8, "ACC_SMEM": 1}}),
+]
+
+
 def bench_attention(bw: float) -> list[dict]:
     import dataclasses
 
     import torch.nn.functional as F
 
-    from tuner.backends import cupy_ops, torch_ops  # noqa: F401
+    from tuner.backends import cupy_ops, torch_ops
     from tuner.engine.kv_cache import KVCache, PagedKVCache
     from tuner.models.args import resolve_model
 
     rows = []
-    args, _ = resolve_model("llama-3.1-8b")
-    for B, ctx, paged in [(8, 4096, True), (8, 4096, False), (1, 4096, True), (8, 16384, True), (32, 2048, True)]:
-        layers = max(1, -(-(64 << 20) // (B * ctx * 8 * 128 * 4)))  # rotate layers past L2
+    for model, B, ctx, paged in [("llama-3.1-8b", 8, 4096, True), ("llama-3.1-8b", 8, 4096, False),
+                                 ("llama-3.1-8b", 1, 4096, True), ("llama-3.1-8b", 8, 16384, True),
+                                 ("llama-3.1-8b", 32, 2048, True), ("llama-3.2-1b", 1, 192, True),
+                                 ("llama-3.2-1b", 8, 1024, True)]:
+        args, _ = resolve_model(model)
+        H, Hkv, D = args.n_heads, args.n_kv_heads, args.head_dim
+        layers = max(1, -(-(64 << 20) // (B * ctx * Hkv * D * 4)))  # rotate layers past L2
         a = dataclasses.replace(args, n_layers=layers)
         dev = torch.device("cuda")
         cache = (PagedKVCache(a, B, ctx, torch.bfloat16, "auto", dev, 16) if paged
@@ -145,7 +160,6 @@ def bench_attention(bw: float) -> list[dict]:
         cache.reserve([ctx] * B)
         cache.k.normal_()
         cache.v.normal_()
-        H, Hkv, D = 32, 8, 128
         q = torch.randn(B, H, D, device=dev).bfloat16()
         seq = torch.full((B,), ctx, dtype=torch.int32, device=dev)
         tables = cache.decode_tables(B)
@@ -159,7 +173,7 @@ def bench_attention(bw: float) -> list[dict]:
         ms = time_graph_ms(kern)
         host_ms = time_ms(kern, iters=50)
         nbytes = 2 * B * ctx * Hkv * D * 2 + 2 * B * H * D * 2
-        row = {"batch": B, "context": ctx, "layout": "paged16" if paged else "contiguous", "ms": ms,
+        row = {"model": model, "batch": B, "context": ctx, "layout": "paged16" if paged else "contiguous", "ms": ms,
                "gbs": nbytes / ms / 1e6, "frac_bw": nbytes / ms / 1e6 / bw, "parts": plan.num_parts,
                "eager_launch_ms": host_ms}
         if not paged:  # torch SDPA on the same contiguous cache
@@ -171,12 +185,29 @@ def bench_attention(bw: float) -> list[dict]:
 
             row["sdpa_ms"] = time_graph_ms(sdpa)
             row["speedup_vs_sdpa"] = row["sdpa_ms"] / ms
-        if (B, ctx, paged) == (8, 4096, True):  # how the split over the context changes the time
-            row["by_waves"] = {}
-            for waves in (1, 2, 4, 8, 16):
-                p2 = cupy_ops.AttentionPlan(B, H, Hkv, D, ctx, dev, waves=waves)
-                row["by_waves"][waves] = (p2.num_parts, time_graph_ms(
-                    lambda p2=p2: cupy_ops.decode_attention(q, cache, 0, tables, cache.block_len, seq, p2)))
+        # each kernel variant (cupy_ops.ATTENTION_KERNELS, build-time macros) and split, checked against the
+        # torch twin on this cache before it is timed
+        ref = torch_ops.decode_attention(q, cache, 0, tables, cache.block_len, seq).float()
+        row["variants"] = {}
+        full = (B, ctx, paged) == (8, 4096, True)
+        short = ctx <= 256
+        for name, kw in ATTENTION_VARIANTS if full else ATTENTION_VARIANTS[:4]:
+            for waves, min_part in ([(2, 64), (4, 64), (8, 64), (16, 64)] if full else
+                                    [(4, 32), (4, 64), (8, 32), (4, 256)] if short else [(4, 64), (8, 64)]):
+                try:
+                    p2 = cupy_ops.AttentionPlan(B, H, Hkv, D, ctx, dev, waves=waves, min_part=min_part, **kw)
+                    got = cupy_ops.decode_attention(q, cache, 0, tables, cache.block_len, seq, p2).float()
+                    err = ((got - ref).norm() / ref.norm()).item()
+
+                    def variant(p2=p2):
+                        i[0] = (i[0] + 1) % layers
+                        cupy_ops.decode_attention(q, cache, i[0], tables, cache.block_len, seq, p2)
+
+                    t_ms = time_graph_ms(variant)
+                    row["variants"][f"{name}/w{waves}/p{min_part}"] = {
+                        "parts": p2.num_parts, "ms": t_ms, "rel_err": err, "frac_bw": nbytes / t_ms / 1e6 / bw}
+                except Exception as e:  # noqa: BLE001 - a variant that fails to build is a result too
+                    row["variants"][f"{name}/w{waves}/p{min_part}"] = {"error": f"{type(e).__name__}: {e}"[:300]}
         rows.append(row)
         cache = None
         torch.cuda.empty_cache()
@@ -236,30 +267,63 @@ def bench_sampling() -> list[dict]:
     return rows
 
 
-def bench_e2e(bw: float, quick: bool) -> list[dict]:
+def bench_e2e(bw: float, quick: bool, out: Path, device: str = "cuda", models=None, batches=(1, 8, 32),
+              cases=None) -> list[dict]:
+    """Issue 9's table: decode at batch 1/8/32 on 1B and 8B shapes, torch and cupy, each eager and with CUDA
+    graphs; per case the step time, MBU against the copy bandwidth measured in this run, and a profiled run
+    of the same workload (its slowdown, idle share and decode op verdicts)."""
     import tuner
+    from tuner.backends import cupy_ops
 
     rows = []
-    cases = [("llama-3.2-1b", 1), ("llama-3.1-8b", 1), ("llama-3.1-8b", 8)]
-    if quick:
-        cases = cases[:1]
-    for model, B in cases:
-        for backend, graphs in (("torch", False), ("cupy", False), ("cupy", True)):
-            t = time.time()
-            e = tuner.Engine(model=model, weights="dummy", device="cuda", dtype="bfloat16", batch_size=B,
-                             max_seq_len=1024, kv_cache="paged", block_size=16, backend=backend, cuda_graphs=graphs)
-            w = tuner.Workload(batch=B, prompt_len=128, output_len=64)
-            e.generate(tuner.Workload(batch=B, prompt_len=16, output_len=8))  # warm-up: compile, capture
-            r = e.generate(w)
-            steps = r.timings["decode_step_ms"]
-            med = sorted(steps)[len(steps) // 2]
-            nbytes = e.model.decode_weight_bytes() + B * (128 + 32) * e.cache.bytes_per_token
-            rows.append({"model": model, "batch": B, "backend": backend, "cuda_graphs": graphs,
-                         "tpot_ms": r.metrics.get("tpot_ms_mean") or r.metrics.get("tpot_ms"),
-                         "decode_step_ms_median": med, "mbu": nbytes / med / 1e6 / bw,
-                         "tok_s": B * 1e3 / med, "seconds": round(time.time() - t, 1)})
-            del e
-            torch.cuda.empty_cache()
+    models = models or (["llama-3.2-1b"] if quick else ["llama-3.2-1b", "llama-3.1-8b"])
+    cases = cases or [(be, g, "stream") for be in ("torch", "cupy") for g in (False, True)] + [
+        ("cupy", True, "chunked")]
+    for model in models:
+        e = None
+        for B in batches:
+            for backend, graphs, algo in cases:
+                t = time.time()
+                cupy_ops.ATTENTION = algo
+                knobs = dict(batch_size=B, backend=backend, cuda_graphs=graphs)
+                try:
+                    e = (tuner.Engine(model=model, weights="dummy", device=device, dtype="bfloat16", max_seq_len=1024,
+                                      kv_cache="paged", block_size=16, **knobs) if e is None else e.replace(**knobs))
+                    w = tuner.Workload(batch=B, prompt_len=128, output_len=48)
+                    e.generate(tuner.Workload(batch=B, prompt_len=128, output_len=8))  # warm-up: compile, capture
+                    meds = []
+                    for _ in range(2):
+                        r = e.generate(w)
+                        steps = sorted(r.timings["decode_step_ms"])
+                        meds.append(steps[len(steps) // 2])
+                    med = min(meds)
+                    rp = e.generate(w, profile=True, logdir=str(out / "traces"))
+                    psteps = sorted(rp.timings["decode_step_ms"])
+                    pmed = psteps[len(psteps) // 2]
+                    nbytes = e.model.decode_weight_bytes() + B * (128 + 24) * e.cache.bytes_per_token
+                    dec = rp.profile["phases"].get("decode", {})
+                    ops = [{"op": o["op"], "time_ms": round(o["time_ms"], 3), "bound": o["bound"],
+                            "pct_peak_bandwidth": round(o["pct_peak_bandwidth"], 3),
+                            "pct_peak_compute": round(o["pct_peak_compute"], 3)}
+                           for o in rp.ops_records if o["phase"] == "decode"]
+                    rows.append({"model": model, "batch": B, "backend": backend, "cuda_graphs": graphs,
+                                 "attention": algo if backend == "cupy" else None,
+                                 "decode_step_ms_median": med, "tpot_ms": r.metrics.get("tpot_ms"),
+                                 "mbu": nbytes / med / 1e6 / bw, "tok_s": B * 1e3 / med,
+                                 "profiled_step_ms_median": pmed, "profiled_slowdown": pmed / med,
+                                 "decode_idle_share": dec.get("idle_share"),
+                                 "decode_bound_share": dec.get("bound_share"), "decode_ops": ops,
+                                 "seconds": round(time.time() - t, 1)})
+                except Exception as ex:  # noqa: BLE001 - an OOM or a failure is recorded, the table goes on
+                    rows.append({"model": model, "batch": B, "backend": backend, "cuda_graphs": graphs,
+                                 "error": f"{type(ex).__name__}: {ex}"[:400]})
+                finally:
+                    cupy_ops.ATTENTION = "stream"
+                print("e2e", json.dumps({k: v for k, v in rows[-1].items() if k not in ("decode_ops",)})[:600],
+                      flush=True)
+                (out / "e2e_partial.json").write_text(json.dumps(rows, indent=1))  # kept if the run is cut
+        e = None
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -307,7 +371,7 @@ def main() -> None:
         (out / "gpu_suite.json").write_text(json.dumps(result, indent=1))
         print("tests", {k: v for k, v in result["tests"].items() if k != "failed"}, flush=True)
     for name, fn in (("attention", lambda: bench_attention(bw)), ("gemv", lambda: bench_gemv(bw)),
-                     ("sampling", bench_sampling), ("e2e", lambda: bench_e2e(bw, args.quick)),
+                     ("sampling", bench_sampling), ("e2e", lambda: bench_e2e(bw, args.quick, out)),
                      ("profile", profile_decode)):
         if name not in args.only.split(","):
             continue
@@ -335,7 +399,10 @@ def main() -> None:
             print(name, "ERROR", rows["error"][:300])
             continue
         for r in rows:
-            print(name, " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+            print(name, " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
+                                 if not isinstance(v, (dict, list))))
+            for k, v in r.get("variants", {}).items():
+                print("   ", k, " ".join(f"{a}={b:.3g}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items()))
 
 
 if __name__ == "__main__":

@@ -45,13 +45,49 @@ __device__ __forceinline__ void row_floats(const Row8& r, float out[8]) {
 #endif
 }
 
+#ifndef FUSE_MERGE  // 1: the last partition of a (sequence, KV head) to finish merges them all (no merge_parts)
+#define FUSE_MERGE 0
+#endif
+
+// Called by every thread of a block that wrote its partition's partial output. counters[b * Hkv + kvh] counts
+// the finished partitions; the last of the `live` ones combines them and resets the counter for the next launch.
+__device__ __forceinline__ void merge_if_last(int* counters, const float* part_out, const float* part_lse,
+                                              int b, int kvh, int G, int H, int num_parts, int live, u16* out)
+{
+    __shared__ int s_last;
+    __threadfence();  // this block's partials are visible device-wide before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int* c = counters + (i64)b * gridDim.x + kvh;
+        s_last = atomicAdd(c, 1) == live - 1;
+        if (s_last) *c = 0;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    for (int i = threadIdx.x; i < G * HEAD_DIM; i += blockDim.x) {
+        const int g = i / HEAD_DIM, d = i % HEAD_DIM;
+        const i64 head = (i64)b * H + kvh * G + g;
+        const float* lse = part_lse + head * num_parts;
+        float M = -F_INF;
+        for (int p = 0; p < live; p++) M = fmaxf(M, __ldcg(lse + p));
+        float W = 0.f, A = 0.f;
+        for (int p = 0; p < live; p++) {
+            const float w = exp2f(__ldcg(lse + p) - M);
+            W += w;
+            A += w * __ldcg(part_out + (head * num_parts + p) * HEAD_DIM + d);
+        }
+        out[head * HEAD_DIM + d] = from_f(A / W);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(NWARPS * 32, 1) decode_attention(
     const u16* __restrict__ q, const kv_t* __restrict__ k_pool, const kv_t* __restrict__ v_pool,
     const float* __restrict__ k_scale, const float* __restrict__ v_scale,
     i64 sx, i64 sh, i64 sy, i64 ssx, i64 ssh,
     const int* __restrict__ block_tables, int max_blocks, int block_size, const int* __restrict__ seq_lens,
     int H, int Hkv, float scale_log2, int part_size,
-    u16* __restrict__ out, float* __restrict__ part_out, float* __restrict__ part_lse)
+    u16* __restrict__ out, float* __restrict__ part_out, float* __restrict__ part_lse, int* __restrict__ counters)
 {
     __shared__ float s_acc[NS][GMAX][HEAD_DIM];
     __shared__ float s_m[NS][GMAX], s_l[NS][GMAX];
@@ -170,6 +206,252 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32, 1) decode_attention(
             if (d == 0) part_lse[head * num_parts + part] = M + log2f(L);
         }
     }
+#if FUSE_MERGE
+    if (num_parts > 1) merge_if_last(counters, part_out, part_lse, b, kvh, G, H, num_parts,
+                                    (len + part_size - 1) / part_size, out);
+#endif
+}
+
+// The same contract as decode_attention, in chunks of CH tokens and two passes per chunk (vLLM's paged
+// attention does the same per partition): pass 1 spreads each K row over LG lanes, UK rows in flight per
+// lane, and writes the scores to shared memory; the block then takes each query head's chunk max and turns
+// the scores into weights; pass 2 accumulates weight * V with UK V rows in flight per lane. No per-token
+// online-softmax chain, and the loads of a pass do not wait on the arithmetic of the rows before them.
+#ifndef CH
+#define CH 256
+#endif
+#ifndef UK
+#define UK 4
+#endif
+#ifndef MINB  // blocks per SM the registers must allow
+#define MINB 1
+#endif
+#ifndef ACC_SMEM  // 1: the accumulators wait in shared memory during pass 1 (fewer registers, more blocks per SM)
+#define ACC_SMEM 0
+#endif
+
+extern "C" __global__ void __launch_bounds__(NWARPS * 32, MINB) decode_attention_chunked(
+    const u16* __restrict__ q, const kv_t* __restrict__ k_pool, const kv_t* __restrict__ v_pool,
+    const float* __restrict__ k_scale, const float* __restrict__ v_scale,
+    i64 sx, i64 sh, i64 sy, i64 ssx, i64 ssh,
+    const int* __restrict__ block_tables, int max_blocks, int block_size, const int* __restrict__ seq_lens,
+    int H, int Hkv, float scale_log2, int part_size,
+    u16* __restrict__ out, float* __restrict__ part_out, float* __restrict__ part_lse, int* __restrict__ counters)
+{
+    __shared__ float s_p[GMAX][CH];
+#if ACC_SMEM
+    __shared__ __align__(16) float s_acc[NS][GMAX][HEAD_DIM];
+#else
+    __shared__ float s_red[NWARPS][GMAX][HEAD_DIM];
+#endif
+    __shared__ float s_m[GMAX], s_l[GMAX], s_corr[GMAX];
+
+    const int kvh = blockIdx.x, b = blockIdx.y, part = blockIdx.z, num_parts = gridDim.z;
+    const int G = H / Hkv;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int slot = lane / LG, d0 = (lane % LG) * 8;
+    const int len = seq_lens[b];
+    const int start = part * part_size, end = min(start + part_size, len);
+
+    if (start >= len) {
+        if (threadIdx.x < G) part_lse[((i64)b * H + kvh * G + threadIdx.x) * num_parts + part] = -F_INF;
+        return;
+    }
+    if (threadIdx.x < GMAX) {
+        s_m[threadIdx.x] = -F_INF;
+        s_l[threadIdx.x] = 0.f;
+    }
+
+    const int stream = warp * TPW + slot;
+    float qf[GMAX][8];
+#if ACC_SMEM
+#define ACC_DECL float acc[GMAX][8];
+#define ACC_LOAD(g) { const float4* a4 = (const float4*)&s_acc[stream][g][d0]; \
+        const float4 x = a4[0], y = a4[1]; \
+        acc[g][0] = x.x; acc[g][1] = x.y; acc[g][2] = x.z; acc[g][3] = x.w; \
+        acc[g][4] = y.x; acc[g][5] = y.y; acc[g][6] = y.z; acc[g][7] = y.w; }
+#define ACC_STORE(g) { float4* a4 = (float4*)&s_acc[stream][g][d0]; \
+        a4[0] = make_float4(acc[g][0], acc[g][1], acc[g][2], acc[g][3]); \
+        a4[1] = make_float4(acc[g][4], acc[g][5], acc[g][6], acc[g][7]); }
+#else
+    float acc[GMAX][8];
+#define ACC_DECL
+#define ACC_LOAD(g) {}
+#define ACC_STORE(g) {}
+#endif
+#pragma unroll
+    for (int g = 0; g < GMAX; g++) {
+        if (g < G) {
+#if ACC_SMEM
+#pragma unroll
+            for (int j = 0; j < 8; j++) s_acc[stream][g][d0 + j] = 0.f;
+#else
+#pragma unroll
+            for (int j = 0; j < 8; j++) acc[g][j] = 0.f;
+#endif
+            unpack8(*(const uint4*)(q + ((i64)b * H + kvh * G + g) * HEAD_DIM + d0), qf[g]);
+#pragma unroll
+            for (int j = 0; j < 8; j++) qf[g][j] *= scale_log2;
+        }
+    }
+
+    const int* table = block_tables + (i64)b * max_blocks;
+    const i64 head_off = (i64)kvh * sh + d0;
+    for (int c0 = start; c0 < end; c0 += CH) {
+        const int cn = min(CH, end - c0);
+        // pass 1: scores. i0 is the same for every lane of a warp, so the shuffles stay in step.
+        for (int i0 = warp * TPW; i0 < cn; i0 += NS * UK) {
+            Row8 kr[UK];
+            float ks[UK];
+#pragma unroll
+            for (int u = 0; u < UK; u++) {
+                const int t = i0 + slot + u * NS;
+                ks[u] = 1.f;
+                if (t < cn) {
+                    const int tt = c0 + t, blk = table[tt / block_size], off = tt % block_size;
+                    load_row(k_pool + (i64)blk * sx + head_off + (i64)off * sy, kr[u]);
+#if KV_INT8
+                    ks[u] = k_scale[(i64)blk * ssx + (i64)kvh * ssh + off];
+#endif
+                } else {
+                    kr[u].raw = {};
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < UK; u++) {
+                const int t = i0 + slot + u * NS;
+                float kf[8];
+                row_floats(kr[u], kf);
+#pragma unroll
+                for (int g = 0; g < GMAX; g++) {
+                    if (g < G) {
+                        float s = 0.f;
+#pragma unroll
+                        for (int j = 0; j < 8; j++) s += qf[g][j] * kf[j];
+#pragma unroll
+                        for (int o = LG / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                        if (t < cn && lane % LG == 0) s_p[g][t] = s * ks[u];
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        // the chunk's max and weights per query head, one warp per head
+        for (int g = warp; g < G; g += NWARPS) {
+            float mx = -F_INF;
+            for (int t = lane; t < cn; t += 32) mx = fmaxf(mx, s_p[g][t]);
+            mx = warp_max(mx);
+            const float m_old = s_m[g], m_new = fmaxf(m_old, mx);
+            float sum = 0.f;
+            for (int t = lane; t < cn; t += 32) {
+                const float p = exp2f(s_p[g][t] - m_new);
+                s_p[g][t] = p;
+                sum += p;
+            }
+            sum = warp_sum(sum);
+            if (lane == 0) {
+                const float corr = exp2f(m_old - m_new);
+                s_corr[g] = corr;
+                s_l[g] = s_l[g] * corr + sum;
+                s_m[g] = m_new;
+            }
+        }
+        __syncthreads();
+        // pass 2: acc = acc * corr + sum over the chunk of weight * V
+        ACC_DECL
+#pragma unroll
+        for (int g = 0; g < GMAX; g++) {
+            if (g < G) {
+                ACC_LOAD(g)
+                const float corr = s_corr[g];
+#pragma unroll
+                for (int j = 0; j < 8; j++) acc[g][j] *= corr;
+            }
+        }
+        for (int i0 = warp * TPW; i0 < cn; i0 += NS * UK) {
+            Row8 vr[UK];
+            float vs[UK];
+#pragma unroll
+            for (int u = 0; u < UK; u++) {
+                const int t = i0 + slot + u * NS;
+                if (t < cn) {
+                    const int tt = c0 + t, blk = table[tt / block_size], off = tt % block_size;
+                    load_row(v_pool + (i64)blk * sx + head_off + (i64)off * sy, vr[u]);
+#if KV_INT8
+                    vs[u] = v_scale[(i64)blk * ssx + (i64)kvh * ssh + off];
+#else
+                    vs[u] = 1.f;
+#endif
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < UK; u++) {
+                const int t = i0 + slot + u * NS;
+                if (t < cn) {
+                    float vf[8];
+                    row_floats(vr[u], vf);
+#pragma unroll
+                    for (int g = 0; g < GMAX; g++) {
+                        if (g < G) {
+                            const float pv = s_p[g][t] * vs[u];
+#pragma unroll
+                            for (int j = 0; j < 8; j++) acc[g][j] += pv * vf[j];
+                        }
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int g = 0; g < GMAX; g++) {
+            if (g < G) ACC_STORE(g)
+        }
+        __syncthreads();  // the next chunk overwrites s_p
+    }
+
+#if ACC_SMEM
+    for (int i = threadIdx.x; i < G * HEAD_DIM; i += blockDim.x) {
+        const int g = i / HEAD_DIM, d = i % HEAD_DIM;
+        float A = 0.f;
+#pragma unroll
+        for (int w = 0; w < NS; w++) A += s_acc[w][g][d];
+#else
+    // sum the token slots of each warp (lanes LG apart hold the same dims), then the warps
+#pragma unroll
+    for (int g = 0; g < GMAX; g++) {
+        if (g < G) {
+#pragma unroll
+            for (int j = 0; j < 8; j++) {
+                float a = acc[g][j];
+#pragma unroll
+                for (int o = LG; o < 32; o <<= 1) a += __shfl_xor_sync(0xffffffffu, a, o);
+                acc[g][j] = a;
+            }
+            if (slot == 0) {
+#pragma unroll
+                for (int j = 0; j < 8; j++) s_red[warp][g][d0 + j] = acc[g][j];
+            }
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * HEAD_DIM; i += blockDim.x) {
+        const int g = i / HEAD_DIM, d = i % HEAD_DIM;
+        float A = 0.f;
+#pragma unroll
+        for (int w = 0; w < NWARPS; w++) A += s_red[w][g][d];
+#endif
+        const float L = s_l[g];
+        const i64 head = (i64)b * H + kvh * G + g;
+        if (num_parts == 1) {
+            out[head * HEAD_DIM + d] = from_f(A / L);
+        } else {
+            part_out[(head * num_parts + part) * HEAD_DIM + d] = A / L;
+            if (d == 0) part_lse[head * num_parts + part] = s_m[g] + log2f(L);
+        }
+    }
+#if FUSE_MERGE
+    if (num_parts > 1) merge_if_last(counters, part_out, part_lse, b, kvh, G, H, num_parts,
+                                    (len + part_size - 1) / part_size, out);
+#endif
 }
 
 // grid (H, B), HEAD_DIM threads: combine the partitions of each (sequence, query head).

@@ -13,11 +13,13 @@ extern "C" __global__ void __launch_bounds__(256) add_rms_norm(
     u16* xr = x + row * n;
     const u16* dr = delta ? delta + row * n : 0;
     float v[MAXC][8];
+    uint4 wr[MAXC];  // the weights are loaded with x, so the second half waits on no memory round trip
     float ss = 0.f;
 #pragma unroll
     for (int c = 0; c < MAXC; c++) {
         int i = (c * blockDim.x + threadIdx.x) * 8;
         if (i < n) {
+            wr[c] = *(const uint4*)(w + i);
             unpack8(*(const uint4*)(xr + i), v[c]);
             if (dr) {
                 float d[8];
@@ -36,7 +38,7 @@ extern "C" __global__ void __launch_bounds__(256) add_rms_norm(
         int i = (c * blockDim.x + threadIdx.x) * 8;
         if (i < n) {
             float wv[8], o[8];
-            unpack8(*(const uint4*)(w + i), wv);
+            unpack8(wr[c], wv);
 #pragma unroll
             for (int j = 0; j < 8; j++) o[j] = round_s(v[c][j] * rstd) * wv[j];
             *(uint4*)(out + row * n + i) = pack8(o);

@@ -157,8 +157,8 @@ def test_quantized_linear_twins_match_the_layers():
                                x @ l4.dequantize().t(), rtol=1e-2, atol=1e-2)
 
 
-def test_cuda_graphs_need_the_cupy_backend():
-    with pytest.raises(ValueError, match="cuda_graphs=True"):
+def test_cuda_graphs_and_the_cupy_backend_need_cuda():
+    with pytest.raises(ValueError, match="cuda_graphs=True needs a CUDA device"):
         tuner.EngineConfig(device="cpu", cuda_graphs=True)
     with pytest.raises(ValueError, match="CUDA device"):
         tuner.EngineConfig(device="cpu", backend="cupy")

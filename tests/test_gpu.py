@@ -129,7 +129,9 @@ def test_rope_kv_write_matches_twin(dtype, D, kv_dtype, paged, qk_norm):
 @pytest.mark.parametrize("H,Hkv,D", [(32, 8, 128), (14, 2, 64), (28, 4, 128), (8, 8, 64), (16, 2, 128)])
 @pytest.mark.parametrize("kv_dtype", ["auto", "int8"])
 @pytest.mark.parametrize("paged", [False, True])
-def test_decode_attention_matches_twin(dtype, H, Hkv, D, kv_dtype, paged):
+@pytest.mark.parametrize("algo,fuse_merge", [("stream", False), ("chunked", False), ("stream", True),
+                                             ("chunked", True)])
+def test_decode_attention_matches_twin(dtype, H, Hkv, D, kv_dtype, paged, algo, fuse_merge):
     B = int(torch.randint(1, 9, ()).item())
     lens = torch.randint(1, 3000, (B,)).tolist()
     args = _args(H, Hkv, D, layers=1)
@@ -141,10 +143,13 @@ def test_decode_attention_matches_twin(dtype, H, Hkv, D, kv_dtype, paged):
     ref = torch_ops.decode_attention(q, cache, 0, tables, cache.block_len, seq)
     ops = cupy_ops()
     for max_len in (max(lens), 3072):  # the eager plan and the CUDA-graph plan (whole cache, empty partitions)
-        plan = ops.plan_attention(B, H, Hkv, D, max_len, DEV)
-        poison()
-        out = ops.decode_attention(q, cache, 0, tables, cache.block_len, seq, plan)
-        assert rel_err(out, ref) < 2e-2, (max_len, plan.num_parts)
+        plan = ops.AttentionPlan(B, H, Hkv, D, max_len, DEV, algo=algo, fuse_merge=fuse_merge)
+        for _ in range(2):  # twice: the fused merge must leave its counters ready for the next launch
+            poison()
+            out = ops.decode_attention(q, cache, 0, tables, cache.block_len, seq, plan)
+            assert rel_err(out, ref) < 2e-2, (max_len, plan.num_parts)
+        if fuse_merge:
+            assert plan.counters.abs().sum().item() == 0
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -209,12 +214,13 @@ def test_cupy_backend_tokens_equal_torch_backend(tmp_path, family, kv_cache):
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_cuda_graph_replay_gives_the_eager_tokens(tmp_path, batch):
+@pytest.mark.parametrize("backend,kv_cache", [("cupy", "paged"), ("torch", "paged"), ("torch", "contiguous")])
+def test_cuda_graph_replay_gives_the_eager_tokens(tmp_path, batch, backend, kv_cache):
     path = _engine_checkpoint(tmp_path)
     g = torch.Generator().manual_seed(1)
     ps = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (9, 30, 3)[:batch]]
     sp = tuner.SamplingParams(max_new_tokens=20)
-    knobs = dict(model=path, device="cuda", dtype="float16", batch_size=batch, kv_cache="paged", backend="cupy")
+    knobs = dict(model=path, device="cuda", dtype="float16", batch_size=batch, kv_cache=kv_cache, backend=backend)
     eager = tuner.Engine(**knobs).generate(ps, sp)
     e = tuner.Engine(**knobs, cuda_graphs=True)
     graphed = e.generate(ps, sp)

@@ -66,9 +66,6 @@ class _EngineChecks(_Validated):
             raise ValueError("backend='cupy' needs a CUDA device: on device='cpu' use backend='torch'")
         if self.cuda_graphs and not on_cuda:
             raise ValueError("cuda_graphs=True needs a CUDA device: on device='cpu' set cuda_graphs=False")
-        if self.cuda_graphs and self.backend != "cupy":
-            raise ValueError("cuda_graphs=True captures the cupy backend's fixed-shape decode step: "
-                             "set backend='cupy' as well")
         if self.backend == "cupy":
             if self.dtype not in ("bfloat16", "float16"):
                 raise ValueError(f"backend='cupy' runs dtype 'bfloat16' or 'float16', not {self.dtype!r}")

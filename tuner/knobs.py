@@ -132,7 +132,7 @@ _KNOBS = [
     Knob("kv_dtype", str, "auto", "KV-cache storage: 'auto' (model dtype), 'int8' or 'fp8' (per-token scales)",
          "engine", choices=("auto", "int8", "fp8"), applies="fp8: CUDA with compute capability 8.9+"),
     Knob("cuda_graphs", bool, False, "capture the decode step in CUDA graphs per batch-size bucket", "engine",
-         applies="CUDA with backend='cupy'"),
+         applies="CUDA"),
     Knob("seed", int, 0, "seed of dummy weights", "engine", low=0, high=2**63 - 1, reload=True),
     # sampling: per generate() call
     Knob("max_new_tokens", int, 128, "tokens to generate per prompt", "sampling", low=1, high=1 << 20),

@@ -50,7 +50,8 @@ def variants() -> list[tuple[str, dict]]:
         for d in HEAD_DIMS:
             for kv in (0, 1):
                 out.append(("rope_kv.cu", {"SCALAR_BF16": s, "HEAD_DIM": d, "KV_INT8": kv}))
-                out += [("attention.cu", {"SCALAR_BF16": s, "HEAD_DIM": d, "KV_INT8": kv, "GMAX": g}) for g in GROUPS]
+                out += [("attention.cu", {"SCALAR_BF16": s, "HEAD_DIM": d, "KV_INT8": kv, "GMAX": g, "FUSE_MERGE": f})
+                        for g in GROUPS for f in (0, 1)]
         out += [("gemv.cu", {"SCALAR_BF16": s, "MMAX": m}) for m in GEMV_ROWS]
     out.append(("sampling.cu", {}))
     return out
@@ -172,19 +173,34 @@ WAVES = 4  # decode-attention blocks per SM the plan aims for (H100: 4 ran 1.4x 
 MIN_PART = 64  # tokens per partition at least (256 ran the 1B model's short-context attention 1.7x slower: 8 blocks)
 
 
+# "stream": one online softmax per token stream; "chunked": scores of a chunk to shared memory, then weights * V
+ATTENTION_KERNELS = {"stream": "decode_attention", "chunked": "decode_attention_chunked"}
+ATTENTION = "stream"
+FUSE_MERGE = False  # True: the last partition to finish merges the others inside the attention kernel
+
+
 class AttentionPlan:
     """How decode attention splits a batch's context (once per batch shape), and the buffers it needs."""
 
-    def __init__(self, B: int, H: int, Hkv: int, D: int, max_len: int, device, waves: float = WAVES):
+    def __init__(self, B: int, H: int, Hkv: int, D: int, max_len: int, device, waves: float = WAVES,
+                 algo: str | None = None, fuse_merge: bool | None = None, min_part: int = MIN_PART,
+                 defines: dict | None = None):
+        algo = algo or ATTENTION
+        self.fuse_merge = FUSE_MERGE if fuse_merge is None else fuse_merge
+        if algo not in ATTENTION_KERNELS:
+            raise ValueError(f"attention algo {algo!r} is not one of {sorted(ATTENTION_KERNELS)}")
+        self.algo, self.defines = algo, dict(defines or {})
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         want_parts = max(1, math.ceil(waves * sms / (B * Hkv)))  # enough blocks for `waves` per SM
-        self.part_size = max(MIN_PART, -(-math.ceil(max_len / want_parts) // 64) * 64)
+        self.part_size = max(min_part, -(-math.ceil(max_len / want_parts) // min_part) * min_part)
         self.num_parts = -(-max_len // self.part_size)
         self.max_len = max_len
         n = B * H * self.num_parts
         self.part_out = torch.empty(n * D, dtype=torch.float32, device=device) if self.num_parts > 1 else None
         self.part_lse = torch.empty(max(n, 1), dtype=torch.float32, device=device)
         self.group = next(g for g in GROUPS if g >= H // Hkv)
+        # finished partitions per (sequence, KV head): the last one merges them when fuse_merge is on
+        self.counters = torch.zeros(B * Hkv, dtype=torch.int32, device=device) if self.fuse_merge else None
 
 
 def plan_attention(B: int, H: int, Hkv: int, D: int, max_len: int, device) -> AttentionPlan:
@@ -196,12 +212,13 @@ def decode_attention(q, cache, layer, tables, block_size, seq_lens, plan: Attent
     Hkv = cache.k.shape[2]
     out = torch.empty(B, H * D, dtype=q.dtype, device=q.device)
     defines = dict(SCALAR_BF16=_scalar(q), HEAD_DIM=D, KV_INT8=_kv_int8(cache), GMAX=plan.group)
-    k = _kernel("attention.cu", "decode_attention", **defines)
+    k = _kernel("attention.cu", ATTENTION_KERNELS[plan.algo], **defines, FUSE_MERGE=int(plan.fuse_merge),
+                **plan.defines)
     args = (_p(q), *_kv_args(cache, layer), _p(tables), _i(tables.shape[1]), _i(block_size), _p(seq_lens),
             _i(H), _i(Hkv), _f(D ** -0.5 * math.log2(math.e)), _i(plan.part_size), _p(out), _p(plan.part_out),
-            _p(plan.part_lse))
+            _p(plan.part_lse), _p(plan.counters))
     _launch(k, (Hkv, B, plan.num_parts), (128,), args)
-    if plan.num_parts > 1:
+    if plan.num_parts > 1 and not plan.fuse_merge:
         m = _kernel("attention.cu", "merge_parts", **defines)
         _launch(m, (H, B), (D,), (_p(plan.part_out), _p(plan.part_lse), _i(plan.num_parts), _i(H), _p(out)))
     return out

@@ -36,9 +36,10 @@ class Engine:
         self.config = config
         self.args, checkpoint = resolve_model(config.model)
         self.device, self.dtype = torch.device(config.device), _DTYPES[config.dtype]
-        # The torch backend decodes through model.forward; the cupy backend through the fixed-shape
-        # model.decode step and its kernels (tests run that step on CPU with torch_ops, the kernels' twins).
-        self.ops, self.fixed_decode = torch_ops, False
+        # The torch backend decodes through model.forward, or with cuda_graphs through the fixed-shape
+        # model.decode step on torch_ops; the cupy backend always through model.decode and its kernels
+        # (tests run that step on CPU with torch_ops, the kernels' twins).
+        self.ops, self.fixed_decode = torch_ops, config.cuda_graphs
         if config.backend == "cupy":
             from ..backends import cupy_ops
 
@@ -258,7 +259,7 @@ class Engine:
 
     def _sample(self, logits, sampling, generator, seen):
         with op("sampling"):
-            if self.fixed_decode:
+            if self.ops is not torch_ops:  # the cupy backend's fused sampler
                 return self.ops.sample(logits, sampling, self._rng, seen)
             return sample(logits, sampling, generator, seen)
 
@@ -371,16 +372,18 @@ class CudaGraphs:
         st.positions[:B].copy_(lens_t)
         st.positions[B:].zero_()
         torch.add(st.positions, 1, out=st.seq_lens)
-        st.tables[:B].copy_(tables)
+        st.tables[:B].copy_(tables[:, : st.tables.shape[1]])
         st.tables[B:].fill_(self.engine.cache.scratch)
-        graph.replay()
+        with op("cuda_graph"):  # the profiler sees the step as one range: its kernels were captured, not called
+            graph.replay()
         return logits[:B]
 
     def _capture(self, Bp: int, band: int):
         e = self.engine
         t = time.perf_counter()
         a, cache = e.args, e.cache
-        width = cache.decode_tables(1).shape[1]
+        # the band's blocks only: the torch twins read every block of the table they are given
+        width = min(cache.decode_tables(1).shape[1], -(-band // cache.block_len))
         dev = e.device
         st = DecodeState(tokens=torch.zeros(Bp, dtype=torch.long, device=dev),
                          positions=torch.zeros(Bp, dtype=torch.int32, device=dev),

@@ -103,6 +103,8 @@ class Capture:
         for e in self._prof.events():
             if e.name in PHASES:
                 wall[e.name] += e.cpu_time_total
+                # every kernel launched inside the phase (graph replays and unnamed copies included)
+                busy[e.name] += e.device_time_total if on_gpu else 0.0
                 continue
             if e.name not in names:
                 continue
@@ -117,7 +119,8 @@ class Capture:
             t = e.device_time_total if on_gpu else e.cpu_time_total
             times[phase, e.name] = times.get((phase, e.name), 0.0) + t
             calls[phase, e.name] = calls.get((phase, e.name), 0) + 1
-            busy[phase] += t
+            if not on_gpu:
+                busy[phase] += t
         return times, calls, busy, wall
 
     def _summary(self, records: list[dict], busy: dict, wall: dict) -> dict:
