@@ -127,13 +127,12 @@ def run_tests(out: Path) -> dict:
 
 
 ATTENTION_VARIANTS = [  # (name, AttentionPlan keywords: kernel, fused merge, build-time macros)
-    ("stream", {"algo": "stream"}), ("chunked", {"algo": "chunked"}),
-    ("stream-fm", {"algo": "stream", "fuse_merge": True}), ("chunked-fm", {"algo": "chunked", "fuse_merge": True}),
-    ("chunked-uk8", {"algo": "chunked", "defines": {"UK": 8}}),
-    ("chunked-uk2", {"algo": "chunked", "defines": {"UK": 2}}),
-    ("chunked-ch128", {"algo": "chunked", "defines": {"CH": 128}}),
-    ("chunked-accsmem", {"algo": "chunked", "defines": {"ACC_SMEM": 1}}),
-    ("chunked-uk8-accsmem", {"algo": "chunked", "defines": {"UK": 8, "ACC_SMEM": 1}}),
+    ("stream", {"algo": "stream"}), ("async", {"algo": "async"}), ("chunked", {"algo": "chunked"}),
+    ("async-fm", {"algo": "async", "fuse_merge": True}),
+    ("async-s3", {"algo": "async", "defines": {"STAGES": 3}}),
+    ("async-s5", {"algo": "async", "defines": {"STAGES": 5}}),
+    ("async-t32s2", {"algo": "async", "defines": {"TILE": 32, "STAGES": 2}}),
+    ("stream-fm", {"algo": "stream", "fuse_merge": True}),
 ]
 
 
@@ -192,7 +191,7 @@ def bench_attention(bw: float) -> list[dict]:
         row["variants"] = {}
         full = (B, ctx, paged) == (8, 4096, True)
         short = ctx <= 256
-        for name, kw in ATTENTION_VARIANTS if full else ATTENTION_VARIANTS[:4]:
+        for name, kw in ATTENTION_VARIANTS if full else ATTENTION_VARIANTS[:4]:  # stream, async, chunked, async-fm
             for waves, min_part in ([(2, 64), (4, 64), (8, 64), (16, 64)] if full else
                                     [(4, 32), (4, 64), (8, 32), (4, 256)] if short else [(4, 64), (8, 64)]):
                 try:
@@ -277,9 +276,13 @@ def bench_e2e(bw: float, quick: bool, out: Path, device: str = "cuda", models=No
     from tuner.backends import cupy_ops
 
     rows = []
-    models = models or (["llama-3.2-1b"] if quick else ["llama-3.2-1b", "llama-3.1-8b"])
-    cases = cases or [(be, g, "stream") for be in ("torch", "cupy") for g in (False, True)] + [
-        ("cupy", True, "chunked")]
+    default_attention = cupy_ops.ATTENTION
+    models = models or ["llama-3.2-1b", "llama-3.1-8b"]
+    if quick:  # the cupy + CUDA-graph rows, one per attention kernel
+        batches, cases = batches[:2], cases or [("cupy", True, "stream"), ("cupy", True, "async")]
+    other = "stream" if default_attention != "stream" else "async"
+    cases = cases or [(be, g, default_attention) for be in ("torch", "cupy") for g in (False, True)] + [
+        ("cupy", True, other)]
     for model in models:
         e = None
         for B in batches:
@@ -319,7 +322,7 @@ def bench_e2e(bw: float, quick: bool, out: Path, device: str = "cuda", models=No
                     rows.append({"model": model, "batch": B, "backend": backend, "cuda_graphs": graphs,
                                  "error": f"{type(ex).__name__}: {ex}"[:400]})
                 finally:
-                    cupy_ops.ATTENTION = "stream"
+                    cupy_ops.ATTENTION = default_attention
                 print("e2e", json.dumps({k: v for k, v in rows[-1].items() if k not in ("decode_ops",)})[:600],
                       flush=True)
                 (out / "e2e_partial.json").write_text(json.dumps(rows, indent=1))  # kept if the run is cut
@@ -355,7 +358,7 @@ def profile_decode(model: str = "llama-3.2-1b") -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
-    ap.add_argument("--quick", action="store_true", help="fewer end-to-end cases")
+    ap.add_argument("--quick", action="store_true", help="end to end: cupy + CUDA graphs at batch 1 and 8 only")
     ap.add_argument("--skip-tests", action="store_true")
     ap.add_argument("--only", default="attention,gemv,sampling,e2e,profile", help="benchmarks to run, comma-separated")
     args = ap.parse_args()

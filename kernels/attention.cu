@@ -454,6 +454,171 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32, MINB) decode_attention
 #endif
 }
 
+#if !KV_INT8
+// decode_attention with its K/V rows staged through shared memory by cp.async (16-bit caches only): a ring of
+// STAGES tiles of TILE tokens, STAGES - 1 tiles in flight while the block computes on the oldest, so the
+// loads no longer wait on the arithmetic. The arithmetic per token is decode_attention's.
+#ifndef TILE
+#define TILE 16
+#endif
+#ifndef STAGES
+#define STAGES 4
+#endif
+#if TILE % NS
+#error "TILE must be a multiple of the block's token streams NS"
+#endif
+#define RING_BYTES (STAGES * TILE * 2 * HEAD_DIM * 2)
+#define ACC_BYTES (NS * GMAX * HEAD_DIM * 4)
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid)
+{
+    unsigned s;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(s) : "l"(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void issue_tile(u16* ring, int tile, const u16* k_pool, const u16* v_pool,
+                                           const int* table, int block_size, i64 sx, i64 sy, i64 head_base,
+                                           int start, int end)
+{
+    u16* dst = ring + (i64)(tile % STAGES) * TILE * 2 * HEAD_DIM;
+    for (int c = threadIdx.x; c < TILE * 2 * LG; c += NWARPS * 32) {
+        const int tok = c / (2 * LG), kv = (c / LG) & 1, ch = c % LG;
+        const int t = start + tile * TILE + tok;
+        const bool valid = t < end;
+        const u16* src = k_pool;
+        if (valid) {
+            const int blk = table[t / block_size], off = t % block_size;
+            src = (kv ? v_pool : k_pool) + (i64)blk * sx + head_base + (i64)off * sy + ch * 8;
+        }
+        cp_async16(dst + (tok * 2 + kv) * HEAD_DIM + ch * 8, src, valid);
+    }
+    asm volatile("cp.async.commit_group;");
+}
+
+extern "C" __global__ void __launch_bounds__(NWARPS * 32, 1) decode_attention_async(
+    const u16* __restrict__ q, const kv_t* __restrict__ k_pool, const kv_t* __restrict__ v_pool,
+    const float* __restrict__ k_scale, const float* __restrict__ v_scale,
+    i64 sx, i64 sh, i64 sy, i64 ssx, i64 ssh,
+    const int* __restrict__ block_tables, int max_blocks, int block_size, const int* __restrict__ seq_lens,
+    int H, int Hkv, float scale_log2, int part_size,
+    u16* __restrict__ out, float* __restrict__ part_out, float* __restrict__ part_lse, int* __restrict__ counters)
+{
+    __shared__ __align__(16) unsigned char smem[RING_BYTES > ACC_BYTES ? RING_BYTES : ACC_BYTES];
+    __shared__ float s_m[NS][GMAX], s_l[NS][GMAX];
+    u16* ring = (u16*)smem;
+
+    const int kvh = blockIdx.x, b = blockIdx.y, part = blockIdx.z, num_parts = gridDim.z;
+    const int G = H / Hkv;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int stream = warp * TPW + lane / LG, d0 = (lane % LG) * 8;
+    const int len = seq_lens[b];
+    const int start = part * part_size, end = min(start + part_size, len);
+
+    if (start >= len) {
+        if (threadIdx.x < G) part_lse[((i64)b * H + kvh * G + threadIdx.x) * num_parts + part] = -F_INF;
+        return;
+    }
+    const int* table = block_tables + (i64)b * max_blocks;
+    const int ntiles = (end - start + TILE - 1) / TILE;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < ntiles) issue_tile(ring, s, k_pool, v_pool, table, block_size, sx, sy, (i64)kvh * sh, start, end);
+        else asm volatile("cp.async.commit_group;");
+    }
+
+    float qf[GMAX][8], acc[GMAX][8], m[GMAX], l[GMAX];
+#pragma unroll
+    for (int g = 0; g < GMAX; g++) {
+        m[g] = -F_INF;
+        l[g] = 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; j++) acc[g][j] = 0.f;
+        if (g < G) {
+            unpack8(*(const uint4*)(q + ((i64)b * H + kvh * G + g) * HEAD_DIM + d0), qf[g]);
+#pragma unroll
+            for (int j = 0; j < 8; j++) qf[g][j] *= scale_log2;
+        }
+    }
+
+    for (int i = 0; i < ntiles; i++) {
+        asm volatile("cp.async.wait_group %0;" ::"n"(STAGES - 2));
+        __syncthreads();  // tile i is in, and every warp is done with the slot the next issue overwrites
+        if (i + STAGES - 1 < ntiles)
+            issue_tile(ring, i + STAGES - 1, k_pool, v_pool, table, block_size, sx, sy, (i64)kvh * sh, start, end);
+        else
+            asm volatile("cp.async.commit_group;");
+        const u16* tile = ring + (i64)(i % STAGES) * TILE * 2 * HEAD_DIM;
+        // TILE % NS == 0: every lane runs the same number of tokens, so the shuffles stay in step
+#pragma unroll
+        for (int tok = stream; tok < TILE; tok += NS) {
+            const bool valid = start + i * TILE + tok < end;
+            float kf[8], vf[8];
+            unpack8(*(const uint4*)(tile + (tok * 2) * HEAD_DIM + d0), kf);
+            unpack8(*(const uint4*)(tile + (tok * 2 + 1) * HEAD_DIM + d0), vf);
+#pragma unroll
+            for (int g = 0; g < GMAX; g++) {
+                if (g < G) {
+                    float s = 0.f;
+#pragma unroll
+                    for (int j = 0; j < 8; j++) s += qf[g][j] * kf[j];
+#pragma unroll
+                    for (int o = LG / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+                    if (valid) {
+                        const float m_new = fmaxf(m[g], s);
+                        const float corr = exp2f(m[g] - m_new), p = exp2f(s - m_new);
+                        l[g] = l[g] * corr + p;
+#pragma unroll
+                        for (int j = 0; j < 8; j++) acc[g][j] = acc[g][j] * corr + p * vf[j];
+                        m[g] = m_new;
+                    }
+                }
+            }
+        }
+    }
+    asm volatile("cp.async.wait_group 0;");
+    __syncthreads();  // the ring is free: it holds the streams' accumulators now
+
+    float (*s_acc)[GMAX][HEAD_DIM] = (float (*)[GMAX][HEAD_DIM])smem;
+#pragma unroll
+    for (int g = 0; g < GMAX; g++) {
+        if (g < G) {
+#pragma unroll
+            for (int j = 0; j < 8; j++) s_acc[stream][g][d0 + j] = acc[g][j];
+            if (lane % LG == 0) {
+                s_m[stream][g] = m[g];
+                s_l[stream][g] = l[g];
+            }
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < G * HEAD_DIM; i += blockDim.x) {
+        const int g = i / HEAD_DIM, d = i % HEAD_DIM;
+        float M = -F_INF;
+#pragma unroll
+        for (int s = 0; s < NS; s++) M = fmaxf(M, s_m[s][g]);
+        float L = 0.f, A = 0.f;
+#pragma unroll
+        for (int s = 0; s < NS; s++) {
+            const float w = s_m[s][g] == -F_INF ? 0.f : exp2f(s_m[s][g] - M);
+            L += w * s_l[s][g];
+            A += w * s_acc[s][g][d];
+        }
+        const i64 head = (i64)b * H + kvh * G + g;
+        if (num_parts == 1) {
+            out[head * HEAD_DIM + d] = from_f(A / L);
+        } else {
+            part_out[(head * num_parts + part) * HEAD_DIM + d] = A / L;
+            if (d == 0) part_lse[head * num_parts + part] = M + log2f(L);
+        }
+    }
+#if FUSE_MERGE
+    if (num_parts > 1) merge_if_last(counters, part_out, part_lse, b, kvh, G, H, num_parts,
+                                    (len + part_size - 1) / part_size, out);
+#endif
+}
+#endif
+
 // grid (H, B), HEAD_DIM threads: combine the partitions of each (sequence, query head).
 extern "C" __global__ void __launch_bounds__(HEAD_DIM) merge_parts(
     const float* __restrict__ part_out, const float* __restrict__ part_lse, int num_parts, int H,

@@ -129,8 +129,8 @@ def test_rope_kv_write_matches_twin(dtype, D, kv_dtype, paged, qk_norm):
 @pytest.mark.parametrize("H,Hkv,D", [(32, 8, 128), (14, 2, 64), (28, 4, 128), (8, 8, 64), (16, 2, 128)])
 @pytest.mark.parametrize("kv_dtype", ["auto", "int8"])
 @pytest.mark.parametrize("paged", [False, True])
-@pytest.mark.parametrize("algo,fuse_merge", [("stream", False), ("chunked", False), ("stream", True),
-                                             ("chunked", True)])
+@pytest.mark.parametrize("algo,fuse_merge", [("stream", False), ("async", False), ("chunked", False),
+                                             ("stream", True), ("async", True), ("chunked", True)])
 def test_decode_attention_matches_twin(dtype, H, Hkv, D, kv_dtype, paged, algo, fuse_merge):
     B = int(torch.randint(1, 9, ()).item())
     lens = torch.randint(1, 3000, (B,)).tolist()

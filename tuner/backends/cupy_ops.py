@@ -173,9 +173,12 @@ WAVES = 4  # decode-attention blocks per SM the plan aims for (H100: 4 ran 1.4x 
 MIN_PART = 64  # tokens per partition at least (256 ran the 1B model's short-context attention 1.7x slower: 8 blocks)
 
 
-# "stream": one online softmax per token stream; "chunked": scores of a chunk to shared memory, then weights * V
-ATTENTION_KERNELS = {"stream": "decode_attention", "chunked": "decode_attention_chunked"}
-ATTENTION = "stream"
+# "stream": one online softmax per token stream, rows loaded into registers; "async": the same arithmetic on
+# rows staged through a shared-memory ring by cp.async (16-bit caches; int8 caches run "stream");
+# "chunked": a chunk's scores to shared memory first, then weights * V
+ATTENTION_KERNELS = {"stream": "decode_attention", "async": "decode_attention_async",
+                     "chunked": "decode_attention_chunked"}
+ATTENTION = "async"
 FUSE_MERGE = False  # True: the last partition to finish merges the others inside the attention kernel
 
 
@@ -212,7 +215,8 @@ def decode_attention(q, cache, layer, tables, block_size, seq_lens, plan: Attent
     Hkv = cache.k.shape[2]
     out = torch.empty(B, H * D, dtype=q.dtype, device=q.device)
     defines = dict(SCALAR_BF16=_scalar(q), HEAD_DIM=D, KV_INT8=_kv_int8(cache), GMAX=plan.group)
-    k = _kernel("attention.cu", ATTENTION_KERNELS[plan.algo], **defines, FUSE_MERGE=int(plan.fuse_merge),
+    algo = "stream" if plan.algo == "async" and defines["KV_INT8"] else plan.algo
+    k = _kernel("attention.cu", ATTENTION_KERNELS[algo], **defines, FUSE_MERGE=int(plan.fuse_merge),
                 **plan.defines)
     args = (_p(q), *_kv_args(cache, layer), _p(tables), _i(tables.shape[1]), _i(block_size), _p(seq_lens),
             _i(H), _i(Hkv), _f(D ** -0.5 * math.log2(math.e)), _i(plan.part_size), _p(out), _p(plan.part_out),
