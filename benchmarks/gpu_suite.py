@@ -126,16 +126,6 @@ def run_tests(out: Path) -> dict:
     return res
 
 
-ATTENTION_VARIANTS = [  # (name, AttentionPlan keywords: kernel, fused merge, build-time macros)
-    ("stream", {"algo": "stream"}), ("async", {"algo": "async"}), ("chunked", {"algo": "chunked"}),
-    ("async-fm", {"algo": "async", "fuse_merge": True}),
-    ("async-s3", {"algo": "async", "defines": {"STAGES": 3}}),
-    ("async-s5", {"algo": "async", "defines": {"STAGES": 5}}),
-    ("async-t32s2", {"algo": "async", "defines": {"TILE": 32, "STAGES": 2}}),
-    ("stream-fm", {"algo": "stream", "fuse_merge": True}),
-]
-
-
 def bench_attention(bw: float) -> list[dict]:
     import dataclasses
 
@@ -185,29 +175,27 @@ def bench_attention(bw: float) -> list[dict]:
 
             row["sdpa_ms"] = time_graph_ms(sdpa)
             row["speedup_vs_sdpa"] = row["sdpa_ms"] / ms
-        # each kernel variant (cupy_ops.ATTENTION_KERNELS, build-time macros) and split, checked against the
-        # torch twin on this cache before it is timed
+        # how the split over the context changes the time, each split checked against the torch twin first
+        # (the chunked, cp.async and fused-merge kernels measured at 458af3a and 6eac2ed: NOTES-gpu.md)
         ref = torch_ops.decode_attention(q, cache, 0, tables, cache.block_len, seq).float()
-        row["variants"] = {}
-        full = (B, ctx, paged) == (8, 4096, True)
-        short = ctx <= 256
-        for name, kw in ATTENTION_VARIANTS if full else ATTENTION_VARIANTS[:4]:  # stream, async, chunked, async-fm
-            for waves, min_part in ([(2, 64), (4, 64), (8, 64), (16, 64)] if full else
-                                    [(4, 32), (4, 64), (8, 32), (4, 256)] if short else [(4, 64), (8, 64)]):
-                try:
-                    p2 = cupy_ops.AttentionPlan(B, H, Hkv, D, ctx, dev, waves=waves, min_part=min_part, **kw)
-                    got = cupy_ops.decode_attention(q, cache, 0, tables, cache.block_len, seq, p2).float()
-                    err = ((got - ref).norm() / ref.norm()).item()
+        row["splits"] = {}
+        splits = ([(2, 32), (4, 32), (4, 64), (8, 32), (16, 32)] if (B, ctx, paged) == (8, 4096, True) else
+                  [(4, 32), (4, 64), (8, 32), (4, 256)] if ctx <= 256 else [(4, 32), (8, 32)])
+        for waves, min_part in splits:
+            try:
+                p2 = cupy_ops.AttentionPlan(B, H, Hkv, D, ctx, dev, waves=waves, min_part=min_part)
+                got = cupy_ops.decode_attention(q, cache, 0, tables, cache.block_len, seq, p2).float()
+                err = ((got - ref).norm() / ref.norm()).item()
 
-                    def variant(p2=p2):
-                        i[0] = (i[0] + 1) % layers
-                        cupy_ops.decode_attention(q, cache, i[0], tables, cache.block_len, seq, p2)
+                def split(p2=p2):
+                    i[0] = (i[0] + 1) % layers
+                    cupy_ops.decode_attention(q, cache, i[0], tables, cache.block_len, seq, p2)
 
-                    t_ms = time_graph_ms(variant)
-                    row["variants"][f"{name}/w{waves}/p{min_part}"] = {
-                        "parts": p2.num_parts, "ms": t_ms, "rel_err": err, "frac_bw": nbytes / t_ms / 1e6 / bw}
-                except Exception as e:  # noqa: BLE001 - a variant that fails to build is a result too
-                    row["variants"][f"{name}/w{waves}/p{min_part}"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+                t_ms = time_graph_ms(split)
+                row["splits"][f"w{waves}/p{min_part}"] = {"parts": p2.num_parts, "ms": t_ms, "rel_err": err,
+                                                          "frac_bw": nbytes / t_ms / 1e6 / bw}
+            except Exception as e:  # noqa: BLE001 - a split that fails is a result too
+                row["splits"][f"w{waves}/p{min_part}"] = {"error": f"{type(e).__name__}: {e}"[:300]}
         rows.append(row)
         cache = None
         torch.cuda.empty_cache()
@@ -273,22 +261,17 @@ def bench_e2e(bw: float, quick: bool, out: Path, device: str = "cuda", models=No
     graphs; per case the step time, MBU against the copy bandwidth measured in this run, and a profiled run
     of the same workload (its slowdown, idle share and decode op verdicts)."""
     import tuner
-    from tuner.backends import cupy_ops
 
     rows = []
-    default_attention = cupy_ops.ATTENTION
     models = models or ["llama-3.2-1b", "llama-3.1-8b"]
-    if quick:  # the cupy + CUDA-graph rows, one per attention kernel
-        batches, cases = batches[:2], cases or [("cupy", True, "stream"), ("cupy", True, "async")]
-    other = "stream" if default_attention != "stream" else "async"
-    cases = cases or [(be, g, default_attention) for be in ("torch", "cupy") for g in (False, True)] + [
-        ("cupy", True, other)]
+    if quick:  # the cupy + CUDA-graph rows only
+        batches, cases = batches[:2], cases or [("cupy", True)]
+    cases = cases or [(be, g) for be in ("torch", "cupy") for g in (False, True)]
     for model in models:
         e = None
         for B in batches:
-            for backend, graphs, algo in cases:
+            for backend, graphs in cases:
                 t = time.time()
-                cupy_ops.ATTENTION = algo
                 knobs = dict(batch_size=B, backend=backend, cuda_graphs=graphs)
                 try:
                     e = (tuner.Engine(model=model, weights="dummy", device=device, dtype="bfloat16", max_seq_len=1024,
@@ -311,7 +294,6 @@ def bench_e2e(bw: float, quick: bool, out: Path, device: str = "cuda", models=No
                             "pct_peak_compute": round(o["pct_peak_compute"], 3)}
                            for o in rp.ops_records if o["phase"] == "decode"]
                     rows.append({"model": model, "batch": B, "backend": backend, "cuda_graphs": graphs,
-                                 "attention": algo if backend == "cupy" else None,
                                  "decode_step_ms_median": med, "tpot_ms": r.metrics.get("tpot_ms"),
                                  "mbu": nbytes / med / 1e6 / bw, "tok_s": B * 1e3 / med,
                                  "profiled_step_ms_median": pmed, "profiled_slowdown": pmed / med,
@@ -321,8 +303,6 @@ def bench_e2e(bw: float, quick: bool, out: Path, device: str = "cuda", models=No
                 except Exception as ex:  # noqa: BLE001 - an OOM or a failure is recorded, the table goes on
                     rows.append({"model": model, "batch": B, "backend": backend, "cuda_graphs": graphs,
                                  "error": f"{type(ex).__name__}: {ex}"[:400]})
-                finally:
-                    cupy_ops.ATTENTION = default_attention
                 print("e2e", json.dumps({k: v for k, v in rows[-1].items() if k not in ("decode_ops",)})[:600],
                       flush=True)
                 (out / "e2e_partial.json").write_text(json.dumps(rows, indent=1))  # kept if the run is cut
@@ -405,7 +385,7 @@ def main() -> None:
         for r in rows:
             print(name, " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
                                  if not isinstance(v, (dict, list))))
-            for k, v in r.get("variants", {}).items():
+            for k, v in r.get("splits", {}).items():
                 print("   ", k, " ".join(f"{a}={b:.3g}" if isinstance(b, float) else f"{a}={b}" for a, b in v.items()))
 
 

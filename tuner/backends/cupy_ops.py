@@ -50,8 +50,7 @@ def variants() -> list[tuple[str, dict]]:
         for d in HEAD_DIMS:
             for kv in (0, 1):
                 out.append(("rope_kv.cu", {"SCALAR_BF16": s, "HEAD_DIM": d, "KV_INT8": kv}))
-                out += [("attention.cu", {"SCALAR_BF16": s, "HEAD_DIM": d, "KV_INT8": kv, "GMAX": g, "FUSE_MERGE": f})
-                        for g in GROUPS for f in (0, 1)]
+                out += [("attention.cu", {"SCALAR_BF16": s, "HEAD_DIM": d, "KV_INT8": kv, "GMAX": g}) for g in GROUPS]
         out += [("gemv.cu", {"SCALAR_BF16": s, "MMAX": m}) for m in GEMV_ROWS]
     out.append(("sampling.cu", {}))
     return out
@@ -170,29 +169,16 @@ def rope_kv_write(qkv, qk_norm, eps, positions, cos, sin, cache, layer, tables, 
 
 
 WAVES = 4  # decode-attention blocks per SM the plan aims for (H100: 4 ran 1.4x faster than 2)
-MIN_PART = 64  # tokens per partition at least (256 ran the 1B model's short-context attention 1.7x slower: 8 blocks)
-
-
-# "stream": one online softmax per token stream, rows loaded into registers; "async": the same arithmetic on
-# rows staged through a shared-memory ring by cp.async (16-bit caches; int8 caches run "stream");
-# "chunked": a chunk's scores to shared memory first, then weights * V
-ATTENTION_KERNELS = {"stream": "decode_attention", "async": "decode_attention_async",
-                     "chunked": "decode_attention_chunked"}
-ATTENTION = "async"
-FUSE_MERGE = False  # True: the last partition to finish merges the others inside the attention kernel
+# tokens per partition at least: 256 ran the 1B model's short-context attention 1.7x slower (8 blocks); on an
+# H200, 32 ran a 192-token batch-1 context in 6.4 us against 7.4 for 64 (gpu_suite-2026-11-26-h200-458af3a.json)
+MIN_PART = 32
 
 
 class AttentionPlan:
     """How decode attention splits a batch's context (once per batch shape), and the buffers it needs."""
 
     def __init__(self, B: int, H: int, Hkv: int, D: int, max_len: int, device, waves: float = WAVES,
-                 algo: str | None = None, fuse_merge: bool | None = None, min_part: int = MIN_PART,
-                 defines: dict | None = None):
-        algo = algo or ATTENTION
-        self.fuse_merge = FUSE_MERGE if fuse_merge is None else fuse_merge
-        if algo not in ATTENTION_KERNELS:
-            raise ValueError(f"attention algo {algo!r} is not one of {sorted(ATTENTION_KERNELS)}")
-        self.algo, self.defines = algo, dict(defines or {})
+                 min_part: int = MIN_PART):
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         want_parts = max(1, math.ceil(waves * sms / (B * Hkv)))  # enough blocks for `waves` per SM
         self.part_size = max(min_part, -(-math.ceil(max_len / want_parts) // min_part) * min_part)
@@ -202,8 +188,6 @@ class AttentionPlan:
         self.part_out = torch.empty(n * D, dtype=torch.float32, device=device) if self.num_parts > 1 else None
         self.part_lse = torch.empty(max(n, 1), dtype=torch.float32, device=device)
         self.group = next(g for g in GROUPS if g >= H // Hkv)
-        # finished partitions per (sequence, KV head): the last one merges them when fuse_merge is on
-        self.counters = torch.zeros(B * Hkv, dtype=torch.int32, device=device) if self.fuse_merge else None
 
 
 def plan_attention(B: int, H: int, Hkv: int, D: int, max_len: int, device) -> AttentionPlan:
@@ -215,14 +199,12 @@ def decode_attention(q, cache, layer, tables, block_size, seq_lens, plan: Attent
     Hkv = cache.k.shape[2]
     out = torch.empty(B, H * D, dtype=q.dtype, device=q.device)
     defines = dict(SCALAR_BF16=_scalar(q), HEAD_DIM=D, KV_INT8=_kv_int8(cache), GMAX=plan.group)
-    algo = "stream" if plan.algo == "async" and defines["KV_INT8"] else plan.algo
-    k = _kernel("attention.cu", ATTENTION_KERNELS[algo], **defines, FUSE_MERGE=int(plan.fuse_merge),
-                **plan.defines)
+    k = _kernel("attention.cu", "decode_attention", **defines)
     args = (_p(q), *_kv_args(cache, layer), _p(tables), _i(tables.shape[1]), _i(block_size), _p(seq_lens),
             _i(H), _i(Hkv), _f(D ** -0.5 * math.log2(math.e)), _i(plan.part_size), _p(out), _p(plan.part_out),
-            _p(plan.part_lse), _p(plan.counters))
+            _p(plan.part_lse))
     _launch(k, (Hkv, B, plan.num_parts), (128,), args)
-    if plan.num_parts > 1 and not plan.fuse_merge:
+    if plan.num_parts > 1:
         m = _kernel("attention.cu", "merge_parts", **defines)
         _launch(m, (H, B), (D,), (_p(plan.part_out), _p(plan.part_lse), _i(plan.num_parts), _i(H), _p(out)))
     return out
