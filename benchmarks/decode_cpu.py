@@ -151,7 +151,7 @@ def main() -> None:
 
 
 def _report(results: dict) -> None:
-    print(f"\n{results['hardware']['name']}, {results['threads']} threads, measured copy bandwidth "
+    print(f"\n{results['hardware']['name']}, {results['threads']} threads, measured memory bandwidth "
           f"{results['hardware']['bandwidth_gbs']:.1f} GB/s")
     print(f"{'batch':>5} {'contender':<11} {'step ms':>8} {'tok/s':>8} {'MBU':>6}")
     for B, r in results["batches"].items():

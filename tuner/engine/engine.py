@@ -229,6 +229,8 @@ class Engine:
         with op("prefill"):
             logits = self.model.forward(ids, self._prefill_step(lens, T, write=True), cache, last=lens_t - 1)
             next_tok = self._sample(logits, sampling, generator, seen)
+            if self._cap is not None:
+                self._cap.sync()
         if self._cap is not None:
             self._cap.step("prefill", [(n, 0) for n in lens], B)
         step_ms, stopped = emit(next_tok, start, "prefill")
@@ -246,6 +248,8 @@ class Engine:
                 else:
                     logits = self.model.forward(next_tok[:, None], self._decode_step(lens_t, lens), cache)[:, 0]
                 next_tok = self._sample(logits, sampling, generator, seen)
+                if self._cap is not None:
+                    self._cap.sync()
             if self._cap is not None:
                 self._cap.step("decode", [(1, n) for n in lens], B)
             lens = [n + 1 for n in lens]

@@ -65,6 +65,13 @@ class Capture:
         finally:
             self._rec.__exit__(*exc)
 
+    def sync(self) -> None:
+        """Wait for the device at the end of a phase range, so the range's wall time covers its kernels (the
+        step waits for its tokens right after anyway). Without it, a CUDA-graph step's range closes once the
+        replay is queued, and the idle share compares kernel time with the time to queue them."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def step(self, phase: str, seqs: list[tuple[int, int]], logits_rows: int) -> None:
         self.steps.append({"phase": phase, "seqs": seqs, "logits_rows": logits_rows})
 
