@@ -20,6 +20,10 @@ _LAZY = {
     "calibrate": "tuner.profile.hardware",
     "hw_table": "tuner.profile.hardware",
     "tensorboard": "tuner.profile.tensorboard",
+    "sweep": "tuner.tune.sweep",
+    "SweepResult": "tuner.tune.result",
+    "export": "tuner.tune.export",
+    "load_config": "tuner.tune.export",
 }
 
 __all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension", *_LAZY]

@@ -68,6 +68,41 @@ def _parser() -> argparse.ArgumentParser:
                                     "then cached).")
     hw.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     hw.add_argument("--force", action="store_true", help="measure again instead of reading the cache")
+    sw = sub.add_parser("sweep", help="search knobs for the best configuration under latency SLOs (Optuna)",
+                        description="Run a sweep described by a YAML file: either knob: [values] entries, or the "
+                                    "sections space, base, workload, objectives, constraints, n_trials, sampler "
+                                    "(see tuner.tune.sweep.sweep_spec). Flags override the file. Running it again "
+                                    "with the same study and storage resumes it; several processes given one "
+                                    "PostgreSQL storage and study share the work.")
+    sw.add_argument("spec", type=Path, help="the sweep's YAML file")
+    sw.add_argument("--objective", action="append", default=None,
+                    help="max:METRIC or min:METRIC (repeat for a Pareto front; default max:output_tok_s)")
+    sw.add_argument("--constraint", action="append", default=None, help="an SLO such as 'tpot_ms_p99 <= 50' (repeat)")
+    sw.add_argument("--n-trials", type=int, default=None, help="trials the study should hold (default 20; grid: all)")
+    sw.add_argument("--sampler", default=None, help="tpe (default), grid, random or nsga2")
+    sw.add_argument("--storage", default=None,
+                    help="Optuna storage URL (default sqlite:///tuner-runs/sweeps.db; postgresql://... to share)")
+    sw.add_argument("--study", default=None, help="study name (default: derived from the sweep, so reruns resume)")
+    sw.add_argument("--repeats", type=int, default=None, help="re-run the top configurations this many times")
+    sw.add_argument("--model", default=None, help="the model every trial runs (overrides the file's base)")
+    sw.add_argument("--device", default=None, help="cpu, cuda or cuda:N (overrides the file's base)")
+    sw.add_argument("--runs-dir", type=Path, default=Path("tuner-runs"), help="where run records go")
+    ex = sub.add_parser("export", help="write a run's or a sweep's winning configuration for a server",
+                        description="Export the configuration of a run record (tuner.run/1 JSON) or the best trial of "
+                                    "a sweep record (tuner.sweep/1 JSON) as tuner YAML, a vLLM config.yaml, an HF "
+                                    "generation_config.json, a TGI .env or a TensorRT-LLM LLM-API YAML.")
+    ex.add_argument("record", type=Path, help="a run or sweep record (JSON)")
+    ex.add_argument("--format", default="tuner", help="tuner (default), vllm, hf, tgi, trtllm, or all")
+    ex.add_argument("--out", type=Path, default=None, help="file or directory (default: the format's file name)")
+    ex.add_argument("--objective", default=None, help="for a sweep: the objective whose best trial to export")
+    dm = sub.add_parser("demo", help="the whole loop on a CPU in a few minutes: sweep, Pareto front, report, exports",
+                        description="smollm2-135m shapes with dummy weights: a sweep over batch size, quantization "
+                                    "and KV-cache layout under a TPOT SLO; prints the table and the Pareto front, "
+                                    "and writes OUT/report.html, the run records and every export format.")
+    dm.add_argument("--out", type=Path, default=Path("tuner-demo"), help="output folder (default tuner-demo)")
+    dm.add_argument("--n-trials", type=int, default=12, help="trials (default 12 of the 24 configurations)")
+    dm.add_argument("--tpot-slo", type=float, default=40.0, help="the SLO: p99 TPOT at most this many ms (default 40)")
+    dm.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier demo in OUT")
     tb = sub.add_parser("tensorboard", help="serve the profiled runs in TensorBoard on 127.0.0.1",
                         description="Start TensorBoard with the PyTorch profiler plugin over a log dir; Ctrl-C stops.")
     tb.add_argument("--logdir", type=Path, default=None, help="default ~/.cache/tuner/runs")
@@ -181,13 +216,77 @@ def cmd_tensorboard(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .tune.sweep import sweep, sweep_spec
+
+    kw = sweep_spec(args.spec)
+    for key, value in (("objectives", args.objective), ("constraints", args.constraint), ("n_trials", args.n_trials),
+                       ("sampler", args.sampler), ("storage", args.storage), ("study_name", args.study),
+                       ("repeats", args.repeats)):
+        if value is not None:
+            kw[key] = value
+    base = dict(kw.get("base") or {})
+    for key in ("model", "device"):
+        if getattr(args, key):
+            base[key] = getattr(args, key)
+    kw["base"] = base
+    result = sweep(runs_dir=args.runs_dir, **kw)
+    print(result.table())
+    print()
+    print(result.summary())
+    print(f"\nrecord: {args.runs_dir / 'sweeps' / (result.study_name + '.json')}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    import json
+
+    from .result import RunResult
+    from .tune.export import FORMATS, export, export_all
+    from .tune.result import SweepResult
+
+    try:
+        data = json.loads(args.record.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{args.record} is not a readable JSON record: {e}") from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema == "tuner.sweep/1":
+        source = SweepResult.from_dict(data)
+    elif schema == "tuner.run/1":
+        source = RunResult.from_dict(data)
+    else:
+        raise ValueError(f"{args.record} is neither a run record (tuner.run/1) nor a sweep record (tuner.sweep/1)")
+    if args.format == "all":
+        paths = export_all(source, args.out or Path("."), args.objective)
+    elif args.format in FORMATS:
+        paths = {args.format: export(source, args.format, args.out, args.objective)}
+    else:
+        raise ValueError(f"--format {args.format!r} is not allowed: use one of {', '.join(FORMATS)} or all")
+    for fmt, path in paths.items():
+        print(f"{fmt:7s} {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .tune.demo import run_demo
+
+    result, report, exports = run_demo(args.out, n_trials=args.n_trials, tpot_slo_ms=args.tpot_slo, fresh=args.fresh)
+    print(result.table(limit=50))
+    print()
+    print(result.summary())
+    print(f"\nreport:  {report}")
+    for fmt, path in exports.items():
+        print(f"{fmt:7s}  {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        return {"run": cmd_run, "presets": cmd_presets, "hw": cmd_hw,
-                "tensorboard": cmd_tensorboard}[args.command](args)
-    except ValueError as e:
+        return {"run": cmd_run, "presets": cmd_presets, "hw": cmd_hw, "tensorboard": cmd_tensorboard,
+                "sweep": cmd_sweep, "export": cmd_export, "demo": cmd_demo}[args.command](args)
+    except (ValueError, FileNotFoundError) as e:
         parser.exit(2, f"tuner: error: {e}\n")
     except RuntimeError as e:
         from .engine.kv_cache import KVCacheFullError

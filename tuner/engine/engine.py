@@ -73,6 +73,15 @@ class Engine:
         self._cap: Capture | None = None
         self.graphs = CudaGraphs(self) if graphs else None
 
+    @classmethod
+    def from_file(cls, path, progress: Callable[[int, int], None] | None = None) -> Engine:
+        """The engine of a tuner.config/1 file (`tuner.export(..., "tuner")`); `tuner.load_config(path)` also
+        returns its SamplingParams."""
+        from ..tune.export import load_config
+
+        config, _ = load_config(path)
+        return cls(config, progress=progress)
+
     def replace(self, progress: Callable[[int, int], None] | None = None, **knobs) -> Engine:
         """An engine with these knobs changed. It shares this engine's loaded weights unless a knob that
         shapes them changes (model, weights, device, dtype, quant, group_size, seed: see Knob.reload)."""

@@ -136,6 +136,14 @@ PRESETS: dict[str, dict] = {
                        head_dim=128),
 }
 
+# The Hugging Face repositories whose config.json each preset copies (what an export serves).
+HF_IDS: dict[str, str] = {
+    "smollm2-135m": "HuggingFaceTB/SmolLM2-135M", "smollm2-360m": "HuggingFaceTB/SmolLM2-360M",
+    "qwen2.5-0.5b": "Qwen/Qwen2.5-0.5B", "qwen3-0.6b": "Qwen/Qwen3-0.6B", "llama-3.2-1b": "meta-llama/Llama-3.2-1B",
+    "qwen2.5-7b": "Qwen/Qwen2.5-7B", "qwen3-8b": "Qwen/Qwen3-8B", "llama-3.1-8b": "meta-llama/Llama-3.1-8B",
+    "mistral-7b": "mistralai/Mistral-7B-v0.3",
+}
+
 
 def resolve_model(model: str) -> tuple[ModelArgs, Path | None]:
     """A preset name or a checkpoint directory -> (its shapes, the directory or None for presets)."""

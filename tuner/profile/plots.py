@@ -10,15 +10,20 @@ class _Figures:
     they carry _repr_png_, so a notebook shows one returned from a cell."""
 
     @staticmethod
-    def subplots(figsize):
-        from matplotlib.figure import Figure
+    def subplots(figsize, nrows: int = 1, ncols: int = 1, **kw):
+        fig = figure(figsize)
+        return fig, fig.subplots(nrows, ncols, **kw)
 
-        class TunerFigure(Figure):
-            def _repr_png_(self):
-                return png(self)
 
-        fig = TunerFigure(figsize=figsize)
-        return fig, fig.subplots()
+def figure(figsize):
+    """An empty matplotlib Figure (no pyplot) that notebooks display through _repr_png_."""
+    from matplotlib.figure import Figure
+
+    class TunerFigure(Figure):
+        def _repr_png_(self):
+            return png(self)
+
+    return TunerFigure(figsize=figsize)
 
 
 def _plt():

@@ -1,0 +1,298 @@
+"""`tuner.export`: a chosen configuration as the file each server reads.
+
+    tuner    tuner's own YAML (schema tuner.config/1; Engine.from_file rebuilds exactly this config)
+    vllm     config.yaml for `vllm serve --config` (long flag names as keys)
+    hf       generation_config.json through transformers' GenerationConfig (sampling only)
+    tgi      a .env of text-generation-launcher variables (each flag's upper-case name)
+    trtllm   an LLM-API YAML for `trtllm-serve --config` / `trtllm-bench --config`
+
+Where a target has no equivalent of a tuner knob (a contiguous KV cache, an int8 KV cache, on-the-fly int4
+weights), the file says so in a comment instead of guessing. Every file carries its provenance: the tuner
+version, the hardware, the metrics that chose it and the date.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..config import EngineConfig, SamplingParams
+from ..knobs import ENGINE_KNOBS, SAMPLING_KNOBS
+
+FORMATS = {"tuner": "tuner.yaml", "vllm": "vllm-config.yaml", "hf": "generation_config.json", "tgi": "tgi.env",
+           "trtllm": "trtllm-llm-api.yaml"}
+CONFIG_SCHEMA = "tuner.config/1"
+_HEADLINE = ("output_tok_s", "ttft_ms_p99", "tpot_ms_p99", "itl_ms_p99", "mbu", "top1_agreement", "kl_divergence")
+
+
+class Choice:
+    """What an export writes: the engine and sampling configuration, and where they came from."""
+
+    def __init__(self, engine: EngineConfig, sampling: SamplingParams, workload: dict | None = None,
+                 metrics: dict | None = None, hardware: dict | None = None, chosen_by: str = "given"):
+        self.engine, self.sampling = engine, sampling
+        self.workload, self.metrics, self.hardware = workload or {}, metrics or {}, hardware or {}
+        self.chosen_by = chosen_by
+
+    @classmethod
+    def of(cls, source, objective: str | None = None) -> Choice:
+        from ..result import RunResult
+        from .result import SweepResult
+
+        if isinstance(source, Choice):
+            return source
+        if isinstance(source, RunResult):
+            sampling = {k: v for k, v in source.sampling.items() if k in SAMPLING_KNOBS}
+            return cls(EngineConfig.from_dict(source.config), SamplingParams.from_dict(sampling), source.workload,
+                       source.metrics, source.hardware, f"run {source.run_id}")
+        if isinstance(source, SweepResult):
+            t = source.best_trial(objective)
+            engine, sampling = split_knobs(source.best_config(objective))
+            w = source.workload
+            sampling.setdefault("max_new_tokens", w.get("output_len", 128))
+            key = objective or str(source.objectives[0])
+            return cls(EngineConfig(**engine), SamplingParams(**sampling), w, t["metrics"], source.hardware,
+                       f"sweep {source.study_name} trial {t['number']} (best {key})")
+        if isinstance(source, EngineConfig):
+            return cls(source, SamplingParams())
+        if isinstance(source, dict):
+            engine, sampling = split_knobs(source)
+            return cls(EngineConfig(**engine), SamplingParams(**sampling))
+        raise TypeError(f"cannot export a {type(source).__name__}: pass a RunResult, a SweepResult, an "
+                        "EngineConfig or a dict of knobs")
+
+    def provenance(self) -> dict[str, Any]:
+        hw = {k: self.hardware[k] for k in ("name", "device", "bandwidth_gbs", "matmul_tflops") if k in self.hardware}
+        metrics = {k: self.metrics[k] for k in _HEADLINE if self.metrics.get(k) is not None}
+        return {"tuner_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "chosen_by": self.chosen_by, "hardware": hw, "metrics": metrics,
+                "workload": {k: v for k, v in self.workload.items() if not isinstance(v, (list, dict))}}
+
+
+def split_knobs(knobs: dict[str, Any]) -> tuple[dict, dict]:
+    """Knobs in registry names (sampler's seed written sampling_seed) -> (engine knobs, sampling knobs)."""
+    engine, sampling = {}, {}
+    for k, v in knobs.items():
+        if k.startswith("sampling_") and k[9:] in SAMPLING_KNOBS:
+            sampling[k[9:]] = v
+        elif k in ENGINE_KNOBS:
+            engine[k] = v
+        elif k in SAMPLING_KNOBS:
+            sampling[k] = v
+        else:
+            raise ValueError(f"unknown knob {k!r}: knobs are {', '.join([*ENGINE_KNOBS, *SAMPLING_KNOBS])}")
+    return engine, sampling
+
+
+def export(source, format: str = "tuner", path: str | Path | None = None, objective: str | None = None) -> Path:
+    """Write `source` (a RunResult, a SweepResult's best trial, an EngineConfig or a dict of knobs) in `format`
+    to `path` (a file, or a directory that gets FORMATS[format]; hf writes generation_config.json into a
+    directory). Returns the path written."""
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r} is not allowed: use one of {', '.join(FORMATS)}")
+    choice = Choice.of(source, objective)
+    path = Path(path or FORMATS[format])
+    if format == "hf":
+        directory = path if path.suffix != ".json" else path.parent
+        if path.suffix == ".json" and path.name != "generation_config.json":
+            raise ValueError("format='hf' writes generation_config.json: give a directory or that file name")
+        return _hf(choice, directory)
+    if path.is_dir():
+        path = path / FORMATS[format]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = {"tuner": _tuner, "vllm": _vllm, "tgi": _tgi, "trtllm": _trtllm}[format](choice)
+    path.write_text(text)
+    return path
+
+
+def export_all(source, directory: str | Path, objective: str | None = None) -> dict[str, Path]:
+    directory = Path(directory)
+    return {f: export(source, f, directory if f == "hf" else directory / FORMATS[f], objective) for f in FORMATS}
+
+
+# -- formats -----------------------------------------------------------------------------------------
+
+
+def _yaml(data: dict) -> str:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
+
+
+def _comment_block(choice: Choice, title: str) -> str:
+    p = choice.provenance()
+    lines = [f"# {title}", f"# written by tuner {p['tuner_version']} on {p['created']}; chosen by {p['chosen_by']}"]
+    if p["hardware"]:
+        lines.append("# measured on: " + ", ".join(f"{k}={v}" for k, v in p["hardware"].items()))
+    if p["metrics"]:
+        lines.append("# its metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                  for k, v in p["metrics"].items()))
+    if p["workload"]:
+        lines.append("# workload: " + ", ".join(f"{k}={v}" for k, v in p["workload"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def _tuner(choice: Choice) -> str:
+    data = {"schema": CONFIG_SCHEMA, "engine": choice.engine.to_dict(), "sampling": choice.sampling.to_dict(),
+            "provenance": choice.provenance()}
+    return _comment_block(choice, "tuner configuration: tuner.Engine.from_file(path) rebuilds it") + _yaml(data)
+
+
+def _model_id(cfg: EngineConfig) -> tuple[str, str | None]:
+    from ..models.args import HF_IDS, PRESETS
+
+    if cfg.model in PRESETS:
+        if cfg.model in HF_IDS:
+            return HF_IDS[cfg.model], f"tuner measured {cfg.model}'s shapes with dummy weights; this is its checkpoint"
+        return "<your-model>", f"the preset {cfg.model!r} is no published model: set model"
+    return str(Path(cfg.model).expanduser().resolve()), None
+
+
+def _sampling_overrides(s: SamplingParams) -> dict:
+    out = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p,
+           "repetition_penalty": s.repetition_penalty}
+    return {k: v for k, v in out.items()}
+
+
+def _vllm(choice: Choice) -> str:
+    e, s = choice.engine, choice.sampling
+    model, why = _model_id(e)
+    notes = [f"model: {why}"] if why else []
+    d: dict[str, Any] = {"model": model, "dtype": {"float32": "float32"}.get(e.dtype, e.dtype),
+                         "max-model-len": e.max_seq_len, "max-num-seqs": e.batch_size}
+    prompt = choice.workload.get("prompt_len") or choice.workload.get("prompt_len_mean")
+    d["max-num-batched-tokens"] = max(int(e.batch_size * (prompt or 0)), 2048, 0) if prompt else 8192
+    if e.kv_cache == "paged":
+        d["block-size"] = e.block_size
+    else:
+        notes.append("kv_cache=contiguous: vLLM's KV cache is always paged; block-size left at vLLM's default 16")
+    if e.kv_dtype == "fp8":
+        d["kv-cache-dtype"] = "fp8"
+    else:
+        d["kv-cache-dtype"] = "auto"
+        if e.kv_dtype == "int8":
+            notes.append("kv_dtype=int8: vLLM has no int8 KV cache; kept 'auto' (fp8 is the nearest)")
+    if e.quant == "fp8":
+        d["quantization"] = "fp8"
+    elif e.quant in ("int8", "int4"):
+        kind = f"GPTQ/AWQ 4-bit (group {e.group_size})" if e.quant == "int4" else "W8A16 (compressed-tensors)"
+        notes.append(f"quant={e.quant}: vLLM does not quantize to {e.quant} weight-only on load; serve a "
+                     f"pre-quantized {kind} checkpoint as model")
+    d["enforce-eager"] = not e.cuda_graphs
+    d["seed"] = s.seed
+    d["generation-config"] = "vllm"  # the sampling below, not the checkpoint's generation_config.json
+    d["override-generation-config"] = json.dumps(_sampling_overrides(s))
+    if e.backend == "cupy":
+        notes.append("backend=cupy: tuner's own kernels; vLLM picks its attention backend itself")
+    head = _comment_block(choice, "vLLM server configuration: vllm serve --config vllm-config.yaml")
+    return head + "".join(f"# note: {n}\n" for n in notes) + _yaml(d)
+
+
+def _hf(choice: Choice, directory: Path) -> Path:
+    from transformers import GenerationConfig
+
+    s, e = choice.sampling, choice.engine
+    greedy = s.temperature == 0
+    kw: dict[str, Any] = dict(do_sample=not greedy, max_new_tokens=s.max_new_tokens,
+                              repetition_penalty=s.repetition_penalty,
+                              cache_implementation="static" if e.kv_cache == "contiguous" else "dynamic")
+    if not greedy:
+        kw.update(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+        if s.min_p:
+            kw["min_p"] = s.min_p
+    if s.stop_token_ids:
+        kw["eos_token_id"] = list(s.stop_token_ids)
+    cfg = GenerationConfig(**kw)
+    cfg.tuner_provenance = choice.provenance()  # kept in the JSON beside the transformers fields
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg.save_pretrained(str(directory))
+    return directory / "generation_config.json"
+
+
+def _tgi(choice: Choice) -> str:
+    e = choice.engine
+    model, why = _model_id(e)
+    notes = [f"MODEL_ID: {why}"] if why else []
+    env: dict[str, Any] = {"MODEL_ID": model, "MAX_BATCH_SIZE": e.batch_size, "MAX_TOTAL_TOKENS": e.max_seq_len,
+                           "MAX_CONCURRENT_REQUESTS": max(128, e.batch_size)}
+    out_len = choice.sampling.max_new_tokens
+    env["MAX_INPUT_TOKENS"] = max(1, e.max_seq_len - out_len)
+    env["CUDA_GRAPHS"] = ",".join(str(1 << i) for i in range(e.batch_size.bit_length())
+                                  if 1 << i <= e.batch_size) if e.cuda_graphs else "0"
+    if e.quant == "fp8":
+        env["QUANTIZE"] = "fp8"
+    elif e.quant == "int8":
+        env["QUANTIZE"] = "eetq"  # int8 weight-only, quantized on load
+    elif e.quant == "int4":
+        notes.append(f"quant=int4 (group {e.group_size}): serve a GPTQ/AWQ 4-bit checkpoint and set QUANTIZE=gptq or "
+                     "awq (TGI reads the format from it)")
+    if "QUANTIZE" not in env:  # TGI refuses DTYPE together with QUANTIZE
+        if e.dtype in ("float16", "bfloat16"):
+            env["DTYPE"] = e.dtype
+        else:
+            notes.append(f"dtype={e.dtype}: TGI serves float16 or bfloat16")
+    if e.kv_dtype == "fp8":
+        env["KV_CACHE_DTYPE"] = "fp8_e4m3fn"
+    elif e.kv_dtype == "int8":
+        notes.append("kv_dtype=int8: TGI has no int8 KV cache (fp8_e4m3fn is the nearest)")
+    if e.kv_cache == "contiguous":
+        notes.append("kv_cache=contiguous: TGI's KV cache is paged")
+    notes.append("sampling is per request in TGI: send the parameters of generation_config.json with each request")
+    head = _comment_block(choice, "text-generation-launcher settings: docker run --env-file tgi.env ...")
+    return head + "".join(f"# note: {n}\n" for n in notes) + "".join(f"{k}={v}\n" for k, v in env.items())
+
+
+def _trtllm(choice: Choice) -> str:
+    e = choice.engine
+    model, why = _model_id(e)
+    notes = [f"serve {model} ({why})" if why else f"serve {model}"]
+    prompt = choice.workload.get("prompt_len") or choice.workload.get("prompt_len_mean")
+    d: dict[str, Any] = {"backend": "pytorch", "dtype": e.dtype, "max_batch_size": e.batch_size,
+                         "max_seq_len": e.max_seq_len,
+                         "max_num_tokens": max(int(e.batch_size * (prompt or 0)), 2048) if prompt else 8192}
+    kv: dict[str, Any] = {"enable_block_reuse": False}
+    if e.kv_dtype == "fp8":
+        kv["dtype"] = "fp8"
+    elif e.kv_dtype == "int8":
+        notes.append("kv_dtype=int8: quantize the checkpoint's KV cache with ModelOpt (int8 KV) or use dtype: fp8")
+    d["kv_cache_config"] = kv
+    d["cuda_graph_config"] = {"enable_padding": True, "max_batch_size": e.batch_size} if e.cuda_graphs else None
+    if e.quant in ("int8", "int4", "fp8"):
+        q = {"int8": "W8A16 (int8 weight-only)", "int4": f"W4A16 AWQ/GPTQ, group {e.group_size}", "fp8": "FP8"}[e.quant]
+        notes.append(f"quant={e.quant}: quantize the checkpoint with NVIDIA ModelOpt as {q} and serve that")
+    if e.kv_cache == "contiguous":
+        notes.append("kv_cache=contiguous: TensorRT-LLM's PyTorch backend pages its KV cache")
+    head = _comment_block(choice, "TensorRT-LLM LLM-API options: trtllm-serve MODEL --config trtllm-llm-api.yaml")
+    return head + "".join(f"# note: {n}\n" for n in notes) + _yaml(d)
+
+
+# -- reading tuner's own format --------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> tuple[EngineConfig, SamplingParams]:
+    """Read a tuner.config/1 YAML (safe YAML: no tags, nothing executed) and validate every knob."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path} is not a tuner configuration: not plain YAML ({first})") from None
+    if not isinstance(data, dict) or data.get("schema") != CONFIG_SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path} is not a tuner configuration: schema is {found!r}, expected {CONFIG_SCHEMA!r}")
+    extra = set(data) - {"schema", "engine", "sampling", "provenance"}
+    if extra:
+        raise ValueError(f"{path}: unknown sections {sorted(extra)} (a tuner.config/1 file has engine, sampling, "
+                         "provenance)")
+    engine, sampling = data.get("engine"), data.get("sampling", {})
+    if not isinstance(engine, dict) or not isinstance(sampling, dict):
+        raise ValueError(f"{path}: engine and sampling must be mappings of knob: value")
+    try:
+        return EngineConfig.from_dict(engine), SamplingParams.from_dict(sampling)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None

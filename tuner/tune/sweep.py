@@ -1,0 +1,382 @@
+"""`tuner.sweep`: search the knobs for the best configuration under latency SLOs, on Optuna.
+
+Each trial is one real run of the engine (weights are reused while model, dtype and quantization stay);
+its record is written when it finishes. SLOs are Optuna constraints, so a trial that breaks one is
+infeasible rather than best; a trial that fails (out of memory, an impossible combination) is recorded
+as a completed infeasible trial with its reason, so the samplers learn where the failures lie and the
+sweep goes on. Studies live in an Optuna storage (SQLite by default, PostgreSQL to share one study
+between processes or machines): calling sweep() again with the same study name and storage resumes it.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..engine.workload import Workload
+from .result import SweepResult, pareto_front
+from .space import QUALITY_METRICS, Constraint, Objective, Space, _knob, parse_constraint, parse_objective
+
+SAMPLERS = ("tpe", "grid", "random", "nsga2")
+DEFAULT_STORAGE = "sqlite:///tuner-runs/sweeps.db"
+# what every trial keeps from its run record, besides the objectives' and constraints' metrics
+HEADLINE = ("ttft_ms", "ttft_ms_p99", "tpot_ms", "tpot_ms_p99", "itl_ms_p99", "e2e_ms_p99", "output_tok_s", "mbu")
+_WORST = {"max": 0.0, "min": 1e12}  # placeholder objective values of a failed trial (it is infeasible anyway)
+
+
+class Runner:
+    """Runs one configuration: the engine (reused across trials where the weights allow), the workload,
+    and the run record written to `runs_dir`."""
+
+    def __init__(self, base: dict[str, Any], workload: Workload, runs_dir: Path, warmup: bool = True,
+                 quality: Callable | None = None):
+        self.base_engine, self.base_sampling = {}, {}
+        for name, value in (base or {}).items():
+            group, reg, knob = _knob(name)
+            (self.base_engine if group == "engine" else self.base_sampling)[reg] = knob.check(
+                knob.parse(value) if isinstance(value, str) and knob.type is not str else value)
+        self.workload, self.runs_dir, self.warmup, self.quality = workload, runs_dir, warmup, quality
+        self.engine = None
+        self.hardware: dict = {}
+
+    def engine_for(self, engine_knobs: dict):
+        from ..engine.engine import Engine
+
+        knobs = {**self.base_engine, **engine_knobs}
+        if self.engine is None:
+            self.engine = Engine(**knobs)
+        else:
+            fresh = self.engine.config.replace(**knobs)
+            if fresh != self.engine.config:
+                old, self.engine = self.engine, None
+                self.engine = old.replace(**knobs)
+                del old
+        return self.engine
+
+    def run(self, engine_knobs: dict, sampling_knobs: dict):
+        """(RunResult, metrics with quality figures added) of one configuration."""
+        from ..config import SamplingParams
+
+        engine = self.engine_for(engine_knobs)
+        sampling = SamplingParams(**{**self.base_sampling, **sampling_knobs,
+                                     "max_new_tokens": self.workload.output_len})
+        if self.warmup:
+            engine.warmup()
+        result = engine.generate(self.workload, sampling)
+        self.hardware = result.hardware
+        metrics = dict(result.metrics)
+        if self.quality is not None:
+            metrics.update(self.quality(engine))
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        (self.runs_dir / f"{result.run_id}.json").write_text(result.to_json(indent=1))
+        return result, metrics
+
+    def release(self) -> None:
+        self.engine = None
+        _free()
+
+
+def _free() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def _workload(w: Workload | dict | None) -> Workload:
+    if w is None:
+        return Workload(prompt_len=128, output_len=64)
+    if isinstance(w, Workload):
+        return w
+    if isinstance(w, dict):
+        allowed = {"batch", "prompt_len", "output_len", "seed"}
+        if set(w) - allowed:
+            raise ValueError(f"workload keys {sorted(set(w) - allowed)} are unknown: use {sorted(allowed)}")
+        return Workload(**w)
+    raise ValueError("workload must be a tuner.Workload or a dict of batch, prompt_len, output_len, seed")
+
+
+def default_study_name(space: Space, workload: Workload, objectives, constraints, base: dict) -> str:
+    """The same sweep asked again gets the same name, so it resumes."""
+    key = json.dumps({"space": space.to_spec(), "workload": workload.to_dict(), "base": base,
+                      "objectives": [str(o) for o in objectives], "constraints": [str(c) for c in constraints]},
+                     sort_keys=True, default=str)
+    return "tuner-" + hashlib.sha1(key.encode()).hexdigest()[:10]
+
+
+def _storage(url: str | None):
+    import optuna
+
+    if url is None:
+        return None
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    # heartbeats let a later run (or another worker) fail the trial a killed process left RUNNING
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
+
+
+def _new_constraints_api() -> bool:
+    """Optuna 5 takes constraints per trial (Trial.set_constraint); Optuna 4 through samplers' constraints_func."""
+    import optuna
+
+    return hasattr(optuna.trial.Trial, "set_constraint")
+
+
+def _constrain(trial, values: list[float]) -> None:
+    """Record a trial's constraint values (> 0 violates): for Optuna, and as a user attribute for tuner."""
+    trial.set_user_attr("constraints", values)
+    if _new_constraints_api():
+        for i, v in enumerate(values):
+            trial.set_constraint(f"c{i}", v)
+
+
+def _sampler(name: str, space: Space, n_constraints: int, seed: int | None):
+    import optuna
+
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler={name!r} is not allowed: use one of {', '.join(SAMPLERS)}")
+
+    def from_attrs(trial) -> Sequence[float]:
+        return trial.user_attrs.get("constraints", [1.0] * (n_constraints + 1))
+
+    constraints = None if _new_constraints_api() else from_attrs
+
+    if name == "grid":
+        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
+    return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, constant_liar=True,
+                                      n_startup_trials=min(10, max(4, len(space.dims) * 2)))
+
+
+def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = None,
+          objectives: Sequence[str] | str = ("max:output_tok_s",), constraints: Sequence[str] | str = (),
+          n_trials: int | None = None, sampler: str = "tpe", storage: str | None = DEFAULT_STORAGE,
+          study_name: str | None = None, repeats: int = 0, top_k: int = 3, base: dict | None = None,
+          seed: int | None = 0, runs_dir: str | Path = "tuner-runs", warmup: bool = True,
+          quality_prompts: int = 4, progress: bool = True, timeout_s: float | None = None) -> SweepResult:
+    """Search `space` (knob -> values) for the best configurations on `workload`.
+
+    objectives: metrics to optimize ("max:output_tok_s", "min:tpot_ms_p99"; several give a Pareto front).
+    constraints: SLOs ("ttft_ms_p99 <= 200", "top1_agreement >= 0.98"); a trial that breaks one is infeasible.
+    n_trials: completed trials the study should hold (the grid's size for sampler="grid"); counted over every
+        process that shares the study, so a resumed sweep runs only the rest.
+    sampler: "tpe" (default), "grid", "random" or "nsga2".
+    storage / study_name: where the study lives (None: in memory, no resume). The default name is derived
+        from the sweep's arguments, so calling again resumes.
+    repeats: re-run each of the top_k feasible configurations this many times, with 95% confidence intervals.
+    base: knobs every trial shares (model, device, dtype, ...), e.g. {"model": "smollm2-135m"}.
+    quality_prompts: prompts used to measure drift against the unquantized model when an objective or
+        constraint names kl_divergence or top1_agreement.
+    """
+    import optuna
+
+    space = space if isinstance(space, Space) else Space(space)
+    workload = _workload(workload)
+    objectives = [parse_objective(o) for o in ([objectives] if isinstance(objectives, str) else objectives)]
+    constraints = [parse_constraint(c) for c in ([constraints] if isinstance(constraints, str) else constraints)]
+    if not objectives:
+        raise ValueError("give at least one objective, e.g. 'max:output_tok_s'")
+    if repeats < 0 or top_k < 1:
+        raise ValueError("repeats must be >= 0 and top_k >= 1")
+    base = dict(base or {})
+    if n_trials is None:
+        n_trials = space.size() if sampler == "grid" else 20
+    if n_trials is None or n_trials < 1:
+        raise ValueError("n_trials must be >= 1")
+    study_name = study_name or default_study_name(space, workload, objectives, constraints, base)
+    runs_dir = Path(runs_dir)
+    needs_quality = any(o.metric in QUALITY_METRICS for o in objectives) or any(
+        c.metric in QUALITY_METRICS for c in constraints)
+
+    quality = None
+    runner = Runner(base, workload, runs_dir / "sweeps" / study_name, warmup)
+    if needs_quality:
+        from .quality import Drift
+
+        quality = Drift(quality_prompts, workload.prompt_len)
+        runner.quality = quality
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=study_name, storage=_storage(storage), load_if_exists=True,
+                                directions=[o.optuna_direction for o in objectives],
+                                sampler=_sampler(sampler, space, len(constraints), seed))
+    study.set_user_attr("tuner_sweep", {"space": space.to_spec(), "workload": workload.to_dict(), "base": base,
+                                        "objectives": [str(o) for o in objectives],
+                                        "constraints": [str(c) for c in constraints]})
+
+    def n_complete() -> int:
+        """Completed trials that measured something (a re-proposed point reuses a measurement, uncounted)."""
+        return sum("duplicate_of" not in t.user_attrs
+                   for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+    size = space.size()
+    target = min(n_trials, size) if size else n_trials
+
+    done_before = n_complete()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=target, initial=min(done_before, target), desc=f"sweep {study_name}", unit="trial")
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        params = {d.name: d.suggest(trial) for d in space.dims}
+        twin = _same_params(study, params)
+        if twin is not None:  # TPE re-proposes points on small categorical spaces: reuse the measurement
+            for k, v in twin.user_attrs.items():
+                if k != "constraints":
+                    trial.set_user_attr(k, v)
+            trial.set_user_attr("duplicate_of", twin.number)
+            _constrain(trial, twin.user_attrs["constraints"])
+            return list(twin.values)
+        return _evaluate(trial, params, space, runner, objectives, constraints)
+
+    def tick(study_, trial) -> None:
+        if n_complete() >= target:  # counted over every process sharing the study
+            study_.stop()
+        if bar is not None:
+            bar.n = min(n_complete(), target)
+            front = [t for t in study_.best_trials] if trial.state.name == "COMPLETE" else []
+            if front:
+                bar.set_postfix_str(", ".join(f"{o.metric}={front[0].values[i]:.4g}" for i, o in enumerate(objectives)))
+            bar.refresh()
+
+    remaining = target - done_before
+    t0 = time.time()
+    if remaining > 0:
+        # re-proposed points cost no run but take an attempt: allow a few per trial still to run
+        study.optimize(objective, n_trials=4 * remaining + 8, callbacks=[tick], timeout=timeout_s, catch=(Exception,))
+    if bar is not None:
+        bar.close()
+    result = SweepResult.from_study(study, space, workload, objectives, constraints, base, storage,
+                                    seconds=time.time() - t0, sampler=sampler)
+    if runner.hardware:
+        result.hardware = runner.hardware
+    if quality is not None and quality.dummy:
+        result.notes.append("dummy weights: the drift figures (kl_divergence, top1_agreement) compare random "
+                            "models and say nothing about the quality of a real one")
+    if repeats:
+        result.repeats = _repeat(result, runner, space, objectives, constraints, repeats, top_k)
+    runner.release()
+    if quality is not None:
+        quality.release()
+    result.save(runs_dir / "sweeps" / f"{study_name}.json")
+    return result
+
+
+def _same_params(study, params: dict):
+    import optuna
+
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.params == params and "duplicate_of" not in t.user_attrs:
+            return t
+    return None
+
+
+def _evaluate(trial, params: dict, space: Space, runner: Runner, objectives: list[Objective],
+              constraints: list[Constraint]) -> list[float]:
+    """One trial: run, then hand Optuna its objective values; store metrics, constraint values and the run."""
+    engine_knobs, sampling_knobs = space.split(params)
+    try:
+        result, metrics = runner.run(engine_knobs, sampling_knobs)
+    except Exception as e:  # noqa: BLE001 - an OOM or a refused combination is an infeasible trial, not a crash
+        reason = f"{type(e).__name__}: {e}".splitlines()[0][:400]
+        if _is_oom(e):
+            reason = "out of memory: " + reason
+        runner.engine = None  # a half-built engine may hold memory
+        _free()
+        trial.set_user_attr("error", reason)
+        _constrain(trial, [1.0] * (len(constraints) + 1))
+        return [_WORST[o.direction] for o in objectives]
+    keep = {k for k in HEADLINE} | {o.metric for o in objectives} | {c.metric for c in constraints}
+    trial.set_user_attr("metrics", {k: metrics.get(k) for k in sorted(keep)})
+    trial.set_user_attr("run_id", result.run_id)
+    missing = [o.metric for o in objectives if metrics.get(o.metric) is None]
+    if missing:
+        trial.set_user_attr("error", f"the run has no {', '.join(missing)} (output_len 1 has no TPOT)")
+        _constrain(trial, [1.0] * (len(constraints) + 1))
+        return [_WORST[o.direction] for o in objectives]
+    _constrain(trial, [c.violation(metrics.get(c.metric)) for c in constraints] + [0.0])
+    return [float(metrics[o.metric]) for o in objectives]
+
+
+def _is_oom(e: BaseException) -> bool:
+    text = str(e).lower()
+    return type(e).__name__ == "OutOfMemoryError" or isinstance(e, MemoryError) or (
+        "out of memory" in text or "can't allocate memory" in text or "not enough memory" in text)
+
+
+def _repeat(result: SweepResult, runner: Runner, space: Space, objectives, constraints, repeats: int,
+            top_k: int) -> list[dict]:
+    """Re-run the top feasible configurations; mean, standard deviation and a 95% interval per metric."""
+    front = pareto_front(result.trials, objectives)
+    front.sort(key=lambda t: -t["values"][0] if objectives[0].direction == "max" else t["values"][0])
+    out = []
+    metrics = list(dict.fromkeys([o.metric for o in objectives] + [c.metric for c in constraints]))
+    for t in front[:top_k]:
+        engine_knobs, sampling_knobs = space.split(t["params"])
+        samples: dict[str, list[float]] = {m: [] for m in metrics}
+        for _ in range(repeats):
+            _, m = runner.run(engine_knobs, sampling_knobs)
+            for k in metrics:
+                if m.get(k) is not None:
+                    samples[k].append(float(m[k]))
+        out.append({"trial": t["number"], "params": t["params"], "repeats": repeats,
+                    "metrics": {k: _ci(v) for k, v in samples.items() if v}})
+    return out
+
+
+def _ci(xs: list[float]) -> dict[str, float]:
+    """Mean, sample standard deviation and the half-width of a 95% Student-t interval."""
+    n = len(xs)
+    mean = sum(xs) / n
+    if n < 2:
+        return {"mean": mean, "std": 0.0, "ci95": float("nan"), "n": n}
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    t = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}.get(n, 1.96)
+    return {"mean": mean, "std": std, "ci95": t * std / math.sqrt(n), "n": n}
+
+
+SPEC_KEYS = ("space", "base", "workload", "objectives", "constraints", "n_trials", "sampler", "storage",
+             "study_name", "repeats", "top_k", "seed")
+
+
+def sweep_spec(source: dict | str | Path) -> dict:
+    """A sweep described in one YAML document (what `tuner sweep FILE` and `%%tuner sweep` read):
+
+        space: {batch_size: [1, 4, 8], quant: [none, int8]}
+        base: {model: smollm2-135m}
+        workload: {prompt_len: 128, output_len: 64}
+        objectives: [max:output_tok_s]
+        constraints: ["tpot_ms_p99 <= 50"]
+        n_trials: 12
+
+    A document without a `space` key is the space itself. Returns sweep()'s keyword arguments."""
+    from .space import load_yaml
+
+    doc = load_yaml(source, "sweep") if isinstance(source, (str, Path)) else source
+    if not isinstance(doc, dict) or not doc:
+        raise ValueError("a sweep file is a YAML mapping: either knob: [values] entries, or the sections "
+                         f"{', '.join(SPEC_KEYS)}")
+    if "space" not in doc:
+        return {"space": doc}
+    unknown = set(doc) - set(SPEC_KEYS)
+    if unknown:
+        raise ValueError(f"unknown sweep section(s) {sorted(unknown)}: sections are {', '.join(SPEC_KEYS)}")
+    return dict(doc)
