@@ -10,7 +10,7 @@ EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.ipynb"))
 
 
 def test_the_examples_exist():
-    assert {p.name for p in EXAMPLES} >= {"quickstart.ipynb", "roofline.ipynb"}
+    assert {p.name for p in EXAMPLES} >= {"quickstart.ipynb", "roofline.ipynb", "sweep_and_export.ipynb"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -27,3 +27,6 @@ def test_example_notebook_runs(path, tmp_path):
         assert "application/vnd.tuner.run+json" in kinds
         assert "application/vnd.jupyter.widget-view+json" in kinds  # the panel
         assert (tmp_path / "tuner-runs").is_dir() and len(list((tmp_path / "tuner-runs").glob("*.json"))) == 3
+    if path.stem == "sweep_and_export":
+        assert "application/vnd.tuner.sweep+json" in kinds
+        assert {p.name for p in (tmp_path / "exports").iterdir()} >= {"tuner.yaml", "vllm-config.yaml", "tgi.env"}

@@ -66,7 +66,9 @@ def test_load_run_reuses_weights_until_a_weight_knob_changes(ip, tmp_path, capsy
     ("run 8", "write key=value"),
     ("frobnicate", "unknown subcommand 'frobnicate'"),
     ("", "needs a subcommand"),
-    ("sweep", "not in this version"),
+    ("sweep", "takes its space in the cell"),
+    ("export out.yaml --best", "no sweep yet"),
+    ("export out.yaml --format xml", "argument --format: invalid choice"),
     ("load", "the following arguments are required: model"),
     ("compare -1 -2", "no runs yet"),
     ("load smollm2-135m temperature=0.5", "engine knobs only"),
@@ -78,7 +80,7 @@ def test_mistakes_are_one_line_usage_errors(ip, line, message):
 
 def test_hw_history_and_panel_fallback_outside_a_kernel(ip, capsys):
     ip.run_line_magic("tuner", "hw")
-    assert "copy GB/s" in capsys.readouterr().out
+    assert "memory GB/s" in capsys.readouterr().out
     ip.run_line_magic("tuner", "history")
     assert "no runs yet" in capsys.readouterr().out
     ip.run_line_magic("tuner", "panel")  # a terminal shell has no widget front end

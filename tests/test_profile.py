@@ -241,4 +241,4 @@ def test_hardware_datasheet_calibration_and_tuner_hw(capsys):
     assert f"{cal['bandwidth_gbs']:.1f}" in text and "datasheet" in text
     assert main(["hw"]) == 0
     out = capsys.readouterr().out
-    assert "copy GB/s" in out and "float32 matmul TFLOP/s" in out
+    assert "memory GB/s" in out and "float32 matmul TFLOP/s" in out

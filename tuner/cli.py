@@ -84,6 +84,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="Optuna storage URL (default sqlite:///tuner-runs/sweeps.db; postgresql://... to share)")
     sw.add_argument("--study", default=None, help="study name (default: derived from the sweep, so reruns resume)")
     sw.add_argument("--repeats", type=int, default=None, help="re-run the top configurations this many times")
+    sw.add_argument("--seed", type=int, default=None,
+                    help="the sampler's seed (give each worker of a shared study its own)")
     sw.add_argument("--model", default=None, help="the model every trial runs (overrides the file's base)")
     sw.add_argument("--device", default=None, help="cpu, cuda or cuda:N (overrides the file's base)")
     sw.add_argument("--runs-dir", type=Path, default=Path("tuner-runs"), help="where run records go")
@@ -101,7 +103,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "and writes OUT/report.html, the run records and every export format.")
     dm.add_argument("--out", type=Path, default=Path("tuner-demo"), help="output folder (default tuner-demo)")
     dm.add_argument("--n-trials", type=int, default=12, help="trials (default 12 of the 24 configurations)")
-    dm.add_argument("--tpot-slo", type=float, default=40.0, help="the SLO: p99 TPOT at most this many ms (default 40)")
+    dm.add_argument("--tpot-slo", type=float, default=20.0,
+                    help="the SLO: p99 TPOT at most this many ms (default 20)")
     dm.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier demo in OUT")
     tb = sub.add_parser("tensorboard", help="serve the profiled runs in TensorBoard on 127.0.0.1",
                         description="Start TensorBoard with the PyTorch profiler plugin over a log dir; Ctrl-C stops.")
@@ -222,7 +225,7 @@ def cmd_sweep(args) -> int:
     kw = sweep_spec(args.spec)
     for key, value in (("objectives", args.objective), ("constraints", args.constraint), ("n_trials", args.n_trials),
                        ("sampler", args.sampler), ("storage", args.storage), ("study_name", args.study),
-                       ("repeats", args.repeats)):
+                       ("repeats", args.repeats), ("seed", args.seed)):
         if value is not None:
             kw[key] = value
     base = dict(kw.get("base") or {})

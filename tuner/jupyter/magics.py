@@ -68,14 +68,39 @@ def _tensorboard_args(line):
     """Start TensorBoard (PyTorch profiler plugin) on 127.0.0.1 over the profiled runs."""
 
 
+@magic_arguments(name="%%tuner sweep")
+@argument("--n-trials", type=int, help="trials the study should hold (default 20; sampler grid: the whole grid)")
+@argument("--sampler", choices=("tpe", "grid", "random", "nsga2"), help="default tpe")
+@argument("--objective", action="append", help="max:METRIC or min:METRIC (repeatable; default max:output_tok_s)")
+@argument("--constraint", action="append", help="an SLO, e.g. 'tpot_ms_p99 <= 50' (quote it; repeatable)")
+@argument("--storage", help="Optuna storage URL (default sqlite:///tuner-runs/sweeps.db)")
+@argument("--study", help="study name (default: derived from the sweep, so running the cell again resumes)")
+@argument("--repeats", type=int, help="re-run the top configurations this many times (confidence intervals)")
+@argument("-o", "--output", action="store_true", help="return the SweepResult instead of displaying it")
+def _sweep_args(line):
+    """Sweep knobs under SLOs: the cell holds the YAML space (knob: [values]) or a whole sweep document with
+    space, base, workload, objectives, constraints sections. Fixed knobs default to the loaded engine's model,
+    device and dtype."""
+
+
+@magic_arguments(name="%tuner export")
+@argument("path", help="file or directory to write")
+@argument("--format", default="tuner", choices=("tuner", "vllm", "hf", "tgi", "trtllm", "all"))
+@argument("--run", help="export this run (id, prefix or history index; default: the latest run)")
+@argument("--best", action="store_true", help="export the best configuration of the latest sweep")
+@argument("--objective", help="with --best: the objective whose winner to export")
+def _export_args(line):
+    """Write a run's or the latest sweep's best configuration as tuner YAML, vLLM config.yaml, HF
+    generation_config.json, TGI .env or TensorRT-LLM YAML (each with its provenance)."""
+
+
 @magic_arguments(name="%tuner panel")
 def _panel_args(line):
     """The control panel: knobs as widgets, Run and Stop, live progress and charts, run history."""
 
 
 PARSERS = {"load": _load_args, "run": _run_args, "panel": _panel_args, "hw": _hw_args, "history": _history_args,
-           "compare": _compare_args, "tensorboard": _tensorboard_args}
-LATER = ("sweep", "export")  # arrive with tuner's tuning module
+           "compare": _compare_args, "tensorboard": _tensorboard_args, "sweep": _sweep_args, "export": _export_args}
 
 
 def _doc() -> str:
@@ -99,10 +124,14 @@ class TunerMagics(Magics):
         cmd, _, rest = line.strip().partition(" ")
         if not cmd:
             raise UsageError("%tuner needs a subcommand: " + ", ".join(PARSERS) + " (%tuner? explains each)")
-        if cmd in LATER:
-            raise UsageError(f"%tuner {cmd} is not in this version of tuner yet")
         if cmd not in PARSERS:
             raise UsageError(f"unknown subcommand {cmd!r}: use one of {', '.join(PARSERS)}")
+        if cmd == "sweep":  # the cell is YAML, not key=value lines
+            args = parse_argstring(PARSERS[cmd], rest)
+            try:
+                return self._sweep(args, cell)
+            except (ValueError, FileNotFoundError) as e:
+                raise UsageError(str(e)) from None
         if cell is not None:
             body = [ln.strip() for ln in cell.splitlines() if ln.strip() and not ln.strip().startswith("#")]
             rest = " ".join([rest, *body])
@@ -208,6 +237,56 @@ class TunerMagics(Magics):
         self.tensorboard = tensorboard(args.logdir, args.port)
         print(f"TensorBoard: {self.tensorboard.profiler_url()} (log dir {self.tensorboard.logdir}); "
               "%tuner tensorboard --stop ends it")
+
+
+    def _sweep(self, args, cell: str | None):
+        from ..tune.sweep import sweep, sweep_spec
+
+        if not cell or not cell.strip():
+            raise ValueError("%%tuner sweep takes its space in the cell, as YAML, e.g.\n"
+                             "%%tuner sweep --constraint 'tpot_ms_p99 <= 50'\nbatch_size: [1, 4, 8]\n"
+                             "quant: [none, int8]")
+        from ..tune.space import load_yaml
+
+        kw = sweep_spec(load_yaml(cell, "sweep cell"))
+        for key, value in (("objectives", args.objective), ("constraints", args.constraint),
+                           ("n_trials", args.n_trials), ("sampler", args.sampler), ("storage", args.storage),
+                           ("study_name", args.study), ("repeats", args.repeats)):
+            if value is not None:
+                kw[key] = value
+        base = dict(kw.get("base") or {})
+        engine = self.session.engine
+        if engine is not None:
+            for k in ("model", "device", "dtype"):
+                base.setdefault(k, getattr(engine.config, k))
+            self.session.engine = None  # the sweep builds its own engines; free this one's memory
+        base.setdefault("model", DEFAULT_MODEL)
+        kw["base"] = base
+        result = sweep(runs_dir=self.session.runs_dir, **kw)
+        self.session.sweeps.append(result)
+        if args.output:
+            return result
+        from IPython.display import display
+
+        display(result)
+
+    def _export(self, args):
+        from ..tune.export import export, export_all
+
+        if args.best and args.run:
+            raise ValueError("give --run or --best, not both")
+        if args.best:
+            if not self.session.sweeps:
+                raise ValueError("no sweep yet in this session: run %%tuner sweep first, or export a run")
+            source = self.session.sweeps[-1]
+        else:
+            source = self.session.get(args.run or "-1")
+        if args.format == "all":
+            paths = export_all(source, args.path, args.objective)
+        else:
+            paths = {args.format: export(source, args.format, args.path, args.objective)}
+        for fmt, path in paths.items():
+            print(f"{fmt:7s} {path}")
 
 
 def _bar():

@@ -65,6 +65,7 @@ class Session:
         self.runs_dir = Path(runs_dir)
         self.engine = None
         self.history: list = []  # RunResult, oldest first
+        self.sweeps: list = []  # SweepResult, oldest first
 
     def load(self, progress: Callable[[int, int], None] | None = None, **knobs):
         """Load (or reconfigure) the engine with these engine knobs; returns it."""

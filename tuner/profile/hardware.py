@@ -221,7 +221,7 @@ def hw_table(device: torch.device | str = "cpu", dtypes=None, force: bool = Fals
         mem = f", {cal['memory_bytes'] / 2**30:.1f} GiB" if "memory_bytes" in cal else ""
         facts.append(f"           {cal['cores']} cores, torch uses {cal['threads']} threads{mem}")
     rows = [("", "datasheet", "measured"),
-            ("copy GB/s (read+written)", _fmt(sheet.get("bandwidth_gbs")), f"{cal['bandwidth_gbs']:.1f}")]
+            ("memory GB/s (best of copy, read)", _fmt(sheet.get("bandwidth_gbs")), f"{cal['bandwidth_gbs']:.1f}")]
     for name, tf in cal["matmul_tflops"].items():
         rows.append((f"{name} matmul TFLOP/s", _fmt(sheet.get(name)), f"{tf:.3g}"))
     if sheet:

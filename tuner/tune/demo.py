@@ -19,7 +19,8 @@ SPACE = {"batch_size": [1, 2, 4, 8], "quant": ["none", "int8", "int4"], "kv_cach
 OBJECTIVES = ["max:output_tok_s", "min:tpot_ms_p99"]
 
 
-def run_demo(out: str | Path = "tuner-demo", n_trials: int = 12, tpot_slo_ms: float = 40.0, fresh: bool = False,
+def run_demo(out: str | Path = "tuner-demo", n_trials: int = 12, tpot_slo_ms: float = 20.0,
+             fresh: bool = False,
              model: str = "smollm2-135m", prompt_len: int = 64, output_len: int = 32, device: str = "cpu",
              progress: bool = True):
     out = Path(out)

@@ -39,7 +39,7 @@ class Drift:
             prompts = Workload(batch=self.n, prompt_len=self.len, seed=self.seed).prompts(engine.args.vocab_size,
                                                                                         self.n)
             ref = Engine(**ref_knobs)
-            self._ref[key] = (prompts, torch.log_softmax(ref.logits(prompts), dim=-1).cpu())
+            self._ref[key] = (prompts, torch.log_softmax(ref.logits(prompts).double(), dim=-1).cpu())
             del ref
         return self._ref[key]
 
@@ -48,7 +48,7 @@ class Drift:
 
         self.dummy = self.dummy or engine.config.weights == "dummy" or resolve_model(engine.config.model)[1] is None
         prompts, ref_logp = self._reference(engine)
-        logp = torch.log_softmax(engine.logits(prompts), dim=-1).cpu()
+        logp = torch.log_softmax(engine.logits(prompts).double(), dim=-1).cpu()
         kl = (ref_logp.exp() * (ref_logp - logp)).sum(-1).mean().item()
         top1 = (ref_logp.argmax(-1) == logp.argmax(-1)).float().mean().item()
         return {"kl_divergence": max(kl, 0.0), "top1_agreement": top1}

@@ -162,7 +162,8 @@ class Objective:
 def parse_objective(text: str | Objective) -> Objective:
     if isinstance(text, Objective):
         return text
-    m = re.fullmatch(r"\s*(?:(max|min|maximize|minimize)\s*[: ]\s*)?(\w+)\s*", str(text))
+    text = str(text).strip().strip("'\"")
+    m = re.fullmatch(r"\s*(?:(max|min|maximize|minimize)\s*[: ]\s*)?(\w+)\s*", text)
     if not m or m.group(2) not in METRICS:
         raise ValueError(f"objective {text!r} is not allowed: write [max:|min:]METRIC with METRIC one of "
                          f"{', '.join(METRICS)}")
@@ -191,7 +192,8 @@ class Constraint:
 def parse_constraint(text: str | Constraint) -> Constraint:
     if isinstance(text, Constraint):
         return text
-    m = re.fullmatch(r"\s*(\w+)\s*(<=|>=|<|>)\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*", str(text))
+    text = str(text).strip().strip("'\"")  # a shell or a magic line may leave the quotes on
+    m = re.fullmatch(r"\s*(\w+)\s*(<=|>=|<|>)\s*([-+]?[0-9.]+(?:[eE][-+]?\d+)?)\s*", text)
     if not m or m.group(1) not in METRICS:
         raise ValueError(f"constraint {text!r} is not allowed: write METRIC <= NUMBER or METRIC >= NUMBER, "
                          f"e.g. 'ttft_ms_p99 <= 200', with METRIC one of {', '.join(METRICS)}")

@@ -14,6 +14,8 @@ import gc
 import hashlib
 import json
 import math
+import os
+import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -213,9 +215,8 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
         runner.quality = quality
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=study_name, storage=_storage(storage), load_if_exists=True,
-                                directions=[o.optuna_direction for o in objectives],
-                                sampler=_sampler(sampler, space, len(constraints), seed))
+    study = _open_study(storage, study_name, [o.optuna_direction for o in objectives],
+                        _sampler(sampler, space, len(constraints), seed))
     study.set_user_attr("tuner_sweep", {"space": space.to_spec(), "workload": workload.to_dict(), "base": base,
                                         "objectives": [str(o) for o in objectives],
                                         "constraints": [str(c) for c in constraints]})
@@ -280,6 +281,23 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
     return result
 
 
+def _open_study(storage: str | None, study_name: str, directions: list[str], sampler):
+    """Create or load the study. Workers started together on an empty database race to create Optuna's
+    tables (and the study): the loser retries and loads what the winner made."""
+    import optuna
+
+    for attempt in range(6):
+        try:
+            return optuna.create_study(study_name=study_name, storage=_storage(storage), load_if_exists=True,
+                                       directions=directions, sampler=sampler)
+        except Exception as e:  # noqa: BLE001 - only the creation race is retried
+            race = type(e).__name__ in ("IntegrityError", "DuplicatedStudyError") or "already exists" in str(e)
+            if not race or attempt == 5:
+                raise
+            time.sleep(0.3 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def _same_params(study, params: dict):
     import optuna
 
@@ -304,7 +322,9 @@ def _evaluate(trial, params: dict, space: Space, runner: Runner, objectives: lis
         trial.set_user_attr("error", reason)
         _constrain(trial, [1.0] * (len(constraints) + 1))
         return [_WORST[o.direction] for o in objectives]
-    keep = {k for k in HEADLINE} | {o.metric for o in objectives} | {c.metric for c in constraints}
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    keep = {*HEADLINE, *(k for k in QUALITY_METRICS if k in metrics)} | {o.metric for o in objectives} | {
+        c.metric for c in constraints}
     trial.set_user_attr("metrics", {k: metrics.get(k) for k in sorted(keep)})
     trial.set_user_attr("run_id", result.run_id)
     missing = [o.metric for o in objectives if metrics.get(o.metric) is None]
