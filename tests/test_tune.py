@@ -293,7 +293,7 @@ def postgres():
 
     bindir = _pg_bin()
     if bindir is None:
-        if os.environ.get("TUNER_REQUIRE_POSTGRES"):
+        if os.environ.get("TUNER_CI"):
             pytest.fail("PostgreSQL is not installed (Debian package postgresql); .ci/run installs it")
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
     data = Path(tempfile.mkdtemp(prefix="tuner-pg-"))  # pytest's own tmp dirs are closed to other users

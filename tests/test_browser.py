@@ -2,10 +2,8 @@
 quickstart, runs it, sees the panel render, clicks Run and sees the live chart and the history update.
 The screenshot is kept as a test artifact (tests/artifacts/panel.png).
 
-NOT YET COLLECTED BY PYTEST (the file name keeps it out): it passed once under pytest (34 s), then hung
-inside Playwright's event loop on later runs, while the same steps as a plain script pass every time
-(see the session note on issue 4). Run it by hand with `python -m pytest tests/browser_check.py`; rename it
-to test_browser.py once it is reliable, and add `apt-get install -y chromium` to .ci/run with it."""
+Needs Debian's `chromium` (apt-get install chromium; never a downloaded browser) and the playwright
+package; .ci/run installs both and sets TUNER_CI=1, so there the test cannot skip."""
 
 import os
 import shutil
@@ -33,13 +31,17 @@ def free_port() -> int:
 def lab(tmp_path):
     shutil.copy(ROOT / "examples" / "quickstart.ipynb", tmp_path)
     port = free_port()
+    settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news toast
     log = open(tmp_path / "jupyterlab.log", "w")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
          "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
          f"--ServerApp.root_dir={tmp_path}", "--LabApp.expose_app_in_browser=True", "--allow-root"],
         stdout=log, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})  # leave the browser a core: torch would take both
+        env={**os.environ, "OMP_NUM_THREADS": "1",  # leave the browser a core: torch would take both
+             "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings")})
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -60,8 +62,19 @@ def lab(tmp_path):
 
 
 def _idle(page) -> bool:
+    _accept_kernel_dialog(page)
     return page.evaluate("Array.from(document.querySelectorAll('.jp-Notebook-ExecutionIndicator'))"
-                         ".map(e => e.getAttribute('data-status'))") == ["idle"]
+                         ".map(e => e.getAttribute('data-status'))") == ["idle"] and page.evaluate(
+        "() => { const w = window.jupyterapp.shell.currentWidget;"
+        " return !!(w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel); }")
+
+
+def _accept_kernel_dialog(page) -> None:
+    """JupyterLab sometimes asks which kernel to start (when the notebook opens before the kernel specs
+    arrive): take its default, the notebook's own python3."""
+    dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+    if dialog.count():
+        dialog.locator("button.jp-mod-accept").click()
 
 
 def _until(cond, timeout: float, what: str, page) -> None:
@@ -76,10 +89,13 @@ def _until(cond, timeout: float, what: str, page) -> None:
 
 
 def test_quickstart_panel_renders_and_runs_in_chromium(lab):
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("TUNER_CI"):
+            pytest.fail("Debian's chromium is missing (apt-get install chromium); .ci/run installs it")
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
     url, root = lab
-    assert Path(CHROMIUM).exists(), "Debian's chromium is needed: apt-get install chromium"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                     args=["--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -91,7 +107,9 @@ def test_quickstart_panel_renders_and_runs_in_chromium(lab):
             page.wait_for_function("() => window.jupyterapp && "
                                    "window.jupyterapp.commands.hasCommand('notebook:run-all-cells')")
             _until(lambda: _idle(page), 60, "the kernel to start", page)
-            page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+            # not awaited: page.evaluate waits for a returned promise, with no timeout, and run-all's promise
+            # settles only when every cell has run (the earlier hangs); the loops below poll with deadlines
+            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); return true; }")
             run = page.locator(".jupyter-widgets button:has-text('Run')").first
             _until(lambda: run.count() and run.is_visible(), 180, "the panel to render", page)
             _until(lambda: _idle(page), 180, "the notebook to finish", page)
