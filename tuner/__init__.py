@@ -29,6 +29,11 @@ _LAZY = {
 __all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension", *_LAZY]
 
 
+def _jupyter_labextension_paths() -> list[dict]:
+    """Where JupyterLab finds tuner's prebuilt renderer (extension/, built into tuner/labextension)."""
+    return [{"src": "labextension", "dest": "tuner-jupyterlab"}]
+
+
 def load_ipython_extension(ipython) -> None:
     """`%load_ext tuner`: registers the %tuner / %%tuner magics (nothing heavy is imported yet)."""
     from .jupyter.magics import TunerMagics

@@ -1,0 +1,111 @@
+// Unit tests of the record parsing and chart scales (node's test runner: npm test).
+import { strict as assert } from 'node:assert';
+import { test } from 'node:test';
+
+import {
+  breakdown,
+  linearScale,
+  logScale,
+  measuredTrials,
+  metricRows,
+  paretoAxes,
+  parseRun,
+  parseSweep,
+  roof,
+  rooflinePoints,
+  trialKind,
+  trialMetric
+} from '../data';
+
+const op = (phase: string, name: string, time_ms: number, flops: number, bytes: number, bound: string) => ({
+  phase, op: name, calls: 2, time_ms, flops, bytes, intensity: bytes ? flops / bytes : 0,
+  achieved_tflops: flops / (time_ms / 1e3) / 1e12, achieved_gbs: bytes / (time_ms / 1e3) / 1e9,
+  pct_peak_compute: 0.1, pct_peak_bandwidth: 0.8, bound
+});
+
+const RUN = {
+  schema: 'tuner.run/1', run_id: 'abc',
+  config: { model: 'smollm2-135m', dtype: 'float32', quant: 'int8', kv_cache: 'paged', kv_dtype: 'auto',
+            device: 'cpu', backend: 'torch' },
+  workload: {}, hardware: { name: 'AMD EPYC', bandwidth_gbs: 50, matmul_tflops: 0.5 },
+  metrics: { ttft_ms: 10, ttft_ms_p50: 10, ttft_ms_p90: 11, ttft_ms_p99: 12, tpot_ms: null, output_tok_s: 123.456,
+             total_tok_s: 400, mbu: 0.5, mfu: 0.01 },
+  ops: [op('decode', 'qkv_proj', 3, 2e6, 4e6, 'memory'), op('decode', 'rope', 1, 0, 1e3, 'overhead'),
+        op('prefill', 'qkv_proj', 2, 5e9, 4e6, 'compute')]
+};
+
+test('a run record is checked and its metrics read as rows', () => {
+  assert.throws(() => parseRun({ schema: 'x' }), /expected "tuner.run\/1"/);
+  assert.throws(() => parseRun(null), /not a tuner run record/);
+  const run = parseRun(RUN);
+  const rows = Object.fromEntries(metricRows(run));
+  assert.equal(rows.model, 'smollm2-135m (float32, quant=int8, kv=paged/auto)');
+  assert.equal(rows['TTFT ms'], 'mean 10  p50 10  p90 11  p99 12');
+  assert.equal(rows['TPOT ms'], undefined); // a null metric is left out, not drawn as 0
+  assert.equal(rows.throughput, '123.5 output tok/s, 400 total tok/s');
+  assert.equal(rows.decode, 'MBU 50.0% of 50 GB/s; MFU 1.0%');
+});
+
+test('one roofline point per op with work; the roof from the measured ceilings', () => {
+  const run = parseRun(RUN);
+  const pts = rooflinePoints(run);
+  assert.deepEqual(pts.map(p => p.label), ['decode: qkv_proj', 'prefill: qkv_proj']); // rope has no FLOPs
+  assert.equal(pts[0].x, 0.5);
+  assert.ok(Math.abs(pts[0].y - 2e6 / 3e-3) < 1e-3);
+  assert.match(pts[0].tooltip, /decode: qkv_proj \(memory-bound\)\ntime 3 ms over 2 calls/);
+  assert.match(pts[0].tooltip, /80\.0% of peak/);
+  const r = roof(run);
+  assert.equal(r.bw, 50e9);
+  assert.equal(r.peak, 0.5e12);
+  assert.equal(r.ridge, 10);
+});
+
+test('the time breakdown is largest first with shares of its phase', () => {
+  const b = breakdown(parseRun(RUN));
+  assert.deepEqual(b.map(r => r.label), ['decode: qkv_proj', 'prefill: qkv_proj', 'decode: rope']);
+  assert.equal(b[0].share, 0.75);
+  assert.equal(b[1].share, 1);
+});
+
+test('log and linear scales map their domains onto the range, with round ticks', () => {
+  const s = logScale([3, 250], 0, 100);
+  assert.deepEqual(s.domain, [1, 1000]);
+  assert.deepEqual(s.ticks, [1, 10, 100, 1000]);
+  assert.equal(s(1), 0);
+  assert.equal(s(1000), 100);
+  assert.ok(Math.abs(s(10) - 100 / 3) < 1e-9);
+  assert.equal(s(0), 0); // clamped, not -Infinity
+  const l = linearScale([3, 47], 100, 0, true);
+  assert.deepEqual(l.domain, [0, 50]);
+  assert.deepEqual(l.ticks, [0, 10, 20, 30, 40, 50]);
+  assert.equal(l(0), 100);
+  assert.equal(l(50), 0);
+  assert.deepEqual(linearScale([], 0, 1).domain, [0, 1]);
+});
+
+const SWEEP = {
+  schema: 'tuner.sweep/1', study_name: 's', objectives: ['max:output_tok_s', 'min:tpot_ms_p99'],
+  constraints: ['tpot_ms_p99 <= 20'], space: { batch_size: [1, 8] }, pareto: [0], best: {},
+  trials: [
+    { number: 0, state: 'complete', params: { batch_size: 8 }, values: [300, 15], metrics: { mbu: 0.4 },
+      feasible: true, violated: [], error: null, duplicate_of: null },
+    { number: 1, state: 'complete', params: { batch_size: 1 }, values: [40, 25], metrics: {},
+      feasible: false, violated: ['tpot_ms_p99 <= 20'], error: null, duplicate_of: null },
+    { number: 2, state: 'complete', params: { batch_size: 64 }, values: [0, 1e12], metrics: {},
+      feasible: false, violated: [], error: 'out of memory: RuntimeError', duplicate_of: null },
+    { number: 3, state: 'complete', params: { batch_size: 8 }, values: [300, 15], metrics: {},
+      feasible: true, violated: [], error: null, duplicate_of: 0 }
+  ]
+};
+
+test('a sweep record: its axes, trial kinds and metrics; re-proposed points left out', () => {
+  assert.throws(() => parseSweep(RUN), /expected "tuner.sweep\/1"/);
+  const s = parseSweep(SWEEP);
+  assert.deepEqual(paretoAxes(s), { x: 'tpot_ms_p99', y: 'output_tok_s' });
+  assert.deepEqual(measuredTrials(s).map(t => t.number), [0, 1, 2]);
+  assert.deepEqual(s.trials.map(trialKind), ['feasible', 'infeasible', 'failed', 'feasible']);
+  assert.equal(trialMetric(s, s.trials[0], 'tpot_ms_p99'), 15);
+  assert.equal(trialMetric(s, s.trials[0], 'mbu'), 0.4);
+  assert.equal(trialMetric(s, s.trials[2], 'output_tok_s'), null); // a failed trial's placeholder is not data
+  assert.deepEqual(paretoAxes({ ...s, objectives: ['max:output_tok_s'] }), { x: 'tpot_ms_p99', y: 'output_tok_s' });
+});

@@ -1,0 +1,180 @@
+"""The JupyterLab renderer (extension/): its unit tests, the prebuilt extension in the wheel, JupyterLab's own
+check, and a real browser rendering saved tuner outputs with no kernel.
+
+The extension is built by the package's build hook (npm, into tuner/labextension) when tuner is installed
+with Node present; .ci/run sets TUNER_CI=1, so there a missing build fails instead of skipping."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import tuner
+
+ROOT = Path(__file__).resolve().parent.parent
+EXT = ROOT / "extension"
+BUILT = ROOT / "tuner" / "labextension"
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+def _need(cond: bool, why: str) -> None:
+    if not cond:
+        if os.environ.get("TUNER_CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+@pytest.fixture(scope="module")
+def labext_path(tmp_path_factory) -> Path:
+    """A labextensions folder holding the built renderer under its package name."""
+    _need((BUILT / "package.json").exists(), "the renderer is not built (cd extension && npm install && "
+                                             "npm run build:prod, or pip install -e . with Node)")
+    d = tmp_path_factory.mktemp("labextensions")
+    (d / "tuner-jupyterlab").symlink_to(BUILT, target_is_directory=True)
+    return d
+
+
+def test_renderer_unit_tests():
+    _need(shutil.which("node") is not None and (EXT / "node_modules").is_dir(),
+          "Node and extension/node_modules are needed (npm install in extension/)")
+    r = subprocess.run(["npm", "test"], cwd=EXT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "# pass 5" in r.stdout and "# fail 0" in r.stdout
+
+
+def test_the_wheel_ships_the_prebuilt_renderer_and_jupyterlab_lists_it(tmp_path, labext_path):
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w",
+                        str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "HATCH_JUPYTER_BUILDER_SKIP_NPM": "1"})  # the build above is reused
+    assert r.returncode == 0, r.stderr[-3000:]
+    wheel = next(tmp_path.glob("tuner-*.whl"))
+    prefix = f"tuner-{tuner.__version__}.data/data/share/jupyter/labextensions/tuner-jupyterlab/"
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        assert prefix + "package.json" in names and prefix + "install.json" in names
+        assert any(n.startswith(prefix + "static/remoteEntry.") for n in names)
+        z.extractall(tmp_path / "unpacked", [n for n in names if n.startswith(f"tuner-{tuner.__version__}.data/")])
+    share = tmp_path / "unpacked" / f"tuner-{tuner.__version__}.data" / "data" / "share" / "jupyter"
+    out = subprocess.run([sys.executable, "-m", "jupyter", "labextension", "list"], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "JUPYTER_PATH": str(share)})
+    text = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)  # without its colours
+    assert "tuner-jupyterlab v0.1.0 enabled" in text and "OK (python, tuner)" in text, text
+
+
+def test_jupyterlab_browser_check_passes_with_the_renderer(labext_path, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "jupyterlab.browser_check", "--no-browser-test",
+                        f"--LabApp.extra_labextensions_path={labext_path}", "--allow-root",
+                        f"--ServerApp.root_dir={tmp_path}"],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+
+
+def _saved_notebook(path: Path) -> tuple[int, int]:
+    """A notebook whose outputs are a profiled run and a sweep, as a kernel would have saved them; returns the
+    roofline points (ops with FLOPs) and the measured trials it should show."""
+    e = tuner.Engine(model="smollm2-135m", batch_size=2, max_seq_len=64)
+    run = e.generate(tuner.Workload(prompt_len=16, output_len=4), profile=True, logdir=str(path.parent / "traces"))
+    sweep = tuner.sweep({"batch_size": [1, 2, 4]}, workload={"prompt_len": 16, "output_len": 4},
+                        base={"model": "smollm2-135m", "max_seq_len": 64}, sampler="grid", storage=None,
+                        runs_dir=path.parent / "runs", progress=False, warmup=False)
+    nb = nbformat.v4.new_notebook()
+    for code, obj in (("run = engine.generate(w, profile=True)\nrun", run), ("tuner.sweep(space, ...)", sweep)):
+        bundle = obj._repr_mimebundle_()
+        cell = nbformat.v4.new_code_cell(code, execution_count=1)
+        cell.outputs = [nbformat.v4.new_output("execute_result", data=bundle, execution_count=1)]
+        nb.cells.append(cell)
+    nbformat.write(nb, path)  # no kernelspec: JupyterLab asks, and the test answers "No Kernel"
+    points = sum(1 for o in run.ops_records if o["flops"] > 0 and o["time_ms"] > 0 and o["bytes"] > 0)
+    return points, len(sweep.trials)
+
+
+def test_a_saved_notebook_renders_in_chromium_with_no_kernel(labext_path, tmp_path):
+    _need(Path(CHROMIUM).exists(), "Debian's chromium is missing (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    points, trials = _saved_notebook(tmp_path / "saved.ipynb")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    log = open(tmp_path / "lab.log", "w")
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
+         f"--ServerApp.root_dir={tmp_path}", f"--LabApp.extra_labextensions_path={labext_path}",
+         "--LabApp.expose_app_in_browser=True", "--allow-root"],
+        stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings")})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "api/status", timeout=2)
+                break
+            except OSError:
+                assert lab.poll() is None and time.monotonic() < deadline, (tmp_path / "lab.log").read_text()[-2000:]
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--no-first-run",
+                                              "--disable-background-networking", "--disable-component-update"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1400})
+                page.set_default_timeout(60_000)
+                page.goto(url + "lab/tree/saved.ipynb")
+                # the notebook names no kernel, so JupyterLab asks: answer "No Kernel"; the saved outputs alone
+                # must render
+                dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+                dialog.wait_for()
+                dialog.locator("button", has_text="No Kernel").click()
+                dialog.wait_for(state="detached")
+                page.wait_for_selector(".tuner-run .tuner-roofline")
+                assert page.locator(".tuner-run .tuner-metrics tr").count() >= 5  # model, device, TTFT, ...
+                assert page.locator(".tuner-roofline .tuner-point[data-op]").count() == points
+                assert page.locator(".tuner-breakdown .tuner-bar").count() > 0
+                assert page.locator(".tuner-sweep .tuner-pareto .tuner-point[data-trial]").count() == trials
+                assert page.locator(".tuner-sweep .tuner-trials tbody tr").count() == trials
+                hover = page.locator(".tuner-roofline .tuner-point[data-op] title").first.text_content()
+                assert "-bound" in hover and "of peak" in hover
+                kernels = json.loads(urllib.request.urlopen(url + "api/kernels", timeout=5).read())
+                assert kernels == []  # rendered from the saved file: no kernel ran
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.locator(".tuner-run").first.screenshot(path=str(ARTIFACTS / "renderer-run.png"))
+                page.locator(".tuner-sweep").first.screenshot(path=str(ARTIFACTS / "renderer-sweep.png"))
+                # the charts follow JupyterLab's theme
+                background = ("() => getComputedStyle(document.querySelector('.tuner-roofline'))"
+                              ".backgroundColor.match(/\\d+/g).slice(0, 3).map(Number)")
+                light = page.evaluate(background)
+                page.evaluate("() => { window.jupyterapp.commands.execute('apputils:change-theme', "
+                              "{theme: 'JupyterLab Dark'}); return true; }")
+                page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
+                time.sleep(1)
+                dark = page.evaluate(background)
+                assert sum(light) > 600 and sum(dark) < 200, (light, dark)
+                page.locator(".tuner-run").first.screenshot(path=str(ARTIFACTS / "renderer-run-dark.png"))
+            finally:
+                browser.close()
+    finally:
+        lab.terminate()
+        try:
+            lab.wait(15)
+        except subprocess.TimeoutExpired:
+            lab.kill()
+        log.close()
+    assert (ARTIFACTS / "renderer-run.png").stat().st_size > 5_000
