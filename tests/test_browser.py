@@ -5,60 +5,22 @@ The screenshot is kept as a test artifact (tests/artifacts/panel.png).
 Needs Debian's `chromium` (apt-get install chromium; never a downloaded browser) and the playwright
 package; .ci/run installs both and sets TUNER_CI=1, so there the test cannot skip."""
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from labtools import chromium, jupyterlab, need_chromium
 
-CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).parent.parent
 ARTIFACTS = Path(__file__).parent / "artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
 def lab(tmp_path):
     shutil.copy(ROOT / "examples" / "quickstart.ipynb", tmp_path)
-    port = free_port()
-    settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news toast
-    log = open(tmp_path / "jupyterlab.log", "w")  # a file, not a pipe: a full pipe would block the server
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
-         f"--ServerApp.root_dir={tmp_path}", "--LabApp.expose_app_in_browser=True", "--allow-root"],
-        stdout=log, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1",  # leave the browser a core: torch would take both
-             "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings")})
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(url + "api/status", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, (tmp_path / "jupyterlab.log").read_text()[-2000:]
-            time.sleep(0.5)
-    yield url, tmp_path
-    proc.terminate()
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+    with jupyterlab(tmp_path, env={"OMP_NUM_THREADS": "1"}) as url:  # leave the browser a core
+        yield url, tmp_path
 
 
 def _idle(page) -> bool:
@@ -89,47 +51,34 @@ def _until(cond, timeout: float, what: str, page) -> None:
 
 
 def test_quickstart_panel_renders_and_runs_in_chromium(lab):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("TUNER_CI"):
-            pytest.fail("Debian's chromium is missing (apt-get install chromium); .ci/run installs it")
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
+    need_chromium()
     url, root = lab
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu", "--no-first-run",
-                                          "--disable-background-networking", "--disable-component-update"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(url + "lab/tree/quickstart.ipynb")
-            page.wait_for_function("() => window.jupyterapp && "
-                                   "window.jupyterapp.commands.hasCommand('notebook:run-all-cells')")
-            _until(lambda: _idle(page), 60, "the kernel to start", page)
-            # not awaited: page.evaluate waits for a returned promise, with no timeout, and run-all's promise
-            # settles only when every cell has run (the earlier hangs); the loops below poll with deadlines
-            page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); return true; }")
-            run = page.locator(".jupyter-widgets button:has-text('Run')").first
-            _until(lambda: run.count() and run.is_visible(), 180, "the panel to render", page)
-            _until(lambda: _idle(page), 180, "the notebook to finish", page)
-            status = page.locator(".widget-html-content", has_text="ready")
-            assert status.count() == 1  # the panel's status before any click
-            records_before = len(list((root / "tuner-runs").glob("*.json")))
-            run.click()
-            done = page.locator(".widget-html-content", has_text="done")
-            _until(lambda: done.count() == 1, 180, "the panel's run to finish", page)
-            live = page.locator(".jupyter-widgets img").first
-            assert (live.get_attribute("src") or "").startswith("blob:")  # the live step-latency chart
-            history = page.locator(".jupyter-widgets table.dataframe tbody tr")
-            assert history.count() == records_before + 1
-            assert page.locator(".jupyter-widgets img:visible").count() == 1  # no empty (broken) charts shown
-            news = page.locator(".jp-Notification-Toast button", has_text="No")
-            if news.count():  # JupyterLab's "get notified about news?" toast, out of the screenshot
-                news.first.click()
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.locator(".jupyter-widgets.widget-vbox").first.screenshot(path=str(ARTIFACTS / "panel.png"))
-        finally:
-            browser.close()
+    with chromium() as page:
+        page.goto(url + "lab/tree/quickstart.ipynb")
+        page.wait_for_function("() => window.jupyterapp && "
+                               "window.jupyterapp.commands.hasCommand('notebook:run-all-cells')")
+        _until(lambda: _idle(page), 60, "the kernel to start", page)
+        # not awaited: page.evaluate waits for a returned promise, with no timeout, and run-all's promise
+        # settles only when every cell has run (the earlier hangs); the loops below poll with deadlines
+        page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); return true; }")
+        run = page.locator(".jupyter-widgets button:has-text('Run')").first
+        _until(lambda: run.count() and run.is_visible(), 180, "the panel to render", page)
+        _until(lambda: _idle(page), 180, "the notebook to finish", page)
+        status = page.locator(".widget-html-content", has_text="ready")
+        assert status.count() == 1  # the panel's status before any click
+        records_before = len(list((root / "tuner-runs").glob("*.json")))
+        run.click()
+        done = page.locator(".widget-html-content", has_text="done")
+        _until(lambda: done.count() == 1, 180, "the panel's run to finish", page)
+        live = page.locator(".jupyter-widgets img").first
+        assert (live.get_attribute("src") or "").startswith("blob:")  # the live step-latency chart
+        history = page.locator(".jupyter-widgets table.dataframe tbody tr")
+        assert history.count() == records_before + 1
+        assert page.locator(".jupyter-widgets img:visible").count() == 1  # no empty (broken) charts shown
+        news = page.locator(".jp-Notification-Toast button", has_text="No")
+        if news.count():  # JupyterLab's "get notified about news?" toast, out of the screenshot
+            news.first.click()
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator(".jupyter-widgets.widget-vbox").first.screenshot(path=str(ARTIFACTS / "panel.png"))
     assert (ARTIFACTS / "panel.png").stat().st_size > 10_000
     assert len(list((root / "tuner-runs").glob("*.json"))) == records_before + 1

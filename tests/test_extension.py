@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,13 +19,13 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from labtools import chromium, jupyterlab, need_chromium
 
 import tuner
 
 ROOT = Path(__file__).resolve().parent.parent
 EXT = ROOT / "extension"
 BUILT = ROOT / "tuner" / "labextension"
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
@@ -102,81 +101,40 @@ def _saved_notebook(path: Path) -> tuple[int, int]:
 
 
 def test_a_saved_notebook_renders_in_chromium_with_no_kernel(labext_path, tmp_path):
-    _need(Path(CHROMIUM).exists(), "Debian's chromium is missing (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
+    need_chromium()
     points, trials = _saved_notebook(tmp_path / "saved.ipynb")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = tmp_path / "lab-settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
-    log = open(tmp_path / "lab.log", "w")
-    lab = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.disable_check_xsrf=True",
-         f"--ServerApp.root_dir={tmp_path}", f"--LabApp.extra_labextensions_path={labext_path}",
-         "--LabApp.expose_app_in_browser=True", "--allow-root"],
-        stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings")})
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url + "api/status", timeout=2)
-                break
-            except OSError:
-                assert lab.poll() is None and time.monotonic() < deadline, (tmp_path / "lab.log").read_text()[-2000:]
-                time.sleep(0.5)
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                        args=["--no-sandbox", "--disable-gpu", "--no-first-run",
-                                              "--disable-background-networking", "--disable-component-update"])
-            try:
-                page = browser.new_page(viewport={"width": 1400, "height": 1400})
-                page.set_default_timeout(60_000)
-                page.goto(url + "lab/tree/saved.ipynb")
-                # the notebook names no kernel, so JupyterLab asks: answer "No Kernel"; the saved outputs alone
-                # must render
-                dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
-                dialog.wait_for()
-                dialog.locator("button", has_text="No Kernel").click()
-                dialog.wait_for(state="detached")
-                page.wait_for_selector(".tuner-run .tuner-roofline")
-                assert page.locator(".tuner-run .tuner-metrics tr").count() >= 5  # model, device, TTFT, ...
-                assert page.locator(".tuner-roofline .tuner-point[data-op]").count() == points
-                assert page.locator(".tuner-breakdown .tuner-bar").count() > 0
-                assert page.locator(".tuner-sweep .tuner-pareto .tuner-point[data-trial]").count() == trials
-                assert page.locator(".tuner-sweep .tuner-trials tbody tr").count() == trials
-                hover = page.locator(".tuner-roofline .tuner-point[data-op] title").first.text_content()
-                assert "-bound" in hover and "of peak" in hover
-                kernels = json.loads(urllib.request.urlopen(url + "api/kernels", timeout=5).read())
-                assert kernels == []  # rendered from the saved file: no kernel ran
-                ARTIFACTS.mkdir(exist_ok=True)
-                page.locator(".tuner-run").first.screenshot(path=str(ARTIFACTS / "renderer-run.png"))
-                page.locator(".tuner-sweep").first.screenshot(path=str(ARTIFACTS / "renderer-sweep.png"))
-                # the charts follow JupyterLab's theme
-                background = ("() => getComputedStyle(document.querySelector('.tuner-roofline'))"
-                              ".backgroundColor.match(/\\d+/g).slice(0, 3).map(Number)")
-                light = page.evaluate(background)
-                page.evaluate("() => { window.jupyterapp.commands.execute('apputils:change-theme', "
-                              "{theme: 'JupyterLab Dark'}); return true; }")
-                page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
-                time.sleep(1)
-                dark = page.evaluate(background)
-                assert sum(light) > 600 and sum(dark) < 200, (light, dark)
-                page.locator(".tuner-run").first.screenshot(path=str(ARTIFACTS / "renderer-run-dark.png"))
-            finally:
-                browser.close()
-    finally:
-        lab.terminate()
-        try:
-            lab.wait(15)
-        except subprocess.TimeoutExpired:
-            lab.kill()
-        log.close()
+    ext = f"--LabApp.extra_labextensions_path={labext_path}"
+    with jupyterlab(tmp_path, ext) as url, chromium((1400, 1400)) as page:
+        page.goto(url + "lab/tree/saved.ipynb")
+        # the notebook names no kernel, so JupyterLab asks: answer "No Kernel"; the saved outputs alone must render
+        dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+        dialog.wait_for()
+        dialog.locator("button", has_text="No Kernel").click()
+        dialog.wait_for(state="detached")
+        page.wait_for_selector(".tuner-run .tuner-roofline")
+        assert page.locator(".tuner-run .tuner-metrics tr").count() >= 5  # model, device, TTFT, ...
+        assert page.locator(".tuner-roofline .tuner-point[data-op]").count() == points
+        assert page.locator(".tuner-breakdown .tuner-bar").count() > 0
+        assert page.locator(".tuner-sweep .tuner-pareto .tuner-point[data-trial]").count() == trials
+        assert page.locator(".tuner-sweep .tuner-trials tbody tr").count() == trials
+        hover = page.locator(".tuner-roofline .tuner-point[data-op] title").first.text_content()
+        assert "-bound" in hover and "of peak" in hover
+        kernels = json.loads(urllib.request.urlopen(url + "api/kernels", timeout=5).read())
+        assert kernels == []  # rendered from the saved file: no kernel ran
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator(".tuner-run").first.screenshot(path=str(ARTIFACTS / "renderer-run.png"))
+        page.locator(".tuner-sweep").first.screenshot(path=str(ARTIFACTS / "renderer-sweep.png"))
+        # the charts follow JupyterLab's theme
+        background = ("() => getComputedStyle(document.querySelector('.tuner-roofline'))"
+                      ".backgroundColor.match(/\\d+/g).slice(0, 3).map(Number)")
+        light = page.evaluate(background)
+        page.evaluate("() => { window.jupyterapp.commands.execute('apputils:change-theme', "
+                      "{theme: 'JupyterLab Dark'}); return true; }")
+        page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
+        time.sleep(1)
+        dark = page.evaluate(background)
+        assert sum(light) > 600 and sum(dark) < 200, (light, dark)
+        page.locator(".tuner-run").first.screenshot(path=str(ARTIFACTS / "renderer-run-dark.png"))
     assert (ARTIFACTS / "renderer-run.png").stat().st_size > 5_000
 
 
