@@ -171,3 +171,21 @@ def test_cupy_backend_explains_what_it_cannot_serve():
     assert "head_dim" in cupy_ops.supported(96, torch.bfloat16, 32, 8)
     assert "float16" in cupy_ops.supported(128, torch.float32, 32, 8)
     assert "query groups" in cupy_ops.supported(64, torch.bfloat16, 32, 2)
+
+
+def test_attention_split_fills_the_gpu_once_and_never_spills_into_a_second_wave():
+    from tuner.backends.cupy_ops import part_size
+
+    slots = 132 * 4  # an H100/H200: 132 SMs, 4 attention blocks resident per SM
+    # the splits the H200 measured best (benchmarks/results/gpu_suite-2026-11-26-h200-458af3a.json)
+    assert part_size(64, 4096, slots) == 512  # batch 8 x 8 KV heads: 8 partitions, one wave (77 us)
+    assert part_size(8, 192, slots) == 32  # batch 1, 192 tokens: 6 partitions of 32 (6.4 us; 64: 7.4 us)
+    assert part_size(8, 4096, slots) == 64
+    # context 16384 at batch 8 took 9 partitions (1.09 waves) before: now 8, one wave
+    assert part_size(64, 16384, slots) == 2048
+    for pairs in (1, 8, 64, 256, 600, 2048):
+        for max_len in (1, 31, 192, 1000, 4096, 16384):
+            ps = part_size(pairs, max_len, slots)
+            parts = -(-max_len // ps)
+            assert ps % 32 == 0 and ps * parts >= max_len > ps * (parts - 1)
+            assert pairs * parts <= slots or parts == 1, (pairs, max_len, ps)

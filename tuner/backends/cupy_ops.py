@@ -174,14 +174,22 @@ WAVES = 4  # decode-attention blocks per SM the plan aims for (H100: 4 ran 1.4x 
 MIN_PART = 32
 
 
+def part_size(pairs: int, max_len: int, slots: int, min_part: int = MIN_PART) -> int:
+    """Tokens per partition for `pairs` (sequence, KV head) blocks over contexts of up to max_len, on a GPU
+    holding `slots` resident blocks (SMs x blocks per SM): as many partitions as fill the slots once, never
+    more. One block past the slots costs a whole second wave: at batch 8, context 16384, 9 partitions
+    (576 blocks on an H200's 528 slots) ran 1.45x slower than 16 (2 full waves), NOTES-gpu.md entry 8."""
+    parts = min(-(-max_len // min_part), max(1, slots // pairs))
+    return -(-math.ceil(max_len / parts) // min_part) * min_part
+
+
 class AttentionPlan:
     """How decode attention splits a batch's context (once per batch shape), and the buffers it needs."""
 
     def __init__(self, B: int, H: int, Hkv: int, D: int, max_len: int, device, waves: float = WAVES,
                  min_part: int = MIN_PART):
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        want_parts = max(1, math.ceil(waves * sms / (B * Hkv)))  # enough blocks for `waves` per SM
-        self.part_size = max(min_part, -(-math.ceil(max_len / want_parts) // min_part) * min_part)
+        self.part_size = part_size(B * Hkv, max_len, int(waves * sms), min_part)
         self.num_parts = -(-max_len // self.part_size)
         self.max_len = max_len
         n = B * H * self.num_parts
