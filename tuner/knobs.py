@@ -152,3 +152,16 @@ _KNOBS = [
 
 ENGINE_KNOBS: dict[str, Knob] = {k.name: k for k in _KNOBS if k.group == "engine"}
 SAMPLING_KNOBS: dict[str, Knob] = {k.name: k for k in _KNOBS if k.group == "sampling"}
+# Where engine and sampling knobs share one namespace (key=value, sweep spaces, exported configs), a sampling
+# knob whose name an engine knob already has is written sampling_<name>: the sampler's seed is sampling_seed.
+SAMPLING_ALIASES: dict[str, str] = {f"sampling_{n}": n for n in SAMPLING_KNOBS if n in ENGINE_KNOBS}
+
+
+def lookup(name: str) -> tuple[str, str, Knob] | None:
+    """(group, registry name, knob) of a knob written in the shared namespace, or None if there is none."""
+    if name in ENGINE_KNOBS:
+        return "engine", name, ENGINE_KNOBS[name]
+    reg = SAMPLING_ALIASES.get(name, name if name not in ENGINE_KNOBS else None)
+    if reg in SAMPLING_KNOBS:
+        return "sampling", reg, SAMPLING_KNOBS[reg]
+    return None

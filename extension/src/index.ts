@@ -6,7 +6,7 @@ import { IRenderMime } from '@jupyterlab/rendermime-interfaces';
 import { Widget } from '@lumino/widgets';
 
 import { breakdownChart, metricsTable, paretoChart, rooflineChart, trialsTable } from './charts';
-import { parseRun, parseSweep, RUN_MIME, SWEEP_MIME } from './data';
+import { measuredTrials, parseRun, parseSweep, RUN_MIME, SWEEP_MIME } from './data';
 
 function heading(s: string): HTMLElement {
   const h = document.createElement('div');
@@ -22,26 +22,22 @@ function problem(node: HTMLElement, err: unknown): void {
   node.appendChild(p);
 }
 
-export class RunRenderer extends Widget implements IRenderMime.IRenderer {
-  constructor() {
+/** One tuner output: `draw` fills the node from the record, or the node says why it cannot. */
+export class TunerRenderer extends Widget implements IRenderMime.IRenderer {
+  constructor(
+    private readonly mime: string,
+    kind: string,
+    private readonly draw: (node: HTMLElement, data: unknown) => void
+  ) {
     super();
     this.addClass('tuner-output');
-    this.addClass('tuner-run');
+    this.addClass(`tuner-${kind}`);
   }
 
   renderModel(model: IRenderMime.IMimeModel): Promise<void> {
     this.node.textContent = '';
     try {
-      const run = parseRun(model.data[RUN_MIME]);
-      this.node.appendChild(heading(`tuner run ${run.run_id}`));
-      this.node.appendChild(metricsTable(run));
-      if (run.ops && run.ops.length) {
-        const charts = document.createElement('div');
-        charts.className = 'tuner-charts';
-        charts.appendChild(rooflineChart(run));
-        charts.appendChild(breakdownChart(run));
-        this.node.appendChild(charts);
-      }
+      this.draw(this.node, model.data[this.mime]);
     } catch (e) {
       problem(this.node, e);
     }
@@ -49,44 +45,51 @@ export class RunRenderer extends Widget implements IRenderMime.IRenderer {
   }
 }
 
-export class SweepRenderer extends Widget implements IRenderMime.IRenderer {
-  constructor() {
-    super();
-    this.addClass('tuner-output');
-    this.addClass('tuner-sweep');
+function drawRun(node: HTMLElement, data: unknown): void {
+  const run = parseRun(data);
+  node.appendChild(heading(`tuner run ${run.run_id}`));
+  node.appendChild(metricsTable(run));
+  if (run.ops && run.ops.length) {
+    const charts = document.createElement('div');
+    charts.className = 'tuner-charts';
+    charts.appendChild(rooflineChart(run));
+    charts.appendChild(breakdownChart(run));
+    node.appendChild(charts);
   }
+}
 
-  renderModel(model: IRenderMime.IMimeModel): Promise<void> {
-    this.node.textContent = '';
-    try {
-      const sweep = parseSweep(model.data[SWEEP_MIME]);
-      const n = sweep.trials.filter(t => t.duplicate_of === null || t.duplicate_of === undefined);
-      this.node.appendChild(
-        heading(
-          `tuner sweep ${sweep.study_name}: ${n.length} trials, ${n.filter(t => t.feasible).length} feasible; ` +
-            `${sweep.objectives.join(', ')}` +
-            (sweep.constraints.length ? ` subject to ${sweep.constraints.join(', ')}` : '')
-        )
-      );
-      this.node.appendChild(paretoChart(sweep));
-      this.node.appendChild(trialsTable(sweep));
-    } catch (e) {
-      problem(this.node, e);
-    }
-    return Promise.resolve();
-  }
+function drawSweep(node: HTMLElement, data: unknown): void {
+  const sweep = parseSweep(data);
+  const n = measuredTrials(sweep);
+  node.appendChild(
+    heading(
+      `tuner sweep ${sweep.study_name}: ${n.length} trials, ${n.filter(t => t.feasible).length} feasible; ` +
+        `${sweep.objectives.join(', ')}` +
+        (sweep.constraints.length ? ` subject to ${sweep.constraints.join(', ')}` : '')
+    )
+  );
+  node.appendChild(paretoChart(sweep));
+  node.appendChild(trialsTable(sweep));
 }
 
 const extensions: IRenderMime.IExtension[] = [
   {
     id: 'tuner-jupyterlab:run',
-    rendererFactory: { safe: true, mimeTypes: [RUN_MIME], createRenderer: () => new RunRenderer() },
+    rendererFactory: {
+      safe: true,
+      mimeTypes: [RUN_MIME],
+      createRenderer: () => new TunerRenderer(RUN_MIME, 'run', drawRun)
+    },
     rank: 0,
     dataType: 'json'
   },
   {
     id: 'tuner-jupyterlab:sweep',
-    rendererFactory: { safe: true, mimeTypes: [SWEEP_MIME], createRenderer: () => new SweepRenderer() },
+    rendererFactory: {
+      safe: true,
+      mimeTypes: [SWEEP_MIME],
+      createRenderer: () => new TunerRenderer(SWEEP_MIME, 'sweep', drawSweep)
+    },
     rank: 0,
     dataType: 'json'
   }

@@ -11,12 +11,10 @@ import difflib
 from collections.abc import Callable
 from pathlib import Path
 
-from ..knobs import ENGINE_KNOBS, SAMPLING_KNOBS
+from ..knobs import ENGINE_KNOBS, SAMPLING_ALIASES, SAMPLING_KNOBS, lookup
 
 # Workload knobs of a run, beside the registry's engine and sampling knobs.
 WORKLOAD = {"prompt_len": 128, "output_len": 64, "num_prompts": 0, "workload_seed": 0}
-# The sampler's seed is written sampling_seed (seed alone is the dummy weights' seed), as on the command line.
-SAMPLING_ALIASES = {f"sampling_{n}": n for n in SAMPLING_KNOBS if n in ENGINE_KNOBS}
 
 
 def knob_names() -> list[str]:
@@ -45,12 +43,9 @@ def parse_knobs(tokens: list[str]) -> tuple[dict, dict, dict]:
                 raise ValueError(f"{key}={n} is not allowed: {key} must be >= "
                                  f"{0 if key in ('num_prompts', 'workload_seed') else 1}")
             workload[key] = n
-        elif key in SAMPLING_ALIASES:
-            sampling[SAMPLING_ALIASES[key]] = SAMPLING_KNOBS[SAMPLING_ALIASES[key]].parse(value)
-        elif key in ENGINE_KNOBS:
-            engine[key] = ENGINE_KNOBS[key].parse(value)
-        elif key in SAMPLING_KNOBS:
-            sampling[key] = SAMPLING_KNOBS[key].parse(value)
+        elif (found := lookup(key)) is not None:
+            group, reg, knob = found
+            (engine if group == "engine" else sampling)[reg] = knob.parse(value)
         else:
             close = difflib.get_close_matches(key, knob_names(), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""

@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import __version__
 from ..config import EngineConfig, SamplingParams
-from ..knobs import ENGINE_KNOBS, SAMPLING_KNOBS
+from ..knobs import ENGINE_KNOBS, SAMPLING_KNOBS, lookup
 
 FORMATS = {"tuner": "tuner.yaml", "vllm": "vllm-config.yaml", "hf": "generation_config.json", "tgi": "tgi.env",
            "trtllm": "trtllm-llm-api.yaml"}
@@ -76,14 +76,10 @@ def split_knobs(knobs: dict[str, Any]) -> tuple[dict, dict]:
     """Knobs in registry names (sampler's seed written sampling_seed) -> (engine knobs, sampling knobs)."""
     engine, sampling = {}, {}
     for k, v in knobs.items():
-        if k.startswith("sampling_") and k[9:] in SAMPLING_KNOBS:
-            sampling[k[9:]] = v
-        elif k in ENGINE_KNOBS:
-            engine[k] = v
-        elif k in SAMPLING_KNOBS:
-            sampling[k] = v
-        else:
+        found = lookup(k)
+        if found is None:
             raise ValueError(f"unknown knob {k!r}: knobs are {', '.join([*ENGINE_KNOBS, *SAMPLING_KNOBS])}")
+        (engine if found[0] == "engine" else sampling)[found[1]] = v
     return engine, sampling
 
 

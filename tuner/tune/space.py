@@ -17,12 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..knobs import ENGINE_KNOBS, SAMPLING_KNOBS, Knob
+from ..knobs import ENGINE_KNOBS, SAMPLING_ALIASES, SAMPLING_KNOBS, Knob, lookup
 from ..result import PERCENTILES
 
-# knobs a trial may vary: engine knobs, and sampling knobs (the sampler's seed is written sampling_seed)
-SAMPLING_ALIASES = {f"sampling_{n}": n for n in SAMPLING_KNOBS if n in ENGINE_KNOBS}
-_SAMPLING = {**{n: n for n in SAMPLING_KNOBS if n not in ENGINE_KNOBS}, **SAMPLING_ALIASES}
 NOT_SWEPT = {"max_new_tokens", "stop_token_ids", "ignore_eos"}  # the workload fixes these
 
 _LATENCY = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
@@ -37,12 +34,13 @@ QUALITY_METRICS = ("kl_divergence", "top1_agreement")
 
 
 def _knob(name: str) -> tuple[str, str, Knob]:
-    """(group, registry name, knob) of a space key; ValueError naming the knobs when it is unknown."""
-    if name in ENGINE_KNOBS:
-        return "engine", name, ENGINE_KNOBS[name]
-    if name in _SAMPLING and _SAMPLING[name] not in NOT_SWEPT:
-        return "sampling", _SAMPLING[name], SAMPLING_KNOBS[_SAMPLING[name]]
-    known = sorted([*ENGINE_KNOBS, *(k for k, v in _SAMPLING.items() if v not in NOT_SWEPT)])
+    """(group, registry name, knob) of a space key (knobs.lookup, less those the workload fixes); ValueError
+    naming the knobs when it is unknown."""
+    found = lookup(name)
+    if found is not None and found[1] not in NOT_SWEPT:
+        return found
+    names = [*ENGINE_KNOBS, *(n for n in SAMPLING_KNOBS if n not in ENGINE_KNOBS), *SAMPLING_ALIASES]
+    known = sorted(n for n in names if lookup(n)[1] not in NOT_SWEPT)
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise ValueError(f"unknown knob {name!r} in the sweep space{hint}: knobs are {', '.join(known)}")

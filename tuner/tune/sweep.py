@@ -55,11 +55,8 @@ class Runner:
         if self.engine is None:
             self.engine = Engine(**knobs)
         else:
-            fresh = self.engine.config.replace(**knobs)
-            if fresh != self.engine.config:
-                old, self.engine = self.engine, None
-                self.engine = old.replace(**knobs)
-                del old
+            if self.engine.config.replace(**knobs) != self.engine.config:
+                self.engine = self.engine.replace(**knobs)
         return self.engine
 
     def run(self, engine_knobs: dict, sampling_knobs: dict):
