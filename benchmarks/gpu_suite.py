@@ -181,9 +181,16 @@ def bench_attention(bw: float) -> list[dict]:
         row["splits"] = {}
         splits = ([(2, 32), (4, 32), (4, 64), (8, 32), (16, 32)] if (B, ctx, paged) == (8, 4096, True) else
                   [(4, 32), (4, 64), (8, 32), (4, 256)] if ctx <= 256 else [(4, 32), (8, 32)])
-        for waves, min_part in splits:
+        # the kernel's build variants (NOTES-gpu.md entry 12), on the main case and the long context
+        variants = ({"prefetch0": (None, {"PREFETCH": 0}), "unroll1": (None, {"UNROLL": 1}),
+                     "unroll4": (3, {"UNROLL": 4, "PREFETCH": 0, "MIN_BLOCKS": 3})}
+                    if paged and B == 8 and ctx >= 4096 else {})
+        for name, (waves, defines) in [*((f"w{w}/p{p}", (w, {"min_part": p})) for w, p in splits),
+                                       *variants.items()]:
+            min_part = defines.pop("min_part", cupy_ops.MIN_PART)
             try:
-                p2 = cupy_ops.AttentionPlan(B, H, Hkv, D, ctx, dev, waves=waves, min_part=min_part)
+                p2 = cupy_ops.AttentionPlan(B, H, Hkv, D, ctx, dev, waves=waves, min_part=min_part,
+                                            defines=defines)
                 got = cupy_ops.decode_attention(q, cache, 0, tables, cache.block_len, seq, p2).float()
                 err = ((got - ref).norm() / ref.norm()).item()
 
@@ -192,10 +199,10 @@ def bench_attention(bw: float) -> list[dict]:
                     cupy_ops.decode_attention(q, cache, i[0], tables, cache.block_len, seq, p2)
 
                 t_ms = time_graph_ms(split)
-                row["splits"][f"w{waves}/p{min_part}"] = {"parts": p2.num_parts, "ms": t_ms, "rel_err": err,
-                                                          "frac_bw": nbytes / t_ms / 1e6 / bw}
+                row["splits"][name] = {"parts": p2.num_parts, "ms": t_ms, "rel_err": err,
+                                       "frac_bw": nbytes / t_ms / 1e6 / bw}
             except Exception as e:  # noqa: BLE001 - a split that fails is a result too
-                row["splits"][f"w{waves}/p{min_part}"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+                row["splits"][name] = {"error": f"{type(e).__name__}: {e}"[:300]}
         rows.append(row)
         cache = None
         torch.cuda.empty_cache()

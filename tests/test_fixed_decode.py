@@ -189,3 +189,13 @@ def test_attention_split_fills_the_gpu_once_and_never_spills_into_a_second_wave(
             parts = -(-max_len // ps)
             assert ps % 32 == 0 and ps * parts >= max_len > ps * (parts - 1)
             assert pairs * parts <= slots or parts == 1, (pairs, max_len, ps)
+
+
+def test_attention_indexes_kv_blocks_by_shift_and_refuses_other_block_sizes():
+    from tuner.backends.cupy_ops import block_shift
+
+    assert [block_shift(b, 64) for b in (8, 16, 32, 64, 128)] == [3, 4, 5, 6, 7]
+    assert block_shift(3072, 1) == 30  # a contiguous cache: one block per sequence, table one wide
+    with pytest.raises(ValueError, match="power of two tokens, not 24"):
+        block_shift(24, 8)
+

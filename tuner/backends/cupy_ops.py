@@ -20,7 +20,8 @@ from . import torch_ops
 
 NVRTC_OPTIONS = ("-std=c++17",)
 HEAD_DIMS = (64, 128)
-GROUPS = (1, 2, 4, 8)  # query-group variants; a group of G uses the smallest variant >= G
+GROUPS = (1, 2, 4, 7, 8)  # query groups the compile tests build (each group size is its own variant; 7: the
+# plain reduction that groups of 3, 5, 6 and 7 take)
 GEMV_ROWS = (1, 2, 4, 8)  # weight-only GEMV variants; more rows than 8 take torch's dequantized matmul
 SCALARS = {torch.bfloat16: 1, torch.float16: 0}
 
@@ -50,7 +51,7 @@ def variants() -> list[tuple[str, dict]]:
         for d in HEAD_DIMS:
             for kv in (0, 1):
                 out.append(("rope_kv.cu", {"SCALAR_BF16": s, "HEAD_DIM": d, "KV_INT8": kv}))
-                out += [("attention.cu", {"SCALAR_BF16": s, "HEAD_DIM": d, "KV_INT8": kv, "GMAX": g}) for g in GROUPS]
+                out += [("attention.cu", _attention_defines(s, d, kv, g)) for g in GROUPS]
         out += [("gemv.cu", {"SCALAR_BF16": s, "MMAX": m}) for m in GEMV_ROWS]
     out.append(("sampling.cu", {}))
     return out
@@ -168,7 +169,18 @@ def rope_kv_write(qkv, qk_norm, eps, positions, cos, sin, cache, layer, tables, 
     return q
 
 
-WAVES = 4  # decode-attention blocks per SM the plan aims for (H100: 4 ran 1.4x faster than 2)
+def blocks_per_sm(group: int) -> int:
+    """Decode-attention blocks each SM holds, for a query group of `group` heads: the kernel is built to fit
+    this many (its launch bounds), and the plan fills exactly these slots. Groups of up to 4 heads fit in 128
+    registers a thread (4 blocks of 128 threads; 4 ran 1.4x faster than 2 on an H100); 7 and 8 take up to 243
+    registers, so 2 blocks."""
+    return 4 if group <= 4 else 2
+
+
+def _attention_defines(scalar: int, head_dim: int, kv_int8: int, group: int) -> dict:
+    return dict(SCALAR_BF16=scalar, HEAD_DIM=head_dim, KV_INT8=kv_int8, G=group, MIN_BLOCKS=blocks_per_sm(group))
+
+
 # tokens per partition at least: 256 ran the 1B model's short-context attention 1.7x slower (8 blocks); on an
 # H200, 32 ran a 192-token batch-1 context in 6.4 us against 7.4 for 64 (gpu_suite-2026-11-26-h200-458af3a.json)
 MIN_PART = 32
@@ -186,29 +198,44 @@ def part_size(pairs: int, max_len: int, slots: int, min_part: int = MIN_PART) ->
 class AttentionPlan:
     """How decode attention splits a batch's context (once per batch shape), and the buffers it needs."""
 
-    def __init__(self, B: int, H: int, Hkv: int, D: int, max_len: int, device, waves: float = WAVES,
-                 min_part: int = MIN_PART):
+    def __init__(self, B: int, H: int, Hkv: int, D: int, max_len: int, device, waves: float | None = None,
+                 min_part: int = MIN_PART, defines: dict | None = None):
         sms = torch.cuda.get_device_properties(device).multi_processor_count
+        waves = blocks_per_sm(H // Hkv) if waves is None else waves
         self.part_size = part_size(B * Hkv, max_len, int(waves * sms), min_part)
         self.num_parts = -(-max_len // self.part_size)
         self.max_len = max_len
         n = B * H * self.num_parts
         self.part_out = torch.empty(n * D, dtype=torch.float32, device=device) if self.num_parts > 1 else None
         self.part_lse = torch.empty(max(n, 1), dtype=torch.float32, device=device)
-        self.group = next(g for g in GROUPS if g >= H // Hkv)
+        self.defines = dict(defines or {})  # build-time macros beyond the defaults (benchmarks try variants)
 
 
 def plan_attention(B: int, H: int, Hkv: int, D: int, max_len: int, device) -> AttentionPlan:
     return AttentionPlan(B, H, Hkv, D, max_len, device)
 
 
+def block_shift(block_size: int, table_width: int) -> int:
+    """log2 of a KV block's tokens, as the attention kernel indexes blocks (a shift and a mask, no division)."""
+    if block_size & (block_size - 1) == 0:
+        return block_size.bit_length() - 1
+    if table_width == 1:  # a contiguous cache: one block holds the whole sequence
+        return 30
+    raise ValueError(f"backend='cupy' pages the KV cache in blocks of a power of two tokens, not {block_size}")
+
+
 def decode_attention(q, cache, layer, tables, block_size, seq_lens, plan: AttentionPlan):
     B, H, D = q.shape
     Hkv = cache.k.shape[2]
+    k_layer = cache.k[layer]
+    if max(k_layer.stride(0), Hkv * k_layer.stride(1)) >= 2 ** 31:
+        raise ValueError("backend='cupy' indexes one layer's KV cache with 32-bit strides: this cache holds "
+                         f"{k_layer.stride(0)} elements per block; use smaller blocks or backend='torch'")
     out = torch.empty(B, H * D, dtype=q.dtype, device=q.device)
-    defines = dict(SCALAR_BF16=_scalar(q), HEAD_DIM=D, KV_INT8=_kv_int8(cache), GMAX=plan.group)
+    defines = {**_attention_defines(_scalar(q), D, _kv_int8(cache), H // Hkv), **plan.defines}
     k = _kernel("attention.cu", "decode_attention", **defines)
-    args = (_p(q), *_kv_args(cache, layer), _p(tables), _i(tables.shape[1]), _i(block_size), _p(seq_lens),
+    args = (_p(q), *_kv_args(cache, layer), _p(tables), _i(tables.shape[1]),
+            _i(block_shift(block_size, tables.shape[1])), _p(seq_lens),
             _i(H), _i(Hkv), _f(D ** -0.5 * math.log2(math.e)), _i(plan.part_size), _p(out), _p(plan.part_out),
             _p(plan.part_lse))
     _launch(k, (Hkv, B, plan.num_parts), (128,), args)
