@@ -113,6 +113,19 @@ def test_mbu_counts_weights_and_kv_read_per_decode_step(checkpoint):
     assert result.metrics["mbu"] == pytest.approx(expected / result.hardware["bandwidth_gbs"])
 
 
+def test_queueing_a_step_ahead_keeps_tokens_and_records_only_steps_that_gave_tokens(checkpoint):
+    # the host queues step k+1 before it reads step k's tokens: a stop token is seen one step late, and the
+    # step queued past it must change nothing
+    engine = tuner.Engine(model=str(checkpoint("llama")[0]), batch_size=2)
+    prompts = [[3, 1, 4], [2, 7, 1]]
+    free = engine.generate(prompts, tuner.SamplingParams(max_new_tokens=12)).tokens
+    stop = free[0][3]
+    expected = [t[: t.index(stop) + 1] if stop in t else t for t in free]
+    result = engine.generate(prompts, tuner.SamplingParams(max_new_tokens=12, stop_token_ids=[stop]))
+    assert result.tokens == expected
+    assert len(result.timings["decode_step_ms"]) == max(map(len, expected)) - 1
+
+
 def test_on_step_reports_progress_and_stop_keeps_what_finished(checkpoint):
     engine = tuner.Engine(model=str(checkpoint("llama")[0]), batch_size=2)
     events = []

@@ -215,59 +215,80 @@ class Engine:
         out_times: list[list[float]] = [[] for _ in range(B)]
         done = [False] * B
 
-        def emit(next_tok: torch.Tensor, start: float, phase: str) -> tuple[float, bool]:
-            """Record the new tokens; returns (step ms, whether on_step asked to stop)."""
-            new = next_tok.tolist()  # the host needs the tokens: this syncs the device
+        def queue(tok: torch.Tensor) -> tuple[torch.Tensor, object]:
+            """Start copying sampled tokens to the host; returns (host tensor, event to wait on)."""
+            if seen is not None:  # on the device, in order: the next step's penalty sees these tokens
+                seen[torch.arange(B, device=dev), tok] = True
+            if dev.type != "cuda":
+                return tok, None
+            host = torch.empty(B, dtype=tok.dtype, pin_memory=True)
+            host.copy_(tok, non_blocking=True)
+            ev = torch.cuda.Event()
+            ev.record()
+            return host, ev
+
+        def emit(host: torch.Tensor, ev, last: float, phase: str) -> tuple[float, float, bool]:
+            """Wait for queued tokens and record them; returns (now, step ms since `last`, whether on_step asked
+            to stop)."""
+            if ev is not None:
+                ev.synchronize()
+            new = host.tolist()
             now = time.perf_counter()
             for b in range(B):
                 if not done[b]:
                     out[b].append(new[b])
                     out_times[b].append((now - t0) * 1e3)
                     done[b] = new[b] in stops or len(out[b]) >= sampling.max_new_tokens
-            if seen is not None:
-                seen[torch.arange(B, device=dev), next_tok] = True
-            step_ms = (now - start) * 1e3
+            step_ms = (now - last) * 1e3
             stop = on_step is not None and bool(on_step({
                 "phase": phase, "batch_index": batch_index, "n_batches": n_batches, "step_ms": step_ms,
                 "elapsed_s": now - t0, "tokens": sum(map(len, out)), "batch_tokens_max": B * sampling.max_new_tokens,
                 "n_requests": n_requests}))
-            return step_ms, stop
+            return now, step_ms, stop
 
         # prefill: all prompts at once, logits only at each prompt's last token
         start = time.perf_counter()
         with op("prefill"):
             logits = self.model.forward(ids, self._prefill_step(lens, T, write=True), cache, last=lens_t - 1)
             next_tok = self._sample(logits, sampling, generator, seen)
+            host, ev = queue(next_tok)
             if self._cap is not None:
                 self._cap.sync()
         if self._cap is not None:
             self._cap.step("prefill", [(n, 0) for n in lens], B)
-        step_ms, stopped = emit(next_tok, start, "prefill")
+        last, step_ms, stopped = emit(host, ev, start, "prefill")
         prefill_ms.append(step_ms)
 
-        # decode: one token per sequence per step
+        # decode: one token per sequence per step. The host queues step k+1 before it waits for step k's
+        # tokens (it needs them only to stop), so the device does not idle while Python prepares a step. A
+        # sequence that stops on a stop token has one step queued past it, whose token is dropped.
         weight_bytes = self.model.decode_weight_bytes()
         flops_per_token = 2 * sum(o * i for o, i in a.linear_shapes().values()) * a.n_layers + 2 * a.dim * a.vocab_size
+        pending = None  # the queued step: (host tokens, event, context it attended to)
         while not all(done) and not stopped:
-            start = time.perf_counter()
-            with op("decode"):
-                cache.reserve([n + 1 for n in lens])
-                if self.fixed_decode:
-                    logits = self._fixed_decode(next_tok, lens_t, lens)
-                else:
-                    logits = self.model.forward(next_tok[:, None], self._decode_step(lens_t, lens), cache)[:, 0]
-                next_tok = self._sample(logits, sampling, generator, seen)
-                if self._cap is not None:
-                    self._cap.sync()
-            if self._cap is not None:
-                self._cap.step("decode", [(1, n) for n in lens], B)
-            lens = [n + 1 for n in lens]
-            lens_t += 1
-            step_ms, stopped = emit(next_tok, start, "decode")
-            context = sum(lens)  # keys each sequence attended to, summed over the batch
-            decode["step_ms"].append(step_ms)
-            decode["bytes"].append(weight_bytes + context * cache.bytes_per_token)
-            decode["flops"].append(B * flops_per_token + 4 * a.n_heads * a.head_dim * a.n_layers * context)
+            ahead = pending is not None
+            more = any(not done[b] and len(out[b]) + ahead < sampling.max_new_tokens for b in range(B))
+            with op("decode"):  # the range spans queueing step k+1 and waiting for step k: one step's wall time
+                queued = None
+                if more:
+                    cache.reserve([n + 1 for n in lens])
+                    if self.fixed_decode:
+                        logits = self._fixed_decode(next_tok, lens_t, lens)
+                    else:
+                        logits = self.model.forward(next_tok[:, None], self._decode_step(lens_t, lens), cache)[:, 0]
+                    next_tok = self._sample(logits, sampling, generator, seen)
+                    if self._cap is not None:
+                        self._cap.step("decode", [(1, n) for n in lens], B)
+                    lens = [n + 1 for n in lens]
+                    lens_t += 1
+                    queued = (*queue(next_tok), sum(lens))  # context: keys each sequence attended to, summed
+                if pending is not None:
+                    host, ev, context = pending
+                    last, step_ms, stopped = emit(host, ev, last, "decode")
+                    decode["step_ms"].append(step_ms)
+                    decode["bytes"].append(weight_bytes + context * cache.bytes_per_token)
+                    decode["flops"].append(B * flops_per_token + 4 * a.n_heads * a.head_dim * a.n_layers * context)
+            pending = queued
         return out, out_times, stopped
 
     def _sample(self, logits, sampling, generator, seen):

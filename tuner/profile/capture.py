@@ -66,9 +66,9 @@ class Capture:
             self._rec.__exit__(*exc)
 
     def sync(self) -> None:
-        """Wait for the device at the end of a phase range, so the range's wall time covers its kernels (the
-        step waits for its tokens right after anyway). Without it, a CUDA-graph step's range closes once the
-        replay is queued, and the idle share compares kernel time with the time to queue them."""
+        """Wait for the device at the end of the prefill range, so the range's wall time covers its kernels
+        (the step waits for its tokens right after anyway). A decode range needs none: it spans queueing one
+        step and waiting for the step before (Engine._run_batch)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
