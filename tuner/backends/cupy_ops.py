@@ -172,8 +172,8 @@ def rope_kv_write(qkv, qk_norm, eps, positions, cos, sin, cache, layer, tables, 
 def blocks_per_sm(group: int) -> int:
     """Decode-attention blocks each SM holds, for a query group of `group` heads: the kernel is built to fit
     this many (its launch bounds), and the plan fills exactly these slots. Groups of up to 4 heads fit in 128
-    registers a thread (4 blocks of 128 threads; 4 ran 1.4x faster than 2 on an H100); 7 and 8 take up to 243
-    registers, so 2 blocks."""
+    registers a thread (4 blocks of 128 threads; 4 ran 1.4x faster than 2 on an H100); larger groups take up to
+    243 registers (group 8, int8 KV), so 2 blocks."""
     return 4 if group <= 4 else 2
 
 
