@@ -176,21 +176,16 @@ def bench_attention(bw: float) -> list[dict]:
             row["sdpa_ms"] = time_graph_ms(sdpa)
             row["speedup_vs_sdpa"] = row["sdpa_ms"] / ms
         # how the split over the context changes the time, each split checked against the torch twin first
-        # (the chunked, cp.async and fused-merge kernels measured at 458af3a and 6eac2ed: NOTES-gpu.md)
+        # (the chunked, cp.async and fused-merge kernels measured at 458af3a and 6eac2ed, the build variants
+        # at 51f40ae and 7d6b234: NOTES-gpu.md)
         ref = torch_ops.decode_attention(q, cache, 0, tables, cache.block_len, seq).float()
         row["splits"] = {}
         splits = ([(2, 32), (4, 32), (4, 64), (8, 32), (16, 32)] if (B, ctx, paged) == (8, 4096, True) else
                   [(4, 32), (4, 64), (8, 32), (4, 256)] if ctx <= 256 else [(4, 32), (8, 32)])
-        # the kernel's build variants (NOTES-gpu.md entry 12), on the main case and the long context
-        variants = ({"prefetch0": (None, {"PREFETCH": 0}), "unroll1": (None, {"UNROLL": 1}),
-                     "unroll4": (3, {"UNROLL": 4, "PREFETCH": 0, "MIN_BLOCKS": 3})}
-                    if paged and B == 8 and ctx >= 4096 else {})
-        for name, (waves, defines) in [*((f"w{w}/p{p}", (w, {"min_part": p})) for w, p in splits),
-                                       *variants.items()]:
-            min_part = defines.pop("min_part", cupy_ops.MIN_PART)
+        for waves, min_part in splits:
+            name = f"w{waves}/p{min_part}"
             try:
-                p2 = cupy_ops.AttentionPlan(B, H, Hkv, D, ctx, dev, waves=waves, min_part=min_part,
-                                            defines=defines)
+                p2 = cupy_ops.AttentionPlan(B, H, Hkv, D, ctx, dev, waves=waves, min_part=min_part)
                 got = cupy_ops.decode_attention(q, cache, 0, tables, cache.block_len, seq, p2).float()
                 err = ((got - ref).norm() / ref.norm()).item()
 

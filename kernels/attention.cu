@@ -14,8 +14,8 @@
 // two (shift and mask, no division), and exp2 is the bare ex2.approx instruction.
 //
 // Build-time macros: HEAD_DIM (64, 128), G (query heads per KV head, 1-8), KV_INT8 (0, 1), MIN_BLOCKS
-// (blocks per SM the registers must allow: cupy_ops.blocks_per_sm), UNROLL (tokens per lane and step, 2),
-// PREFETCH (1: load the next step's rows before using this step's).
+// (blocks per SM the registers must allow: cupy_ops.blocks_per_sm). The next step's rows load before this
+// step's arithmetic; loading at the top of each step, 1 or 4 tokens a step, all ran slower (NOTES-gpu.md 12).
 #if KV_INT8
 typedef i8 kv_t;
 typedef uint2 raw_t;
@@ -23,16 +23,11 @@ typedef uint2 raw_t;
 typedef u16 kv_t;
 typedef uint4 raw_t;
 #endif
-#ifndef PREFETCH
-#define PREFETCH 1
-#endif
 #define LG (HEAD_DIM / 8)
 #define TPW (32 / LG)
 #define NWARPS 4
 #define NS (NWARPS * TPW)
-#ifndef UNROLL
 #define UNROLL 2
-#endif
 #define STEP (NS * UNROLL)
 // the running max of a stream that has seen no token yet: finite, so ex2(m - m_new) is 1 and never NaN
 #define M_EMPTY -1e30f
@@ -178,12 +173,8 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32, MIN_BLOCKS) decode_att
     Step cur;
     if (t_warp < end) load(cur, t_warp);
     for (; t_warp < end; t_warp += STEP) {
-#if PREFETCH
         Step nxt;
         if (t_warp + STEP < end) load(nxt, t_warp + STEP);
-#else
-        if (t_warp != start + warp * TPW) load(cur, t_warp);
-#endif
         float s[UNROLL * G];  // this lane's share of the step's scores, token-major
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
@@ -239,9 +230,7 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32, MIN_BLOCKS) decode_att
                 acc[g][j] = a;
             }
         }
-#if PREFETCH
         cur = nxt;
-#endif
     }
 
     // merge the NS token streams of this block

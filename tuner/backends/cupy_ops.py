@@ -199,7 +199,7 @@ class AttentionPlan:
     """How decode attention splits a batch's context (once per batch shape), and the buffers it needs."""
 
     def __init__(self, B: int, H: int, Hkv: int, D: int, max_len: int, device, waves: float | None = None,
-                 min_part: int = MIN_PART, defines: dict | None = None):
+                 min_part: int = MIN_PART):
         sms = torch.cuda.get_device_properties(device).multi_processor_count
         waves = blocks_per_sm(H // Hkv) if waves is None else waves
         self.part_size = part_size(B * Hkv, max_len, int(waves * sms), min_part)
@@ -208,7 +208,6 @@ class AttentionPlan:
         n = B * H * self.num_parts
         self.part_out = torch.empty(n * D, dtype=torch.float32, device=device) if self.num_parts > 1 else None
         self.part_lse = torch.empty(max(n, 1), dtype=torch.float32, device=device)
-        self.defines = dict(defines or {})  # build-time macros beyond the defaults (benchmarks try variants)
 
 
 def plan_attention(B: int, H: int, Hkv: int, D: int, max_len: int, device) -> AttentionPlan:
@@ -232,7 +231,7 @@ def decode_attention(q, cache, layer, tables, block_size, seq_lens, plan: Attent
         raise ValueError("backend='cupy' indexes one layer's KV cache with 32-bit strides: this cache holds "
                          f"{k_layer.stride(0)} elements per block; use smaller blocks or backend='torch'")
     out = torch.empty(B, H * D, dtype=q.dtype, device=q.device)
-    defines = {**_attention_defines(_scalar(q), D, _kv_int8(cache), H // Hkv), **plan.defines}
+    defines = _attention_defines(_scalar(q), D, _kv_int8(cache), H // Hkv)
     k = _kernel("attention.cu", "decode_attention", **defines)
     args = (_p(q), *_kv_args(cache, layer), _p(tables), _i(tables.shape[1]),
             _i(block_shift(block_size, tables.shape[1])), _p(seq_lens),
