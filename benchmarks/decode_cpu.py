@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 import tuner
-from tuner.engine.quant import Linear
 from tuner.models.args import PRESETS
+from tuner.models.quant import Linear
 
 TARGETS = {"floor_ratio_max": 1.2, "speedup_vs_hf_min": {1: 1.3, 8: 1.2}, "int8_vs_f32_min": 1.8,
            "int4_vs_f32_min": 2.0}

@@ -206,7 +206,7 @@ def bench_attention(bw: float) -> list[dict]:
 
 def bench_gemv(bw: float) -> list[dict]:
     from tuner.backends import cupy_ops
-    from tuner.engine.quant import Int4Linear, Int8Linear
+    from tuner.models.quant import Int4Linear, Int8Linear
 
     rows = []
     for N, K in [(4096, 14336), (14336, 4096)]:

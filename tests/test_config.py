@@ -82,21 +82,35 @@ def test_impossible_combinations_fail_in_the_config(knobs, message):
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
-def test_cuda_device_without_cuda_says_so():
+def test_cuda_device_without_cuda_says_so_when_an_engine_is_built_here():
     with pytest.raises(ValueError, match="device='cuda' but CUDA is not available here"):
-        tuner.EngineConfig(model="tiny", device="cuda")
+        tuner.Engine(model="tiny", device="cuda")
 
 
-def test_float16_on_a_cpu_without_fast_float16_kernels_is_refused():
+def test_float16_on_a_cpu_without_fast_float16_kernels_is_refused_when_an_engine_is_built_here():
     import torch
 
-    from tuner.engine.quant import OneDNNLinear
+    from tuner.models.quant import OneDNNLinear
 
     if OneDNNLinear.available(torch.empty(0, dtype=torch.float16)):  # CPUs with AVX512-FP16 / AMX-FP16
-        assert tuner.EngineConfig(model="tiny", dtype="float16").dtype == "float16"
+        assert tuner.Engine(model="tiny", dtype="float16").config.dtype == "float16"
     else:
         with pytest.raises(ValueError, match="dtype='float16' has no fast matmul on this CPU"):
-            tuner.EngineConfig(model="tiny", dtype="float16")
+            tuner.Engine(model="tiny", dtype="float16")
+
+
+def test_a_config_from_another_machine_is_valid_here_and_only_an_engine_checks_the_machine(tmp_path):
+    # made on a GPU box, with a checkpoint directory that exists only there
+    gone = tmp_path / "on-the-gpu-box" / "ckpt"
+    cfgs = [tuner.EngineConfig(model="smollm2-135m", device="cuda", dtype="bfloat16", backend="cupy",
+                               cuda_graphs=True, quant="fp8", kv_dtype="int8"),
+            tuner.EngineConfig(model=str(gone), quant="int4", group_size=32)]
+    assert tuner.EngineConfig.from_dict(cfgs[0].to_dict()) == cfgs[0]
+    with pytest.raises(ValueError, match="is neither a preset .* nor a directory holding config.json"):
+        tuner.Engine(cfgs[1])
+    # combinations stay checked anywhere: the preset's shapes still refuse a group that does not divide them
+    with pytest.raises(ValueError, match="group_size=128 does not divide"):
+        tuner.EngineConfig(model="smollm2-135m", device="cuda", quant="int4", group_size=128)
 
 
 def test_errors_come_before_any_weights_load(tmp_path, monkeypatch):

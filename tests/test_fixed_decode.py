@@ -14,10 +14,10 @@ import tuner
 from conftest import VOCAB
 from tuner.backends import torch_ops
 from tuner.engine.kv_cache import KVCache, PagedKVCache
-from tuner.engine.quant import Int4Linear, Int8Linear
 from tuner.engine.sampling import filtered_probs
 from tuner.models.args import resolve_model
 from tuner.models.model import rope_tables
+from tuner.models.quant import Int4Linear, Int8Linear
 
 SAMPLING = tuner.SamplingParams(max_new_tokens=12)
 
@@ -57,7 +57,7 @@ def test_fixed_decode_logits_match_the_forward_path(checkpoint):
     padded = torch.zeros(2, T, dtype=torch.long)
     for b, p in enumerate(ps):
         padded[b, : len(p)] = torch.tensor(p)
-    e.model.forward(padded, e._prefill_step(lens, T, write=True), e.cache, last=torch.tensor(lens) - 1)
+    e.model.forward(padded, e._prefill_step(lens, T, write=True), e.cache, torch_ops, last=torch.tensor(lens) - 1)
     step_logits = e._fixed_decode(torch.tensor([p[0] for p in ps]), torch.tensor(lens), lens)  # one more token each
     torch.testing.assert_close(step_logits[0], full, rtol=1e-4, atol=1e-4)
 

@@ -15,9 +15,9 @@ import tuner
 from conftest import VOCAB, save_checkpoint
 from tuner.backends import torch_ops
 from tuner.engine.kv_cache import KVCache, PagedKVCache
-from tuner.engine.quant import Int4Linear, Int8Linear
 from tuner.models.args import resolve_model
 from tuner.models.model import rope_tables
+from tuner.models.quant import Int4Linear, Int8Linear
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 DEV = torch.device("cuda")

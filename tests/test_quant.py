@@ -6,8 +6,8 @@ import torch
 import tuner
 from conftest import VOCAB
 from tuner.engine.kv_cache import KVCache
-from tuner.engine.quant import Fp8Linear, Int4Linear, Int8Linear
 from tuner.models.args import PRESETS, ModelArgs
+from tuner.models.quant import Fp8Linear, Int4Linear, Int8Linear
 
 IDS = torch.randint(0, VOCAB, (4, 64), generator=torch.Generator().manual_seed(5))
 

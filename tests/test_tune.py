@@ -18,8 +18,9 @@ import yaml
 
 import tuner
 from conftest import save_checkpoint
+from tuner.config import load_config
 from tuner.tune import Space, SweepResult, sweep
-from tuner.tune.export import FORMATS, export, export_all, load_config
+from tuner.tune.export import FORMATS, export, export_all
 from tuner.tune.space import parse_constraint, parse_objective
 
 ROOT = Path(__file__).resolve().parent.parent

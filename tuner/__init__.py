@@ -23,7 +23,7 @@ _LAZY = {
     "sweep": "tuner.tune.sweep",
     "SweepResult": "tuner.tune.result",
     "export": "tuner.tune.export",
-    "load_config": "tuner.tune.export",
+    "load_config": "tuner.config",
 }
 
 __all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension", *_LAZY]

@@ -198,11 +198,8 @@ def cmd_presets(args) -> int:
 def cmd_hw(args) -> int:
     import torch
 
-    from .config import _check_cuda
     from .profile.hardware import hw_table
 
-    if args.device != "cpu":
-        _check_cuda(args.device)
     print(hw_table(torch.device(args.device), force=args.force))
     return 0
 

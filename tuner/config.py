@@ -1,16 +1,22 @@
-"""`EngineConfig` and `SamplingParams`: dataclasses generated from the knob registry, validated on creation.
+"""`EngineConfig` and `SamplingParams`: dataclasses generated from the knob registry, validated on creation;
+and tuner's config files (tuner.config/1).
 
-Every check that can fail runs here, before any weights load: a bad value or an impossible
-combination raises ValueError naming the knob and what is allowed.
+A config describes; it does not look at the machine. Every value and every combination is checked here,
+on any machine, before any weights load: a bad one raises ValueError naming the knob and what is allowed.
+What only a machine can tell (CUDA present, fp8 support, the checkpoint on disk, fast float16 on this CPU)
+is checked when an Engine is built (tuner.engine.machine), so a config made on a GPU box loads, displays
+and exports on a laptop.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from typing import Any
 
 from .knobs import ENGINE_KNOBS, SAMPLING_KNOBS, Knob
+from .models.args import ModelArgs, model_shapes, resolve_model
 
 
 class _Validated:
@@ -55,38 +61,39 @@ def _make(name: str, knobs: dict[str, Knob], base: type, doc: str) -> type:
 
 class _EngineChecks(_Validated):
     def _check_combinations(self) -> None:
-        from .models.args import resolve_model
-
         if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device={self.device!r} is not allowed: device must be 'cpu', 'cuda' or 'cuda:N'")
         on_cuda = self.device.startswith("cuda")
-        if on_cuda:
-            _check_cuda(self.device)
         if self.backend == "cupy" and not on_cuda:
             raise ValueError("backend='cupy' needs a CUDA device: on device='cpu' use backend='torch'")
         if self.cuda_graphs and not on_cuda:
             raise ValueError("cuda_graphs=True needs a CUDA device: on device='cpu' set cuda_graphs=False")
         if self.backend == "cupy":
-            if self.dtype not in ("bfloat16", "float16"):
-                raise ValueError(f"backend='cupy' runs dtype 'bfloat16' or 'float16', not {self.dtype!r}")
-            if self.kv_dtype == "fp8":
-                raise ValueError("backend='cupy' stores the KV cache as kv_dtype 'auto' or 'int8', not 'fp8'")
-        if self.device == "cpu" and self.dtype == "float16" and not _cpu_has_fast_float16():
-            raise ValueError("dtype='float16' has no fast matmul on this CPU (torch would run it for minutes): "
-                             "use dtype='bfloat16' or 'float32'")
+            from .backends.cupy_ops import unsupported_config
+
+            why = unsupported_config(self.dtype, self.kv_dtype)
+            if why:
+                raise ValueError(why)
         for knob, value in (("quant", self.quant), ("kv_dtype", self.kv_dtype)):
-            if value == "fp8" and not _has_fp8(self.device):
+            if value == "fp8" and not on_cuda:
                 raise ValueError(f"{knob}='fp8' needs a CUDA GPU with compute capability 8.9 or newer; "
                                  f"device={self.device!r} has none: use 'int8' instead")
-        args, ckpt = resolve_model(self.model)  # raises for an unknown model or an unsupported family
-        if self.weights == "auto" and ckpt is not None and not any(ckpt.glob("*.safetensors")):
-            raise ValueError(f"weights='auto' but {ckpt} holds no *.safetensors files: "
-                             "convert the checkpoint to safetensors or use weights='dummy'")
+        if self.kv_cache == "paged" and self.num_blocks:
+            need = -(-self.max_seq_len // self.block_size)
+            if self.num_blocks < need:
+                raise ValueError(f"num_blocks={self.num_blocks} cannot hold one sequence of max_seq_len="
+                                 f"{self.max_seq_len} ({need} blocks of {self.block_size}): use at least {need} or 0")
+        args = model_shapes(self.model)  # raises for an unknown name or an unsupported family
+        if args is not None:  # None: a checkpoint directory of another machine, checked where an Engine is built
+            self.check_model(args)
+
+    def check_model(self, args: ModelArgs) -> None:
+        """The combinations that depend on the model's shapes (int4 groups, context length)."""
         if self.quant == "int4":
-            for width, layer in ((args.dim, "wqkv/w13"), (args.q_size, "wo"), (args.intermediate_size, "w2")):
+            widths = (args.dim, args.q_size, args.intermediate_size)
+            for width, layer in zip(widths, ("wqkv/w13", "wo", "w2"), strict=True):
                 if width % self.group_size:
-                    ok = [g for g in ENGINE_KNOBS["group_size"].choices
-                          if all(w % g == 0 for w in (args.dim, args.q_size, args.intermediate_size))]
+                    ok = [g for g in ENGINE_KNOBS["group_size"].choices if all(w % g == 0 for w in widths)]
                     raise ValueError(f"group_size={self.group_size} does not divide the input width {width} of "
                                      f"{layer} in {self.model}: allowed for this model: {ok or 'none'}")
         if self.max_seq_len > args.max_position_embeddings:
@@ -95,53 +102,45 @@ class _EngineChecks(_Validated):
         if args.sliding_window is not None and self.max_seq_len > args.sliding_window:
             raise ValueError(f"max_seq_len={self.max_seq_len} exceeds {self.model}'s sliding_window="
                              f"{args.sliding_window}, which tuner does not implement: use at most that")
-        if self.kv_cache == "paged" and self.num_blocks:
-            need = -(-self.max_seq_len // self.block_size)
-            if self.num_blocks < need:
-                raise ValueError(f"num_blocks={self.num_blocks} cannot hold one sequence of max_seq_len="
-                                 f"{self.max_seq_len} ({need} blocks of {self.block_size}): use at least {need} or 0")
 
     @property
-    def model_args(self):
-        from .models.args import resolve_model
-
+    def model_args(self) -> ModelArgs:
         return resolve_model(self.model)[0]
-
-
-def _check_cuda(device: str) -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available here (torch {torch.__version__}): "
-                         "use device='cpu'")
-    index = int(device.split(":")[1]) if ":" in device else 0
-    if index >= torch.cuda.device_count():
-        raise ValueError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
-
-
-def _cpu_has_fast_float16() -> bool:
-    import torch
-
-    from .engine.quant import OneDNNLinear
-
-    return OneDNNLinear.available(torch.empty(0, dtype=torch.float16))
-
-
-def _has_fp8(device: str) -> bool:
-    if not device.startswith("cuda"):
-        return False
-    import torch
-
-    return torch.cuda.get_device_capability(torch.device(device)) >= (8, 9)
-
-
-class _SamplingChecks(_Validated):
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
 
 
 EngineConfig = _make("EngineConfig", ENGINE_KNOBS, _EngineChecks,
                      "What to load and how to run it; validated against the knob registry on creation.")
-SamplingParams = _make("SamplingParams", SAMPLING_KNOBS, _SamplingChecks,
+SamplingParams = _make("SamplingParams", SAMPLING_KNOBS, _Validated,
                        "How to pick tokens in one generate() call; validated against the knob registry.")
+
+
+# -- config files ---------------------------------------------------------------------------------------
+
+CONFIG_SCHEMA = "tuner.config/1"
+
+
+def load_config(path: str | Path) -> tuple[EngineConfig, SamplingParams]:
+    """Read a tuner.config/1 YAML (safe YAML: no tags, nothing executed) and validate every knob. A file written
+    on another machine loads here; only building its Engine checks this machine."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{path} is not a tuner configuration: not plain YAML ({first})") from None
+    if not isinstance(data, dict) or data.get("schema") != CONFIG_SCHEMA:
+        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{path} is not a tuner configuration: schema is {found!r}, expected {CONFIG_SCHEMA!r}")
+    extra = set(data) - {"schema", "engine", "sampling", "provenance"}
+    if extra:
+        raise ValueError(f"{path}: unknown sections {sorted(extra)} (a tuner.config/1 file has engine, sampling, "
+                         "provenance)")
+    engine, sampling = data.get("engine"), data.get("sampling", {})
+    if not isinstance(engine, dict) or not isinstance(sampling, dict):
+        raise ValueError(f"{path}: engine and sampling must be mappings of knob: value")
+    try:
+        return EngineConfig.from_dict(engine), SamplingParams.from_dict(sampling)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: {e}") from None

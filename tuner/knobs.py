@@ -1,8 +1,8 @@
-"""The knob registry: every engine and sampling knob, defined once.
+"""The knob registry: every engine, sampling and workload knob, defined once.
 
-`EngineConfig` and `SamplingParams` (config.py) are generated from this table; the CLI flags,
-the notebook widgets, the magic's ``key=value`` parser, sweep spaces and exporters read it too.
-Adding a knob is one entry here plus the code that honours it.
+`EngineConfig` and `SamplingParams` (config.py) and `Workload` (engine/workload.py) are generated from this
+table; the CLI flags, the notebook widgets, the magic's ``key=value`` parser, sweep spaces and exporters read
+it too. Adding a knob is one entry here plus the code that honours it (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class Knob:
     type: type  # bool, int, float, str or tuple (of ints)
     default: Any
     help: str
-    group: str  # "engine" or "sampling"
+    group: str  # "engine", "sampling" or "workload"
     choices: tuple | None = None
     low: float | None = None  # inclusive unless low_open
     high: float | None = None  # inclusive
@@ -148,10 +148,17 @@ _KNOBS = [
     Knob("seed", int, 0, "seed of the sampler", "sampling", low=0, high=2**63 - 1),
     Knob("stop_token_ids", tuple, (), "token ids that end a sequence (besides EOS)", "sampling"),
     Knob("ignore_eos", bool, False, "keep generating past EOS (forced output length)", "sampling"),
+    # workload: the synthetic prompts a run generates for (seeded random ids, exact lengths, forced output)
+    Knob("num_prompts", int, 0, "synthetic prompts; 0: one static batch of batch_size", "workload", low=0,
+         high=1 << 20),
+    Knob("prompt_len", int, 128, "tokens per synthetic prompt", "workload", low=1, high=1 << 20),
+    Knob("output_len", int, 64, "tokens each prompt generates (EOS ignored)", "workload", low=1, high=1 << 20),
+    Knob("workload_seed", int, 0, "seed of the synthetic prompts' token ids", "workload", low=0, high=2**63 - 1),
 ]
 
 ENGINE_KNOBS: dict[str, Knob] = {k.name: k for k in _KNOBS if k.group == "engine"}
 SAMPLING_KNOBS: dict[str, Knob] = {k.name: k for k in _KNOBS if k.group == "sampling"}
+WORKLOAD_KNOBS: dict[str, Knob] = {k.name: k for k in _KNOBS if k.group == "workload"}
 # Where engine and sampling knobs share one namespace (key=value, sweep spaces, exported configs), a sampling
 # knob whose name an engine knob already has is written sampling_<name>: the sampler's seed is sampling_seed.
 SAMPLING_ALIASES: dict[str, str] = {f"sampling_{n}": n for n in SAMPLING_KNOBS if n in ENGINE_KNOBS}
@@ -161,7 +168,15 @@ def lookup(name: str) -> tuple[str, str, Knob] | None:
     """(group, registry name, knob) of a knob written in the shared namespace, or None if there is none."""
     if name in ENGINE_KNOBS:
         return "engine", name, ENGINE_KNOBS[name]
+    if name in WORKLOAD_KNOBS:
+        return "workload", name, WORKLOAD_KNOBS[name]
     reg = SAMPLING_ALIASES.get(name, name if name not in ENGINE_KNOBS else None)
     if reg in SAMPLING_KNOBS:
         return "sampling", reg, SAMPLING_KNOBS[reg]
     return None
+
+
+def shared_names(skip: tuple[str, ...] = ()) -> list[str]:
+    """Every knob's name in the shared namespace (sampling_seed for the sampler's seed), less `skip`."""
+    sampling = [n for n in SAMPLING_KNOBS if n not in ENGINE_KNOBS] + list(SAMPLING_ALIASES)
+    return sorted(n for n in [*ENGINE_KNOBS, *sampling, *WORKLOAD_KNOBS] if lookup(n)[1] not in skip)

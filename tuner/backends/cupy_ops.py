@@ -23,7 +23,9 @@ HEAD_DIMS = (64, 128)
 GROUPS = (1, 2, 4, 7, 8)  # query groups the compile tests build (each group size is its own variant; 7: the
 # plain reduction that groups of 3, 5, 6 and 7 take)
 GEMV_ROWS = (1, 2, 4, 8)  # weight-only GEMV variants; more rows than 8 take torch's dequantized matmul
-SCALARS = {torch.bfloat16: 1, torch.float16: 0}
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}  # model dtypes the kernels run
+KV_DTYPES = ("auto", "int8")  # KV-cache storage they read: the model dtype or int8
+SCALARS = {DTYPES["bfloat16"]: 1, DTYPES["float16"]: 0}  # each dtype's SCALAR_BF16 define
 
 
 def kernel_dir() -> Path:
@@ -57,10 +59,19 @@ def variants() -> list[tuple[str, dict]]:
     return out
 
 
+def unsupported_config(dtype: str, kv_dtype: str) -> str | None:
+    """Why the kernels cannot run this dtype and KV-cache storage, or None when they can."""
+    if dtype not in DTYPES:
+        return f"backend='cupy' runs dtype {' or '.join(map(repr, DTYPES))}, not {dtype!r}"
+    if kv_dtype not in KV_DTYPES:
+        return f"backend='cupy' stores the KV cache as kv_dtype {' or '.join(map(repr, KV_DTYPES))}, not {kv_dtype!r}"
+    return None
+
+
 def supported(head_dim: int, dtype: torch.dtype, n_heads: int, n_kv_heads: int) -> str | None:
     """Why the kernels cannot serve this model, or None when they can."""
     if dtype not in SCALARS:
-        return "backend='cupy' runs dtype bfloat16 or float16"
+        return unsupported_config(str(dtype).removeprefix("torch."), "auto")
     if head_dim not in HEAD_DIMS:
         return f"backend='cupy' serves head_dim {HEAD_DIMS}, this model has {head_dim}"
     if n_heads // n_kv_heads > max(GROUPS):
@@ -155,7 +166,7 @@ def _kv_args(cache, layer: int):
 
 def _kv_int8(cache) -> int:
     if cache.quantized and cache.store != torch.int8:
-        raise ValueError("backend='cupy' stores the KV cache in the model dtype or int8: use kv_dtype='auto' or 'int8'")
+        raise ValueError(unsupported_config("bfloat16", str(cache.store).removeprefix("torch.")))
     return int(cache.quantized)
 
 
@@ -284,14 +295,13 @@ def int4_linear(x, packed, scale, zero, bias, group_size):
 
 
 def linear(lin, x: torch.Tensor) -> torch.Tensor:
-    """A model linear layer: weight-only int8/int4 through the GEMV kernels, everything else through torch."""
-    from ..engine.quant import Int4Linear, Int8Linear
-
+    """A model linear layer (tuner.backends.WeightLinear): weight-only int8/int4 through the GEMV kernels,
+    everything else through torch."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])
-    if type(lin) is Int8Linear and x2.shape[0] <= max(GEMV_ROWS):
+    if lin.scheme == "int8" and x2.shape[0] <= max(GEMV_ROWS):
         return int8_linear(x2, lin.weight, lin.scale, lin.bias).view(*shape[:-1], -1)
-    if type(lin) is Int4Linear and not lin.packed_cpu and x2.shape[0] <= max(GEMV_ROWS):
+    if lin.scheme == "int4" and not lin.packed_cpu and x2.shape[0] <= max(GEMV_ROWS):
         return int4_linear(x2, lin.weight, lin.scale, lin.zero, lin.bias, lin.group_size).view(*shape[:-1], -1)
     return lin(x)
 

@@ -1,6 +1,7 @@
 """The torch reference backend: the ops a decoder layer is made of, in plain PyTorch.
 
-It runs on CPU and GPU and is the truth every CuPy kernel is checked against.
+It runs on CPU and GPU and is the truth every CuPy kernel is checked against. Like every backend it imports
+nothing of tuner: the KV cache and the weight types come in as arguments (see tuner.backends).
 """
 
 from __future__ import annotations
@@ -67,12 +68,6 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tens
     return x, rms_norm(x, weight, eps)
 
 
-def gather_kv(pool: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
-    """pool [X, Hkv, Y, ...] read through tables [B, n] -> [B, Hkv, n*Y, ...] in table order."""
-    x = pool[tables.long()].transpose(1, 2)  # [B, Hkv, n, Y, ...]
-    return x.reshape(x.shape[0], x.shape[1], -1, *x.shape[4:])
-
-
 def rope_kv_write(qkv: torch.Tensor, qk_norm: torch.Tensor | None, eps: float, positions: torch.Tensor,
                   cos: torch.Tensor, sin: torch.Tensor, cache, layer: int, tables: torch.Tensor, block_size: int,
                   H: int, Hkv: int) -> torch.Tensor:
@@ -99,10 +94,7 @@ def decode_attention(q: torch.Tensor, cache, layer: int, tables: torch.Tensor, b
 
     Reads every block in `tables`, masked to seq_lens[b] keys. Twin of kernels/attention.cu.
     """
-    k, v = gather_kv(cache.k[layer], tables), gather_kv(cache.v[layer], tables)
-    if cache.quantized:
-        k = cache._dequantize(k, gather_kv(cache.k_scale[layer], tables))
-        v = cache._dequantize(v, gather_kv(cache.v_scale[layer], tables))
+    k, v = cache.gather(layer, tables)
     mask = (torch.arange(k.shape[2], device=q.device)[None, :] < seq_lens[:, None].long())[:, None, None, :]
     return attention(q[:, None], k.to(q.dtype), v.to(q.dtype), mask)[:, 0]
 
@@ -116,7 +108,9 @@ def linear(lin, x: torch.Tensor) -> torch.Tensor:
     return lin(x)
 
 
-_MASK64 = (1 << 64) - 1
+def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
+    """HF/vLLM rule on tokens already in the sequence: positive logits / penalty, negative ones * penalty."""
+    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
 def _i64(c: int) -> int:
@@ -181,7 +175,6 @@ def sample(logits: torch.Tensor, params, rng: torch.Tensor, seen: torch.Tensor |
     """The fixed-shape decode path's sampler: repetition penalty in torch, then the fused draw (this twin,
     or the cupy kernel)."""
     if seen is not None and params.repetition_penalty != 1.0:
-        from ..engine.sampling import apply_repetition_penalty
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     return fused(logits, params, rng)
 

@@ -2,7 +2,8 @@
 
 Both store K and V as [layers, X, Hkv, Y, head_dim] and address a token by two indices (i0, i1):
 contiguous X = batch slot, Y = position; paged X = block id, Y = offset in the block. Optional
-int8 / fp8 storage keeps one fp32 scale per (token, head).
+int8 / fp8 storage keeps one fp32 scale per (token, head). Both backends use a cache only through
+tuner.backends.KVStore: its storage tensors, `write` and `gather`.
 """
 
 from __future__ import annotations
@@ -29,13 +30,17 @@ class KVCache:
         shape = (args.n_layers, rows, args.n_kv_heads, row_len, args.head_dim)
         self.k = torch.zeros(shape, dtype=self.store, device=device)
         self.v = torch.zeros(shape, dtype=self.store, device=device)
-        self.quantized = self.store in _QMAX
         self.scratch = rows - 1  # the last row: where CUDA-graph padding rows write (allocated only for graphs)
+        self.k_scale = self.v_scale = None
         if self.quantized:
             self.k_scale = torch.zeros(shape[:-1], dtype=torch.float32, device=device)
             self.v_scale = torch.zeros(shape[:-1], dtype=torch.float32, device=device)
         self.bytes_per_token = args.n_layers * 2 * args.n_kv_heads * (
             args.head_dim * self.k.element_size() + (4 if self.quantized else 0))
+
+    @property
+    def quantized(self) -> bool:
+        return self.store in _QMAX
 
     @property
     def block_len(self) -> int:
@@ -78,11 +83,19 @@ class KVCache:
         self.v[layer][i0, :, i1] = v
 
     def read(self, layer: int, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K, V [batch, Hkv, read_len(length), D] in the model dtype."""
+        """K, V [batch, Hkv, read_len(length), D] in the model dtype (views where the cache is not quantized)."""
         k, v = self.k[layer, :batch, :, :length], self.v[layer, :batch, :, :length]
         if self.quantized:
             k = self._dequantize(k, self.k_scale[layer, :batch, :, :length])
             v = self._dequantize(v, self.v_scale[layer, :batch, :, :length])
+        return k, v
+
+    def gather(self, layer: int, tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V [B, Hkv, n * block_len, D] in the model dtype: every block of tables [B, n], in table order."""
+        k, v = gather_blocks(self.k[layer], tables), gather_blocks(self.v[layer], tables)
+        if self.quantized:
+            k = self._dequantize(k, gather_blocks(self.k_scale[layer], tables))
+            v = self._dequantize(v, gather_blocks(self.v_scale[layer], tables))
         return k, v
 
     def _quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,16 +173,10 @@ class PagedKVCache(KVCache):
         return -(-length // self.block_size) * self.block_size
 
     def read(self, layer: int, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        table = self.block_tables[:batch, : -(-length // self.block_size)]
-        k, v = self._gather(self.k[layer], table), self._gather(self.v[layer], table)
-        if self.quantized:
-            k = self._dequantize(k, self._gather(self.k_scale[layer], table))
-            v = self._dequantize(v, self._gather(self.v_scale[layer], table))
-        return k, v
+        return self.gather(layer, self.block_tables[:batch, : -(-length // self.block_size)])
 
-    @staticmethod
-    def _gather(pool: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        # pool [num_blocks, Hkv, bs, ...] -> [B, Hkv, n*bs, ...] in table order
-        x = pool[table]  # [B, n, Hkv, bs, ...]
-        x = x.transpose(1, 2)
-        return x.reshape(x.shape[0], x.shape[1], -1, *x.shape[4:])
+
+def gather_blocks(pool: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
+    """pool [X, Hkv, Y, ...] read through tables [B, n] -> [B, Hkv, n*Y, ...] in table order."""
+    x = pool[tables.long()].transpose(1, 2)  # [B, n, Hkv, Y, ...] -> [B, Hkv, n, Y, ...]
+    return x.reshape(x.shape[0], x.shape[1], -1, *x.shape[4:])

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-
-def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
-    """HF/vLLM rule on tokens already in the sequence: positive logits / penalty, negative ones * penalty."""
-    return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+from ..backends.torch_ops import apply_repetition_penalty
+from ..config import SamplingParams
 
 
 def filtered_probs(logits: torch.Tensor, params) -> torch.Tensor:
@@ -37,3 +37,18 @@ def sample(logits: torch.Tensor, params, generator: torch.Generator, seen: torch
     # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p, with no host sync.
     noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
     return (probs / noise).argmax(dim=-1)
+
+
+@dataclass
+class Sampler:
+    """One run's sampling: its parameters, the seeded torch generator, and the fused sampler's random state on
+    the device ([seed, offset, blocks done]), for the cupy backend."""
+
+    params: SamplingParams
+    generator: torch.Generator
+    rng: torch.Tensor
+
+    @classmethod
+    def seeded(cls, params, device: torch.device) -> Sampler:
+        return cls(params, torch.Generator(device=device).manual_seed(params.seed),
+                   torch.tensor([params.seed, 0, 0], dtype=torch.long, device=device))

@@ -202,11 +202,8 @@ class TunerMagics(Magics):
     def _hw(self, args):
         import torch
 
-        from ..config import _check_cuda
         from ..profile.hardware import hw_table
 
-        if args.device != "cpu":
-            _check_cuda(args.device)
         print(hw_table(torch.device(args.device), force=args.force))
 
     def _history(self, args):

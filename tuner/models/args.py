@@ -145,6 +145,16 @@ HF_IDS: dict[str, str] = {
 }
 
 
+def model_shapes(model: str) -> ModelArgs | None:
+    """The shapes of a preset, or of a checkpoint directory on this machine. None for a path that is not here
+    (a config written on another machine: only building its Engine needs the checkpoint). ValueError for a name
+    that is neither a preset nor a path."""
+    path = Path(model).expanduser()
+    if model not in PRESETS and not path.exists() and ("/" in model or model.startswith(("~", "."))):
+        return None
+    return resolve_model(model)[0]
+
+
 def resolve_model(model: str) -> tuple[ModelArgs, Path | None]:
     """A preset name or a checkpoint directory -> (its shapes, the directory or None for presets)."""
     if model in PRESETS:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from ..engine.quant import Embedding, Int8Embedding, Int8Linear, Linear, TiedLMHead, make_linear
 from .args import ModelArgs
 from .model import Layer, Transformer
+from .quant import Embedding, Int8Embedding, Int8Linear, Linear, TiedLMHead, make_linear
 
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
            "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,

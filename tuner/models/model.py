@@ -2,9 +2,10 @@
 
 A layer is RMSNorm -> fused q/k/v projection -> (Qwen3: per-head q/k RMSNorm) -> RoPE -> KV-cache
 write -> grouped-query attention -> o projection -> residual -> RMSNorm -> fused gate/up -> SiLU*up
--> down projection -> residual. The ops come from a backend module (tuner.backends.torch_ops).
-`forward` serves prefill and the torch backend's decode; `decode` is the fixed-shape decode step of the
-cupy backend (fused kernels, CUDA-graph capturable), which runs on CPU too through the kernels' torch twins.
+-> down projection -> residual. The ops come from a backend module (tuner.backends.torch_ops or cupy_ops),
+which the engine passes to each call. `forward` serves prefill and the torch backend's decode; `decode` is
+the fixed-shape decode step of the cupy backend (fused kernels, CUDA-graph capturable), which runs on CPU too
+through the kernels' torch twins.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backends import torch_ops
-from ..engine.quant import Embedding, Linear, nbytes
-from ..profile.ranges import op
+from ..ranges import op
 from .args import ModelArgs
+from .quant import Embedding, Linear, nbytes
 
 
 @dataclass
@@ -87,13 +87,13 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, s: dict) -> torch.Tensor:
 
 
 class Transformer:
-    def __init__(self, args: ModelArgs, embed: Embedding, layers: list[Layer], norm: torch.Tensor,
-                 lm_head: Linear, ops=torch_ops):
-        self.args, self.embed, self.layers, self.norm, self.lm_head, self.ops = args, embed, layers, norm, lm_head, ops
+    def __init__(self, args: ModelArgs, embed: Embedding, layers: list[Layer], norm: torch.Tensor, lm_head: Linear):
+        self.args, self.embed, self.layers, self.norm, self.lm_head = args, embed, layers, norm, lm_head
 
-    def forward(self, tokens: torch.Tensor, step: Step, cache=None, last: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [B, T] -> float32 logits [B, T, V], or [B, V] at index `last` [B] of each row."""
-        a, ops = self.args, self.ops
+    def forward(self, tokens: torch.Tensor, step: Step, cache, ops, last: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T] -> float32 logits [B, T, V], or [B, V] at index `last` [B] of each row. `cache` (None:
+        attend within this step only) takes the step's K/V where step.write says."""
+        a = self.args
         B, T = tokens.shape
         H, Hkv, D = a.n_heads, a.n_kv_heads, a.head_dim
         with op("embedding"):

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from ..ranges import recording
 from .cost import FUSED, OPS, Precision, range_costs, step_costs
 from .hardware import cache_dir
-from .ranges import recording
 
 PHASES = ("prefill", "decode")
 BOUND_PCT = 0.30  # below this share of both measured peaks an op is overhead-bound

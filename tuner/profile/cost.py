@@ -125,6 +125,17 @@ def step_costs(args: ModelArgs, p: Precision, seqs: list[tuple[int, int]], logit
     return {op: out[op] for op in OPS}
 
 
+def decode_step(args: ModelArgs, weight_bytes: float, kv_bytes_per_token: float, batch: int,
+                context: int) -> tuple[float, float]:
+    """(FLOPs, bytes) of one decode step as MBU and MFU count them: every weight read once (`weight_bytes` as
+    stored) plus the cached K/V each sequence attends to (`context`: keys, summed over the batch); 2 FLOPs per
+    weight per sequence plus q.k and p.v over the context."""
+    L = args.n_layers
+    per_token = 2 * sum(o * i for o, i in args.linear_shapes().values()) * L + 2 * args.dim * args.vocab_size
+    return (batch * per_token + 4 * args.n_heads * args.head_dim * L * context,
+            weight_bytes + context * kv_bytes_per_token)
+
+
 def range_costs(costs: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
     """The costs per profiler range: every op, plus each fused range as the sum of the ops it does."""
     out = dict(costs)

@@ -23,6 +23,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tuner"
 
 
+def check_device(device: str | torch.device) -> None:
+    """ValueError unless this machine has `device` (CUDA present, the index in range)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} but CUDA is not available here (torch {torch.__version__}): "
+                         "use device='cpu'")
+    if (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device={str(device)!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+
+
+def has_fp8(device: str | torch.device) -> bool:
+    """Whether `device` computes in fp8 (CUDA compute capability 8.9 or newer)."""
+    device = torch.device(device)
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -208,6 +226,7 @@ def hardware_info(device: torch.device, dtype: torch.dtype) -> dict:
 
 def hw_table(device: torch.device | str = "cpu", dtypes=None, force: bool = False) -> str:
     """`tuner hw`: the device, and its datasheet and measured ceilings side by side, as text."""
+    check_device(device)
     device = torch.device(device)
     if dtypes is None:
         dtypes = (torch.float32, torch.bfloat16, torch.float16) if device.type == "cuda" else (torch.float32,)

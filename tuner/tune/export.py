@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..config import EngineConfig, SamplingParams
+from ..config import CONFIG_SCHEMA, EngineConfig, SamplingParams
 from ..knobs import ENGINE_KNOBS, SAMPLING_KNOBS, lookup
 
 FORMATS = {"tuner": "tuner.yaml", "vllm": "vllm-config.yaml", "hf": "generation_config.json", "tgi": "tgi.env",
            "trtllm": "trtllm-llm-api.yaml"}
-CONFIG_SCHEMA = "tuner.config/1"
 _HEADLINE = ("output_tok_s", "ttft_ms_p99", "tpot_ms_p99", "itl_ms_p99", "mbu", "top1_agreement", "kl_divergence")
 
 
@@ -263,32 +262,3 @@ def _trtllm(choice: Choice) -> str:
         notes.append("kv_cache=contiguous: TensorRT-LLM's PyTorch backend pages its KV cache")
     head = _comment_block(choice, "TensorRT-LLM LLM-API options: trtllm-serve MODEL --config trtllm-llm-api.yaml")
     return head + "".join(f"# note: {n}\n" for n in notes) + _yaml(d)
-
-
-# -- reading tuner's own format --------------------------------------------------------------------------
-
-
-def load_config(path: str | Path) -> tuple[EngineConfig, SamplingParams]:
-    """Read a tuner.config/1 YAML (safe YAML: no tags, nothing executed) and validate every knob."""
-    import yaml
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{path} is not a tuner configuration: not plain YAML ({first})") from None
-    if not isinstance(data, dict) or data.get("schema") != CONFIG_SCHEMA:
-        found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{path} is not a tuner configuration: schema is {found!r}, expected {CONFIG_SCHEMA!r}")
-    extra = set(data) - {"schema", "engine", "sampling", "provenance"}
-    if extra:
-        raise ValueError(f"{path}: unknown sections {sorted(extra)} (a tuner.config/1 file has engine, sampling, "
-                         "provenance)")
-    engine, sampling = data.get("engine"), data.get("sampling", {})
-    if not isinstance(engine, dict) or not isinstance(sampling, dict):
-        raise ValueError(f"{path}: engine and sampling must be mappings of knob: value")
-    try:
-        return EngineConfig.from_dict(engine), SamplingParams.from_dict(sampling)
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{path}: {e}") from None

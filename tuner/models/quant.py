@@ -13,7 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-INT4_GROUP_SIZES = (32, 64, 128, 256)
+from ..knobs import ENGINE_KNOBS
+
+INT4_GROUP_SIZES = ENGINE_KNOBS["group_size"].choices
 
 
 def nbytes(tensors) -> int:
@@ -22,7 +24,9 @@ def nbytes(tensors) -> int:
 
 
 class Linear:
-    """y = x W^T + b in the model dtype."""
+    """y = x W^T + b in the model dtype. `scheme` names how the weight is stored (tuner.backends.WeightLinear)."""
+
+    scheme = "float"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         self.weight, self.bias = weight, bias
@@ -102,6 +106,8 @@ class Embedding:
 class Int8Linear(Linear):
     """Symmetric int8 per output channel: W ~= q * scale[n]."""
 
+    scheme = "int8"
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         self.dtype, self.bias = weight.dtype, bias
         self.cpu = weight.device.type == "cpu"
@@ -141,6 +147,8 @@ class Int8Embedding:
 
 class Int4Linear(Linear):
     """Asymmetric int4 in groups of `group_size` along the input: W ~= (q - 8) * scale + zero, q in [0, 15]."""
+
+    scheme = "int4"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group_size: int):
         N, K = weight.shape
@@ -196,6 +204,8 @@ class Int4Linear(Linear):
 
 class Fp8Linear(Linear):
     """fp8 e4m3 per output channel: W ~= q * scale[n] (GPUs with compute capability 8.9+)."""
+
+    scheme = "fp8"
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         self.dtype, self.bias = weight.dtype, bias

@@ -1,0 +1,63 @@
+"""What a run measures as it goes: each token's time, each step's wall time, and the FLOPs and bytes of each
+decode step (profile/cost.py), which give MBU and MFU. `on_step` hears of every step and may stop the run."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from .batch import Batch, Pending, Sequence
+
+
+class RunStats:
+    def __init__(self, n_batches: int, n_requests: int, max_new_tokens: int,
+                 on_step: Callable[[dict], bool | None] | None = None):
+        self.n_batches, self.n_requests, self.max_new_tokens = n_batches, n_requests, max_new_tokens
+        self.on_step = on_step
+        self.t0 = self.last = time.perf_counter()
+        self.seqs: list[Sequence] = []  # every sequence of the batches started so far
+        self.batch_index = -1
+        self.prefill_ms: list[float] = []
+        self.decode_ms: list[float] = []
+        self.decode_flops: list[float] = []
+        self.decode_bytes: list[float] = []
+        self.stopped = False
+
+    def start(self, batch: Batch) -> None:
+        self.batch_index += 1
+        self.seqs += batch.seqs
+        self.last = time.perf_counter()
+
+    def record(self, batch: Batch, pending: Pending, phase: str) -> None:
+        """Wait for a step's tokens, give them to their sequences, and time the step (since the one before)."""
+        tokens = pending.wait()
+        now = time.perf_counter()
+        batch.add(tokens, (now - self.t0) * 1e3)
+        step_ms, self.last = (now - self.last) * 1e3, now
+        if phase == "prefill":
+            self.prefill_ms.append(step_ms)
+        else:
+            self.decode_ms.append(step_ms)
+            self.decode_flops.append(pending.flops)
+            self.decode_bytes.append(pending.nbytes)
+        if self.on_step is not None and self.on_step(self._event(batch, phase, step_ms, now)):
+            self.stopped = True
+
+    def _event(self, batch: Batch, phase: str, step_ms: float, now: float) -> dict:
+        return {"phase": phase, "batch_index": self.batch_index, "n_batches": self.n_batches, "step_ms": step_ms,
+                "elapsed_s": now - self.t0, "tokens": sum(len(s.tokens) for s in batch.seqs),
+                "batch_tokens_max": len(batch) * self.max_new_tokens, "n_requests": self.n_requests,
+                # the whole run's progress, what a progress bar shows
+                "done_tokens": sum(len(s.tokens) for s in self.seqs),
+                "total_tokens": self.n_requests * self.max_new_tokens}
+
+    def decode_metrics(self, hardware: dict) -> dict:
+        """Decode bandwidth, MBU and MFU against the measured ceilings, and the prefill time."""
+        decode_s = sum(self.decode_ms) / 1e3
+        out = {"decode_gbs": None, "mbu": None, "mfu": None}
+        if decode_s:
+            out["decode_gbs"] = sum(self.decode_bytes) / decode_s / 1e9
+            out["mbu"] = out["decode_gbs"] / hardware["bandwidth_gbs"]
+            out["mfu"] = sum(self.decode_flops) / decode_s / 1e12 / hardware["matmul_tflops"]
+        out["prefill_ms"] = sum(self.prefill_ms)
+        return out
