@@ -1,5 +1,5 @@
 # ruff: noqa: B023  (each timed closure runs inside the loop iteration that defines it)
-"""The GPU suite (../shared/GPU.md): environment, GPU tests, kernel microbenchmarks, end-to-end decode.
+"""The GPU suite (how GPU work is proven here): environment, GPU tests, kernel microbenchmarks, end-to-end decode.
 
     PYTHONPATH=. python3 benchmarks/gpu_suite.py --out DIR [--quick]
 

@@ -7,7 +7,7 @@
 // its online softmax (fp32, one per query head) with one rescale. The block's token streams merge through
 // shared memory. With num_parts == 1 the block writes the output; otherwise it writes a normalized partial
 // output and its log2-sum-exp, and `merge_parts` combines the partitions (split-K / flash-decoding).
-// Twin: tuner.backends.torch_ops.paged_decode_attention.
+// Twin: tuner.backends.torch_ops.decode_attention.
 //
 // The loop is bound by issued instructions, not bytes (NOTES-gpu.md entries 8-9, 12), so it is written
 // for few of them: G is a build-time constant (no per-head branches), a paged block's size is a power of

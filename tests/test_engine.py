@@ -197,3 +197,21 @@ def test_peak_memory_while_loading_stays_under_1_3x_the_final_bytes(mid_checkpoi
     figures = json.loads(out.stdout)
     assert figures["final"] > 30e6
     assert figures["peak"] <= 1.3 * figures["final"]  # measured here: 1.002x (float) to 1.02x (int4)
+
+
+def test_checkpoint_reader_reads_zero_size_and_uint16_tensors(tmp_path):
+    from safetensors.torch import save_file
+
+    from tuner.models.loader import _Checkpoint
+
+    tensors = {"empty": torch.zeros(0, 4), "u16": torch.tensor([[0, 1, 65535], [7, 300, 2]]).to(torch.uint16),
+               "w": torch.arange(8.0).view(2, 4)}
+    save_file(tensors, tmp_path / "model.safetensors")
+    ckpt = _Checkpoint(tmp_path)
+    for name, t in tensors.items():
+        dst = torch.empty(t.shape, dtype=t.dtype)
+        ckpt.fill(dst, name)
+        assert torch.equal(dst, t)
+    assert ckpt.used == set(tensors)
+    with pytest.raises(ValueError, match=r"checkpoint tensor w has shape \(2, 4\), expected \(4, 2\)"):
+        ckpt.fill(torch.empty(4, 2), "w")

@@ -1,7 +1,7 @@
 """GPU tests (marked gpu, skipped without CUDA): every CuPy kernel against its torch twin on fresh random
 inputs, outputs poisoned first; CUDA-graph capture and replay; cupy tokens equal torch tokens end to end.
 
-Run by benchmarks/gpu_suite.py on a real GPU (../shared/GPU.md).
+Run by benchmarks/gpu_suite.py on a real GPU.
 """
 
 from __future__ import annotations

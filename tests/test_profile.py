@@ -226,6 +226,18 @@ def test_plots_draw_the_run(profiled):
         decode.roofline(phase="warmup")
 
 
+def test_plots_leave_the_sessions_matplotlib_settings_alone(profiled):
+    import matplotlib
+
+    keys = ("axes.grid", "font.size", "axes.edgecolor", "axes.facecolor", "grid.color", "lines.linewidth")
+    before = {k: matplotlib.rcParams[k] for k in keys}
+    decode, _, _ = profiled
+    fig = decode.roofline()
+    assert any(line.get_visible() for line in fig.axes[0].xaxis.get_gridlines())  # drawn in the whitegrid look
+    decode.time_breakdown(), decode.step_latency()
+    assert {k: matplotlib.rcParams[k] for k in keys} == before
+
+
 def test_hardware_datasheet_calibration_and_tuner_hw(capsys):
     assert datasheet_key("NVIDIA H100 80GB HBM3") == "H100 SXM"
     assert datasheet_key("NVIDIA H100 PCIe") == "H100 PCIe"

@@ -1,4 +1,4 @@
-"""tuner: a notebook-native lab for LLM inference. See README.md and DESIGN.md.
+"""tuner: a notebook-native lab for LLM inference. See README.md and docs/architecture.md.
 
 `import tuner` stays light: the engine (and torch) load on first use of an attribute that needs them.
 """

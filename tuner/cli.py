@@ -1,6 +1,7 @@
-"""The `tuner` command: `tuner run` (one profiled-metrics run), `tuner presets`.
+"""The `tuner` command: run, presets, hw, sweep, export, demo, tensorboard (`tuner --help`).
 
-Engine and sampling flags are generated from the knob registry, so `tuner run --help` lists every knob.
+A thin shell: each subcommand parses its flags and calls one library function (tuner.actions). Engine,
+sampling and workload flags are generated from the knob registry, so `tuner run --help` lists every knob.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .knobs import ENGINE_KNOBS, SAMPLING_KNOBS, Knob
+from .knobs import ENGINE_KNOBS, SAMPLING_KNOBS, WORKLOAD_KNOBS, Knob
+from .tune.export import FORMATS
+from .tune.sweep import SAMPLERS
 
 # Sampling knobs set by the workload flags instead (--output-len); a sampling knob whose name an engine knob
 # also has gets the flag --sampling-NAME.
@@ -46,10 +49,8 @@ def _parser() -> argparse.ArgumentParser:
         if knob.name not in _SAMPLING_SKIP:
             _add_knob(smp, knob, "sampling_" + knob.name, "sampling-" if knob.name in ENGINE_KNOBS else "")
     wl = run.add_argument_group("workload")
-    wl.add_argument("--prompt-len", type=int, default=128, help="tokens per synthetic prompt (default 128)")
-    wl.add_argument("--output-len", type=int, default=64, help="tokens to generate per prompt (default 64)")
-    wl.add_argument("--num-prompts", type=int, default=None, help="synthetic prompts (default: batch size)")
-    wl.add_argument("--workload-seed", type=int, default=0, help="seed of the synthetic prompts (default 0)")
+    for knob in WORKLOAD_KNOBS.values():
+        _add_knob(wl, knob, "workload_" + knob.name)
     wl.add_argument("--prompt", action="append", default=None,
                     help="a text prompt instead of the synthetic workload (needs the checkpoint's tokenizer; "
                          "repeat for several)")
@@ -79,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="max:METRIC or min:METRIC (repeat for a Pareto front; default max:output_tok_s)")
     sw.add_argument("--constraint", action="append", default=None, help="an SLO such as 'tpot_ms_p99 <= 50' (repeat)")
     sw.add_argument("--n-trials", type=int, default=None, help="trials the study should hold (default 20; grid: all)")
-    sw.add_argument("--sampler", default=None, help="tpe (default), grid, random or nsga2")
+    sw.add_argument("--sampler", default=None, choices=SAMPLERS, help="the Optuna sampler (default tpe)")
     sw.add_argument("--storage", default=None,
                     help="Optuna storage URL (default sqlite:///tuner-runs/sweeps.db; postgresql://... to share)")
     sw.add_argument("--study", default=None, help="study name (default: derived from the sweep, so reruns resume)")
@@ -94,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
                                     "a sweep record (tuner.sweep/1 JSON) as tuner YAML, a vLLM config.yaml, an HF "
                                     "generation_config.json, a TGI .env or a TensorRT-LLM LLM-API YAML.")
     ex.add_argument("record", type=Path, help="a run or sweep record (JSON)")
-    ex.add_argument("--format", default="tuner", help="tuner (default), vllm, hf, tgi, trtllm, or all")
+    ex.add_argument("--format", default="tuner", help=f"{', '.join(FORMATS)} or all (default tuner)")
     ex.add_argument("--out", type=Path, default=None, help="file or directory (default: the format's file name)")
     ex.add_argument("--objective", default=None, help="for a sweep: the objective whose best trial to export")
     dm = sub.add_parser("demo", help="the whole loop on a CPU in a few minutes: sweep, Pareto front, report, exports",
@@ -122,51 +123,26 @@ def _collect(args, prefix: str, knobs: dict[str, Knob]) -> dict:
     return values
 
 
-def _progress(desc: str):
-    from tqdm.auto import tqdm
-
-    bar = tqdm(desc=desc, unit="layer", leave=False, disable=None, file=sys.stderr)
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-        if done == total:
-            bar.close()
-
-    return update
-
-
 def cmd_run(args) -> int:
     import torch
 
-    from .config import EngineConfig, SamplingParams
+    from .actions import TokenBar, load_progress, run
+    from .config import EngineConfig
     from .engine.engine import Engine
-    from .engine.workload import Workload
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = EngineConfig(**_collect(args, "engine_", ENGINE_KNOBS))
-    sampling = SamplingParams(max_new_tokens=args.output_len, **_collect(args, "sampling_", SAMPLING_KNOBS))
-    if args.prompt:
-        prompts = args.prompt
-    else:
-        prompts = Workload(batch=args.num_prompts or cfg.batch_size, prompt_len=args.prompt_len,
-                           output_len=args.output_len, seed=args.workload_seed)
-    engine = Engine(cfg, progress=_progress(f"loading {cfg.model}"))
+    sampling = _collect(args, "sampling_", SAMPLING_KNOBS)
+    engine = Engine(cfg, progress=load_progress(f"loading {cfg.model}"))
     if not args.no_warmup:
         engine.warmup()
-    from tqdm.auto import tqdm
-
-    bar = tqdm(desc="generating", unit="tok", leave=False, disable=None, file=sys.stderr)
-
-    def on_step(event: dict) -> None:
-        bar.total = event["n_requests"] * sampling.max_new_tokens
-        bar.n = event["batch_index"] * cfg.batch_size * sampling.max_new_tokens + event["tokens"]
-        bar.refresh()
-
-    result = engine.generate(prompts, sampling, on_step=on_step, profile=args.profile, logdir=args.logdir)
-    bar.close()
+    bar = TokenBar(disable=None)
+    try:
+        result = run(engine, sampling, _collect(args, "workload_", WORKLOAD_KNOBS), args.prompt, args.profile,
+                     on_step=bar, logdir=args.logdir)
+    finally:
+        bar.close()
     print(result.table())
     if args.profile:
         print()
@@ -196,11 +172,9 @@ def cmd_presets(args) -> int:
 
 
 def cmd_hw(args) -> int:
-    import torch
-
     from .profile.hardware import hw_table
 
-    print(hw_table(torch.device(args.device), force=args.force))
+    print(hw_table(args.device, force=args.force))
     return 0
 
 
@@ -217,20 +191,12 @@ def cmd_tensorboard(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from .tune.sweep import sweep, sweep_spec
+    from .tune.sweep import sweep_from_spec
 
-    kw = sweep_spec(args.spec)
-    for key, value in (("objectives", args.objective), ("constraints", args.constraint), ("n_trials", args.n_trials),
-                       ("sampler", args.sampler), ("storage", args.storage), ("study_name", args.study),
-                       ("repeats", args.repeats), ("seed", args.seed)):
-        if value is not None:
-            kw[key] = value
-    base = dict(kw.get("base") or {})
-    for key in ("model", "device"):
-        if getattr(args, key):
-            base[key] = getattr(args, key)
-    kw["base"] = base
-    result = sweep(runs_dir=args.runs_dir, **kw)
+    result = sweep_from_spec(args.spec, {
+        "objectives": args.objective, "constraints": args.constraint, "n_trials": args.n_trials,
+        "sampler": args.sampler, "storage": args.storage, "study_name": args.study, "repeats": args.repeats,
+        "seed": args.seed}, base={"model": args.model, "device": args.device}, runs_dir=args.runs_dir)
     print(result.table())
     print()
     print(result.summary())
@@ -239,30 +205,11 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_export(args) -> int:
-    import json
+    from .tune.export import export_formats, load_record
 
-    from .result import RunResult
-    from .tune.export import FORMATS, export, export_all
-    from .tune.result import SweepResult
-
-    try:
-        data = json.loads(args.record.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{args.record} is not a readable JSON record: {e}") from None
-    schema = data.get("schema") if isinstance(data, dict) else None
-    if schema == "tuner.sweep/1":
-        source = SweepResult.from_dict(data)
-    elif schema == "tuner.run/1":
-        source = RunResult.from_dict(data)
-    else:
-        raise ValueError(f"{args.record} is neither a run record (tuner.run/1) nor a sweep record (tuner.sweep/1)")
-    if args.format == "all":
-        paths = export_all(source, args.out or Path("."), args.objective)
-    elif args.format in FORMATS:
-        paths = {args.format: export(source, args.format, args.out, args.objective)}
-    else:
+    if args.format != "all" and args.format not in FORMATS:
         raise ValueError(f"--format {args.format!r} is not allowed: use one of {', '.join(FORMATS)} or all")
-    for fmt, path in paths.items():
+    for fmt, path in export_formats(load_record(args.record), args.format, args.out, args.objective).items():
         print(f"{fmt:7s} {path}")
     return 0
 

@@ -1,1 +1,2 @@
-"""The engine: prefill/decode loop, KV caches, quantization, sampling."""
+"""The engine: built on this machine (machine checks), its step functions and decode loop, per-sequence state,
+run statistics, KV caches, sampling, CUDA graphs, synthetic workloads."""

@@ -5,34 +5,40 @@ Imports stay light: torch and the engine load when a subcommand first needs them
 
 from __future__ import annotations
 
-import sys
-
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from ..cli import _progress
-from .session import Session, compare, knob_names, parse_knobs
+from ..actions import TokenBar, load_progress, parse_knobs
+from ..knobs import ENGINE_KNOBS, WORKLOAD_KNOBS, shared_names
+from ..tune.export import FORMATS
+from ..tune.sweep import SAMPLERS
+from .session import Session, compare
 
-DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_MODEL = ENGINE_KNOBS["model"].default
 
 
 @magic_arguments(name="%tuner load")
 @argument("model", help="a preset (see `tuner presets`) or a local Hugging Face checkpoint directory")
-@argument("--weights", choices=("auto", "dummy"), help="the checkpoint's weights (presets: dummy) or random ones")
-@argument("--device", help="cpu, cuda or cuda:N")
-@argument("--dtype", choices=("float32", "bfloat16", "float16"))
+@argument("--weights", choices=ENGINE_KNOBS["weights"].choices, help=ENGINE_KNOBS["weights"].help)
+@argument("--device", help=ENGINE_KNOBS["device"].help)
+@argument("--dtype", choices=ENGINE_KNOBS["dtype"].choices, help=ENGINE_KNOBS["dtype"].help)
 @argument("knobs", nargs="*", help="more engine knobs as key=value (batch_size=8 quant=int8 ...)")
 def _load_args(line):
     """Load a model. Later runs reuse its weights unless a knob that shapes them changes."""
 
 
+def _workload_flags(func):
+    """--prompt-len, --output-len, --num-prompts, --workload-seed: the registry's workload knobs as flags."""
+    for knob in reversed(WORKLOAD_KNOBS.values()):
+        func = argument("--" + knob.name.replace("_", "-"), help=f"{knob.help} (default {knob.default})")(func)
+    return func
+
+
 @magic_arguments(name="%tuner run")
 @argument("knobs", nargs="*", help="engine, sampling and workload knobs as key=value; %%tuner run takes them "
                                    "one per line in the cell too")
-@argument("--prompt-len", type=int, help="tokens per synthetic prompt (default 128)")
-@argument("--output-len", type=int, help="tokens to generate per prompt (default 64)")
-@argument("--num-prompts", type=int, help="synthetic prompts (default: the batch size)")
+@_workload_flags
 @argument("--prompt", action="append", help="a text prompt instead of synthetic ones (repeatable)")
 @argument("--profile", action="store_true", help="profile: per-op times, roofline verdicts, traces")
 @argument("-o", "--output", action="store_true", help="return the RunResult instead of displaying it")
@@ -70,7 +76,7 @@ def _tensorboard_args(line):
 
 @magic_arguments(name="%%tuner sweep")
 @argument("--n-trials", type=int, help="trials the study should hold (default 20; sampler grid: the whole grid)")
-@argument("--sampler", choices=("tpe", "grid", "random", "nsga2"), help="default tpe")
+@argument("--sampler", choices=SAMPLERS, help="default tpe")
 @argument("--objective", action="append", help="max:METRIC or min:METRIC (repeatable; default max:output_tok_s)")
 @argument("--constraint", action="append", help="an SLO, e.g. 'tpot_ms_p99 <= 50' (quote it; repeatable)")
 @argument("--storage", help="Optuna storage URL (default sqlite:///tuner-runs/sweeps.db)")
@@ -85,7 +91,7 @@ def _sweep_args(line):
 
 @magic_arguments(name="%tuner export")
 @argument("path", help="file or directory to write")
-@argument("--format", default="tuner", choices=("tuner", "vllm", "hf", "tgi", "trtllm", "all"))
+@argument("--format", default="tuner", choices=(*FORMATS, "all"))
 @argument("--run", help="export this run (id, prefix or history index; default: the latest run)")
 @argument("--best", action="store_true", help="export the best configuration of the latest sweep")
 @argument("--objective", help="with --best: the objective whose winner to export")
@@ -105,7 +111,7 @@ PARSERS = {"load": _load_args, "run": _run_args, "panel": _panel_args, "hw": _hw
 
 def _doc() -> str:
     parts = ["tuner in the notebook: `%tuner SUBCOMMAND ...` (or `%%tuner SUBCOMMAND` with key=value lines in the "
-             "cell).\n\nSubcommands: " + ", ".join(PARSERS) + ".\nKnobs (key=value): " + ", ".join(knob_names())
+             "cell).\n\nSubcommands: " + ", ".join(PARSERS) + ".\nKnobs (key=value): " + ", ".join(shared_names())
              + "\n"]
     for func in PARSERS.values():
         parts.append(func.__doc__ or "")
@@ -154,7 +160,7 @@ class TunerMagics(Magics):
         for k in ("weights", "device", "dtype"):
             if getattr(args, k) is not None:
                 engine_knobs[k] = getattr(args, k)
-        engine = self.session.load(progress=_progress(f"loading {args.model}"), **engine_knobs)
+        engine = self.session.load(progress=load_progress(f"loading {args.model}"), **engine_knobs)
         a = engine.args
         print(f"loaded {engine.config.model}: {a.n_params() / 1e6:.1f}M parameters, "
               f"{engine.model.weight_bytes() / 2**20:.1f} MiB of weights on {engine.config.device} "
@@ -162,22 +168,16 @@ class TunerMagics(Magics):
 
     def _run(self, args):
         engine_knobs, sampling, workload = parse_knobs(args.knobs)
-        for k in ("prompt_len", "output_len", "num_prompts"):
-            if getattr(args, k) is not None:
-                workload[k] = getattr(args, k)
+        for name, knob in WORKLOAD_KNOBS.items():
+            if getattr(args, name) is not None:
+                workload[name] = knob.parse(getattr(args, name))
         if self.session.engine is None and "model" not in engine_knobs:
             engine_knobs["model"] = DEFAULT_MODEL
             print(f"no model loaded: using {DEFAULT_MODEL} (dummy weights); %tuner load MODEL picks another")
-        bar = _bar()
-
-        def on_step(event):
-            bar.total = event["n_batches"] * event["batch_tokens_max"]
-            bar.n = event["batch_index"] * event["batch_tokens_max"] + event["tokens"]
-            bar.refresh()
-
+        bar = TokenBar()
         try:
             result = self.session.run(engine_knobs, sampling, workload, profile=args.profile, prompts=args.prompt,
-                                      on_step=on_step, progress=_progress("loading"))
+                                      on_step=bar, progress=load_progress("loading"))
         finally:
             bar.close()
         if args.output:
@@ -200,11 +200,9 @@ class TunerMagics(Magics):
         return None
 
     def _hw(self, args):
-        import torch
-
         from ..profile.hardware import hw_table
 
-        print(hw_table(torch.device(args.device), force=args.force))
+        print(hw_table(args.device, force=args.force))
 
     def _history(self, args):
         df = self.session.history_frame()
@@ -237,29 +235,22 @@ class TunerMagics(Magics):
 
 
     def _sweep(self, args, cell: str | None):
-        from ..tune.sweep import sweep, sweep_spec
+        from ..tune.space import load_yaml
+        from ..tune.sweep import sweep_from_spec
 
         if not cell or not cell.strip():
             raise ValueError("%%tuner sweep takes its space in the cell, as YAML, e.g.\n"
                              "%%tuner sweep --constraint 'tpot_ms_p99 <= 50'\nbatch_size: [1, 4, 8]\n"
                              "quant: [none, int8]")
-        from ..tune.space import load_yaml
-
-        kw = sweep_spec(load_yaml(cell, "sweep cell"))
-        for key, value in (("objectives", args.objective), ("constraints", args.constraint),
-                           ("n_trials", args.n_trials), ("sampler", args.sampler), ("storage", args.storage),
-                           ("study_name", args.study), ("repeats", args.repeats)):
-            if value is not None:
-                kw[key] = value
-        base = dict(kw.get("base") or {})
+        defaults = {"model": DEFAULT_MODEL}
         engine = self.session.engine
-        if engine is not None:
-            for k in ("model", "device", "dtype"):
-                base.setdefault(k, getattr(engine.config, k))
+        if engine is not None:  # fixed knobs default to the loaded engine's
+            defaults.update({k: getattr(engine.config, k) for k in ("model", "device", "dtype")})
             self.session.engine = None  # the sweep builds its own engines; free this one's memory
-        base.setdefault("model", DEFAULT_MODEL)
-        kw["base"] = base
-        result = sweep(runs_dir=self.session.runs_dir, **kw)
+        result = sweep_from_spec(load_yaml(cell, "sweep cell"), {
+            "objectives": args.objective, "constraints": args.constraint, "n_trials": args.n_trials,
+            "sampler": args.sampler, "storage": args.storage, "study_name": args.study, "repeats": args.repeats},
+            base_defaults=defaults, runs_dir=self.session.runs_dir)
         self.session.sweeps.append(result)
         if args.output:
             return result
@@ -268,7 +259,7 @@ class TunerMagics(Magics):
         display(result)
 
     def _export(self, args):
-        from ..tune.export import export, export_all
+        from ..tune.export import export_formats
 
         if args.best and args.run:
             raise ValueError("give --run or --best, not both")
@@ -278,15 +269,5 @@ class TunerMagics(Magics):
             source = self.session.sweeps[-1]
         else:
             source = self.session.get(args.run or "-1")
-        if args.format == "all":
-            paths = export_all(source, args.path, args.objective)
-        else:
-            paths = {args.format: export(source, args.format, args.path, args.objective)}
-        for fmt, path in paths.items():
+        for fmt, path in export_formats(source, args.format, args.path, args.objective).items():
             print(f"{fmt:7s} {path}")
-
-
-def _bar():
-    from tqdm.auto import tqdm
-
-    return tqdm(desc="generating", unit="tok", leave=False, file=sys.stderr)

@@ -14,8 +14,8 @@ import threading
 import time
 import traceback
 
-from ..knobs import ENGINE_KNOBS, SAMPLING_KNOBS, Knob
-from .session import SAMPLING_ALIASES, WORKLOAD, Session
+from ..knobs import ENGINE_KNOBS, SAMPLING_ALIASES, SAMPLING_KNOBS, WORKLOAD_KNOBS, Knob
+from .session import Session
 
 LIVE_INTERVAL_S = 0.3  # redraw the live chart at most ~3 times a second
 
@@ -64,15 +64,11 @@ class Panel:
 
         self.session = session
         cfg = session.engine.config.to_dict() if session.engine is not None else {}
-        self.engine_controls = {n: _widget(k, cfg.get(n, k.default if n != "model" else "smollm2-135m"), n)
-                                for n, k in ENGINE_KNOBS.items()}
+        self.engine_controls = {n: _widget(k, cfg.get(n, k.default), n) for n, k in ENGINE_KNOBS.items()}
         alias = {v: k for k, v in SAMPLING_ALIASES.items()}
         self.sampling_controls = {n: _widget(k, k.default, alias.get(n, n)) for n, k in SAMPLING_KNOBS.items()
                                   if n != "max_new_tokens"}  # the workload's output_len sets it
-        self.workload_controls = {
-            n: w.BoundedIntText(value=v, min=0 if n in ("num_prompts", "workload_seed") else 1, max=1 << 20,
-                                description=n, style={"description_width": "initial"}, layout=w.Layout(width="260px"))
-            for n, v in WORKLOAD.items()}
+        self.workload_controls = {n: _widget(k, k.default, n) for n, k in WORKLOAD_KNOBS.items()}
         self.profile = w.Checkbox(value=False, description="profile (per-op roofline)", indent=False)
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
@@ -110,7 +106,7 @@ class Panel:
         """The knobs the widgets hold, checked against the registry (ValueError names a bad one)."""
         engine = {n: self._value(ENGINE_KNOBS[n], c) for n, c in self.engine_controls.items()}
         sampling = {n: self._value(SAMPLING_KNOBS[n], c) for n, c in self.sampling_controls.items()}
-        workload = {n: int(c.value) for n, c in self.workload_controls.items()}
+        workload = {n: self._value(WORKLOAD_KNOBS[n], c) for n, c in self.workload_controls.items()}
         return engine, sampling, workload, bool(self.profile.value)
 
     @staticmethod
@@ -154,9 +150,8 @@ class Panel:
             self.status.value = f"loading weights: layer {done}/{total}"
 
         def on_step(event: dict) -> bool:
-            self.progress.max = max(1, event["n_batches"] * event["batch_tokens_max"])
-            self.progress.value = min(self.progress.max,
-                                      event["batch_index"] * event["batch_tokens_max"] + event["tokens"])
+            self.progress.max = max(1, event["total_tokens"])
+            self.progress.value = min(self.progress.max, event["done_tokens"])
             if event["phase"] == "decode":
                 steps.append(event["step_ms"])
             now = time.monotonic()

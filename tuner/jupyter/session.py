@@ -7,50 +7,12 @@ record (tuner.run/1 JSON) is written to `runs_dir` as soon as it finishes.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from pathlib import Path
 
-from ..knobs import ENGINE_KNOBS, SAMPLING_ALIASES, SAMPLING_KNOBS, lookup
+from ..actions import parse_knobs, run
 
-# Workload knobs of a run, beside the registry's engine and sampling knobs.
-WORKLOAD = {"prompt_len": 128, "output_len": 64, "num_prompts": 0, "workload_seed": 0}
-
-
-def knob_names() -> list[str]:
-    sampling = [n for n in SAMPLING_KNOBS if n not in ENGINE_KNOBS] + list(SAMPLING_ALIASES)
-    return sorted([*ENGINE_KNOBS, *sampling, *WORKLOAD])
-
-
-def parse_knobs(tokens: list[str]) -> tuple[dict, dict, dict]:
-    """`key=value` tokens -> (engine knobs, sampling knobs, workload) checked against the registry.
-
-    Raises ValueError with one line naming the problem and what is allowed."""
-    engine, sampling, workload = {}, {}, {}
-    for tok in tokens:
-        if "=" not in tok:
-            raise ValueError(f"{tok!r} is not a knob setting: write key=value, e.g. batch_size=8")
-        key, value = tok.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if key == "max_new_tokens":  # a run's output length is its workload's output_len
-            key = "output_len"
-        if key in WORKLOAD:
-            try:
-                n = int(value)
-            except ValueError:
-                raise ValueError(f"{key}={value!r} is not allowed: {key} must be an int") from None
-            if n < (0 if key in ("num_prompts", "workload_seed") else 1):
-                raise ValueError(f"{key}={n} is not allowed: {key} must be >= "
-                                 f"{0 if key in ('num_prompts', 'workload_seed') else 1}")
-            workload[key] = n
-        elif (found := lookup(key)) is not None:
-            group, reg, knob = found
-            (engine if group == "engine" else sampling)[reg] = knob.parse(value)
-        else:
-            close = difflib.get_close_matches(key, knob_names(), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise ValueError(f"unknown knob {key!r}{hint}: knobs are {', '.join(knob_names())}")
-    return engine, sampling, workload
+__all__ = ["Session", "compare", "parse_knobs"]
 
 
 class Session:
@@ -75,19 +37,9 @@ class Session:
     def run(self, engine_knobs: dict | None = None, sampling_knobs: dict | None = None,
             workload: dict | None = None, profile: bool = False, prompts: list[str] | None = None,
             on_step: Callable[[dict], bool | None] | None = None, progress=None):
-        """Apply the knobs, generate, store the record; returns the RunResult."""
-        from ..config import SamplingParams
-        from ..engine.workload import Workload
-
+        """Apply the knobs, generate (tuner.actions.run), store the record; returns the RunResult."""
         engine = self.load(progress=progress, **(engine_knobs or {}))
-        w = {**WORKLOAD, **(workload or {})}
-        sampling = SamplingParams(max_new_tokens=w["output_len"], **(sampling_knobs or {}))
-        if prompts:
-            source = prompts
-        else:
-            source = Workload(batch=w["num_prompts"] or engine.config.batch_size, prompt_len=w["prompt_len"],
-                              output_len=w["output_len"], seed=w["workload_seed"])
-        result = engine.generate(source, sampling, profile=profile, on_step=on_step)
+        result = run(engine, sampling_knobs, workload, prompts, profile, on_step)
         self.record(result)
         return result
 

@@ -1,1 +1,2 @@
-"""Decoder definitions, checkpoint loading, dummy weights and presets."""
+"""Model shapes and presets, weight types (float and quantized linears), the decoder, checkpoint loading and
+dummy weights."""

@@ -2,81 +2,51 @@
 
 Weights are filled one destination tensor at a time: q/k/v and gate/up are copied into fused
 tensors, a quantized layer replaces its float weight as soon as it is filled, and each source
-tensor's mapped pages are dropped after the copy, so peak memory stays near the final weight bytes.
+tensor's mapped pages leave the process after the copy, so peak memory stays near the final weight bytes.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
-import mmap
-import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from .args import ModelArgs
 from .model import Layer, Transformer
 from .quant import Embedding, Int8Embedding, Int8Linear, Linear, TiedLMHead, make_linear
 
-_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 DUMMY_RANGE = 1e-3  # vLLM's dummy loader: uniform in [-1e-3, 1e-3]
 
 
-class SafetensorsFile:
-    """A safetensors file memory-mapped read-only; tensors are zero-copy views of the mapping."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(n))
-            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: never written back
-        header.pop("__metadata__", None)
-        self.entries = {name: (e["dtype"], e["shape"], 8 + n + e["data_offsets"][0], 8 + n + e["data_offsets"][1])
-                        for name, e in header.items()}
-
-    def get(self, name: str) -> torch.Tensor:
-        dtype, shape, start, end = self.entries[name]
-        if dtype not in _DTYPES:
-            raise ValueError(f"{self.path.name}: tensor {name} has dtype {dtype}, which tuner cannot read")
-        raw = torch.frombuffer(self._mm, dtype=torch.uint8, count=end - start, offset=start)
-        return raw.view(_DTYPES[dtype]).view(shape)
-
-    def release(self, name: str) -> None:
-        """Drop the pages of tensor `name` from this process (they stay in the page cache)."""
-        _, _, start, end = self.entries[name]
-        page = mmap.PAGESIZE
-        lo, hi = -(-start // page) * page, end // page * page
-        if hi > lo and hasattr(self._mm, "madvise"):
-            self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-
-    def close(self) -> None:
-        self._mm.close()
-
-
 class _Checkpoint:
-    """Every *.safetensors file of a directory (sharded or not), by tensor name."""
+    """Every *.safetensors file of a directory (sharded or not), by tensor name, read through `safetensors`.
+
+    Each tensor is read from a file opened (memory-mapped) for it alone: the pages it touched leave this
+    process when the file closes, so resident memory holds the destination tensors and one source at a time.
+    """
 
     def __init__(self, path: Path):
-        self.files = [SafetensorsFile(p) for p in sorted(path.glob("*.safetensors"))]
-        self.where = {name: f for f in self.files for name in f.entries}
+        self.where: dict[str, Path] = {}
+        for file in sorted(path.glob("*.safetensors")):
+            with safe_open(file, framework="pt") as f:
+                self.where.update(dict.fromkeys(f.keys(), file))
         self.used: set[str] = set()
 
     def fill(self, dst: torch.Tensor, name: str) -> None:
         if name not in self.where:
             raise ValueError(f"checkpoint has no tensor {name!r}: is it a complete, supported checkpoint?")
-        f = self.where[name]
-        src = f.get(name)
-        if tuple(src.shape) != tuple(dst.shape):
-            raise ValueError(f"checkpoint tensor {name} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
-        dst.copy_(src)
-        f.release(name)
+        with safe_open(self.where[name], framework="pt") as f:
+            src = f.get_tensor(name)
+            if tuple(src.shape) != tuple(dst.shape):
+                raise ValueError(f"checkpoint tensor {name} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
+            dst.copy_(src)
+            del src
         self.used.add(name)
 
     def check_all_used(self, allowed_unused: set[str]) -> None:
@@ -85,10 +55,6 @@ class _Checkpoint:
         if unused:
             raise ValueError(f"checkpoint has {len(unused)} tensor(s) tuner does not know, e.g. {unused[:3]}: "
                              "is the architecture in config.json right?")
-
-    def close(self) -> None:
-        for f in self.files:
-            f.close()
 
 
 class _Dummy:
@@ -124,35 +90,31 @@ def build_model(args: ModelArgs, checkpoint: Path | None, dtype: torch.dtype, de
         b = tensor((out_in[0],), *(f"{prefix}.{n}.bias" for n in names)) if bias else None
         return make_linear(w, b, quant, group_size)
 
-    try:
-        shapes = args.linear_shapes()
-        layers = []
-        for i in range(args.n_layers):
-            p = f"model.layers.{i}"
-            qk_norm = None
-            if args.qk_norm:
-                q_norm = tensor((args.head_dim,), f"{p}.self_attn.q_norm.weight")
-                k_norm = tensor((args.head_dim,), f"{p}.self_attn.k_norm.weight")
-                qk_norm = torch.cat([q_norm.expand(args.n_heads, -1), k_norm.expand(args.n_kv_heads, -1)])
-            layers.append(Layer(
-                attn_norm=tensor((args.dim,), f"{p}.input_layernorm.weight"),
-                wqkv=linear(shapes["wqkv"], f"{p}.self_attn", ["q_proj", "k_proj", "v_proj"], args.qkv_bias),
-                qk_norm=qk_norm,
-                wo=linear(shapes["wo"], f"{p}.self_attn", ["o_proj"], args.o_bias),
-                mlp_norm=tensor((args.dim,), f"{p}.post_attention_layernorm.weight"),
-                w13=linear(shapes["w13"], f"{p}.mlp", ["gate_proj", "up_proj"], args.mlp_bias),
-                w2=linear(shapes["w2"], f"{p}.mlp", ["down_proj"], args.mlp_bias),
-            ))
-            _release_freed_memory()
-            if progress:
-                progress(i + 1, args.n_layers)
-        embed, lm_head = _ends(args, tensor, quant)
-        norm = tensor((args.dim,), "model.norm.weight")
-        if isinstance(source, _Checkpoint):
-            source.check_all_used({"lm_head.weight"} if args.tie_word_embeddings else set())
-    finally:
-        if isinstance(source, _Checkpoint):
-            source.close()
+    shapes = args.linear_shapes()
+    layers = []
+    for i in range(args.n_layers):
+        p = f"model.layers.{i}"
+        qk_norm = None
+        if args.qk_norm:
+            q_norm = tensor((args.head_dim,), f"{p}.self_attn.q_norm.weight")
+            k_norm = tensor((args.head_dim,), f"{p}.self_attn.k_norm.weight")
+            qk_norm = torch.cat([q_norm.expand(args.n_heads, -1), k_norm.expand(args.n_kv_heads, -1)])
+        layers.append(Layer(
+            attn_norm=tensor((args.dim,), f"{p}.input_layernorm.weight"),
+            wqkv=linear(shapes["wqkv"], f"{p}.self_attn", ["q_proj", "k_proj", "v_proj"], args.qkv_bias),
+            qk_norm=qk_norm,
+            wo=linear(shapes["wo"], f"{p}.self_attn", ["o_proj"], args.o_bias),
+            mlp_norm=tensor((args.dim,), f"{p}.post_attention_layernorm.weight"),
+            w13=linear(shapes["w13"], f"{p}.mlp", ["gate_proj", "up_proj"], args.mlp_bias),
+            w2=linear(shapes["w2"], f"{p}.mlp", ["down_proj"], args.mlp_bias),
+        ))
+        _release_freed_memory()
+        if progress:
+            progress(i + 1, args.n_layers)
+    embed, lm_head = _ends(args, tensor, quant)
+    norm = tensor((args.dim,), "model.norm.weight")
+    if isinstance(source, _Checkpoint):
+        source.check_all_used({"lm_head.weight"} if args.tie_word_embeddings else set())
     return Transformer(args, embed, layers, norm, lm_head)
 
 

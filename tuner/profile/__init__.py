@@ -1,1 +1,2 @@
-"""Hardware ceilings and (later) the profiler, cost model and roofline."""
+"""What a run costs and why: hardware ceilings and calibration, the analytic cost model, the profiler's capture
+and roofline verdicts, plots, and TensorBoard."""

@@ -1,6 +1,6 @@
 """Analytic cost model: FLOPs and bytes of every op of one forward pass, from shapes and dtypes alone.
 
-LLM-Viewer-style counts (../shared/reference/profiling.md section 4). Bytes are the unique traffic the
+LLM-Viewer-style counts (docs/architecture.md, "The cost model"). Bytes are the unique traffic the
 op must move (each input read once, each output written once), so measured traffic is at least this.
 These are estimates: the profiler divides them by measured time to get achieved rates.
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
 BOUND_COLORS = {"memory": "#1f77b4", "compute": "#d62728", "overhead": "#7f7f7f"}
 
 
-class _Figures:
-    """Figures made without pyplot (safe from a worker thread, and not left open in pyplot's registry);
-    they carry _repr_png_, so a notebook shows one returned from a cell."""
-
-    @staticmethod
-    def subplots(figsize, nrows: int = 1, ncols: int = 1, **kw):
-        fig = figure(figsize)
-        return fig, fig.subplots(nrows, ncols, **kw)
+def subplots(figsize, nrows: int = 1, ncols: int = 1, **kw):
+    """(Figure, axes) made without pyplot: safe from a worker thread, not left open in pyplot's registry, and
+    shown by a notebook when a cell returns the figure (it carries _repr_png_)."""
+    fig = figure(figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
 
 
 def figure(figsize):
@@ -26,11 +25,19 @@ def figure(figsize):
     return TunerFigure(figsize=figsize)
 
 
-def _plt():
-    import seaborn as sns
+def styled(plot):
+    """Draw `plot` in seaborn's whitegrid look inside a matplotlib style context: the session's own settings
+    (rcParams) are the same afterwards."""
 
-    sns.set_theme(style="whitegrid", context="notebook")
-    return _Figures, sns
+    @functools.wraps(plot)
+    def draw(*args, **kwargs):
+        import matplotlib
+        import seaborn as sns
+
+        with matplotlib.rc_context({**sns.axes_style("whitegrid"), **sns.plotting_context("notebook")}):
+            return plot(*args, **kwargs)
+
+    return draw
 
 
 def png(fig, dpi: int = 90) -> bytes:
@@ -53,17 +60,17 @@ def _ops(result, phase: str | None):
     return df
 
 
+@styled
 def roofline(result, phase: str | None = None, ax=None):
     """Ops as points (arithmetic intensity, achieved FLOP/s) on log-log axes under the measured ceilings
     (bandwidth slope and matmul roof), coloured by their bound; prefill circles, decode triangles."""
     import numpy as np
 
-    plt, sns = _plt()
     df = _ops(result, phase)
     df = df[(df.flops > 0) & (df.time_ms > 0)]
     hw = result.hardware
     bw, peak = hw["bandwidth_gbs"] * 1e9, hw["matmul_tflops"] * 1e12
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 5.5))
+    fig, ax = (ax.figure, ax) if ax is not None else subplots(figsize=(8, 5.5))
     lo = max(min(df.intensity.min(), peak / bw) / 10, 1e-3)
     hi = max(df.intensity.max(), peak / bw) * 10
     x = np.logspace(np.log10(lo), np.log10(hi), 200)
@@ -86,13 +93,13 @@ def roofline(result, phase: str | None = None, ax=None):
     return fig
 
 
+@styled
 def time_breakdown(result, ax=None):
     """Time per op and phase as horizontal bars, coloured by bound."""
-    plt, sns = _plt()
     df = _ops(result, None).copy()
     df["label"] = df.phase + ": " + df.op
     df = df.sort_values("time_ms", ascending=True)
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, max(3, 0.28 * len(df))))
+    fig, ax = (ax.figure, ax) if ax is not None else subplots(figsize=(8, max(3, 0.28 * len(df))))
     ax.barh(df.label, df.time_ms, color=[BOUND_COLORS.get(b, "C0") for b in df.bound])
     total = df.groupby("phase").time_ms.transform("sum")
     for y, (t, share) in enumerate(zip(df.time_ms, df.time_ms / total, strict=True)):
@@ -106,15 +113,15 @@ def time_breakdown(result, ax=None):
     return fig
 
 
+@styled
 def step_latency(result, ax=None):
     """Decode step latency over the run (ms per step), with its median."""
     import numpy as np
 
-    plt, sns = _plt()
     steps = result.timings.get("decode_step_ms") or []
     if not steps:
         raise ValueError("this run has no decode steps")
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8, 3.5))
+    fig, ax = (ax.figure, ax) if ax is not None else subplots(figsize=(8, 3.5))
     ax.plot(np.arange(1, len(steps) + 1), steps, lw=1.2, color="#1f77b4", label="decode step")
     med = float(np.median(steps))
     ax.axhline(med, color="black", lw=0.8, ls="--", label=f"median {med:.2f} ms")

@@ -76,7 +76,7 @@ def split_knobs(knobs: dict[str, Any]) -> tuple[dict, dict]:
     engine, sampling = {}, {}
     for k, v in knobs.items():
         found = lookup(k)
-        if found is None:
+        if found is None or found[0] == "workload":
             raise ValueError(f"unknown knob {k!r}: knobs are {', '.join([*ENGINE_KNOBS, *SAMPLING_KNOBS])}")
         (engine if found[0] == "engine" else sampling)[found[1]] = v
     return engine, sampling
@@ -106,6 +106,34 @@ def export(source, format: str = "tuner", path: str | Path | None = None, object
 def export_all(source, directory: str | Path, objective: str | None = None) -> dict[str, Path]:
     directory = Path(directory)
     return {f: export(source, f, directory if f == "hf" else directory / FORMATS[f], objective) for f in FORMATS}
+
+
+def export_formats(source, format: str, path: str | Path | None = None,
+                   objective: str | None = None) -> dict[str, Path]:
+    """What `tuner export` and `%tuner export` write: one format (FORMATS) or "all" of them; {format: path}."""
+    if format == "all":
+        return export_all(source, path or Path("."), objective)
+    return {format: export(source, format, path, objective)}
+
+
+def load_record(path: str | Path):
+    """The RunResult (tuner.run/1) or SweepResult (tuner.sweep/1) saved at `path`, from any machine."""
+    from ..result import SCHEMA as RUN
+    from ..result import RunResult
+    from .result import SCHEMA as SWEEP
+    from .result import SweepResult
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable JSON record: {e}") from None
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema == SWEEP:
+        return SweepResult.from_dict(data)
+    if schema == RUN:
+        return RunResult.from_dict(data)
+    raise ValueError(f"{path} is neither a run record ({RUN}) nor a sweep record ({SWEEP})")
 
 
 # -- formats -----------------------------------------------------------------------------------------
@@ -147,9 +175,8 @@ def _model_id(cfg: EngineConfig) -> tuple[str, str | None]:
 
 
 def _sampling_overrides(s: SamplingParams) -> dict:
-    out = {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p,
-           "repetition_penalty": s.repetition_penalty}
-    return {k: v for k, v in out.items()}
+    return {"temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p,
+            "repetition_penalty": s.repetition_penalty}
 
 
 def _vllm(choice: Choice) -> str:

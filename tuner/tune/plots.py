@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..profile.plots import _plt
+from ..profile.plots import styled, subplots
 
 COLORS = {"feasible": "#2ca02c", "infeasible": "#ff7f0e", "failed": "#7f7f7f", "front": "#1f77b4"}
 
@@ -18,12 +18,12 @@ def _metric(t: dict, name: str, result) -> float | None:
     return t["metrics"].get(name)
 
 
+@styled
 def pareto(result, x: str | None = None, y: str | None = None):
-    plt, sns = _plt()
     objs = [o.metric for o in result.objectives]
     x = x or (objs[1] if len(objs) > 1 else "tpot_ms_p99" if objs[0] != "tpot_ms_p99" else "output_tok_s")
     y = y or objs[0]
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = subplots(figsize=(6.5, 4.5))
     shown = 0
     for kind in ("failed", "infeasible", "feasible"):
         pts = [(_metric(t, x, result), _metric(t, y, result)) for t in result.trials
@@ -53,12 +53,12 @@ def pareto(result, x: str | None = None, y: str | None = None):
     return fig
 
 
+@styled
 def effects(result, metric: str | None = None):
     """Each knob's values against `metric` (default: the first objective), feasible trials coloured."""
-    plt, sns = _plt()
     metric = metric or result.objectives[0].metric
     knobs = list(result.space)
-    fig, axes = plt.subplots(figsize=(3.2 * len(knobs), 3.4), ncols=len(knobs), squeeze=False)
+    fig, axes = subplots(figsize=(3.2 * len(knobs), 3.4), ncols=len(knobs), squeeze=False)
     for ax, k in zip(axes[0], knobs, strict=True):
         for kind in ("failed", "infeasible", "feasible"):
             pts = [(str(t["params"].get(k)), _metric(t, metric, result)) for t in result.trials
@@ -74,9 +74,9 @@ def effects(result, metric: str | None = None):
     return fig
 
 
+@styled
 def parallel(result):
     """Parallel coordinates over the knobs (categories spread evenly) and the objectives (scaled 0..1)."""
-    plt, sns = _plt()
     axes_names = list(result.space) + [o.metric for o in result.objectives]
     rows = [t for t in result.trials if not t["error"] and t.get("duplicate_of") is None]
     if not rows:
@@ -92,7 +92,7 @@ def parallel(result):
         else:
             cats = sorted({str(v) for v in vals}, key=str)
             cols.append([cats.index(str(v)) / max(1, len(cats) - 1) for v in vals])
-    fig, ax = plt.subplots(figsize=(1.6 * len(axes_names) + 2, 4))
+    fig, ax = subplots(figsize=(1.6 * len(axes_names) + 2, 4))
     for i, t in enumerate(rows):
         ys = [c[i] for c in cols]
         ax.plot(range(len(axes_names)), [0.5 if y is None else y for y in ys], lw=1.1, alpha=0.75,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..knobs import ENGINE_KNOBS, SAMPLING_ALIASES, SAMPLING_KNOBS, Knob, lookup
+from ..knobs import Knob, lookup, shared_names
 from ..result import PERCENTILES
 
 NOT_SWEPT = {"max_new_tokens", "stop_token_ids", "ignore_eos"}  # the workload fixes these
@@ -37,10 +37,9 @@ def _knob(name: str) -> tuple[str, str, Knob]:
     """(group, registry name, knob) of a space key (knobs.lookup, less those the workload fixes); ValueError
     naming the knobs when it is unknown."""
     found = lookup(name)
-    if found is not None and found[1] not in NOT_SWEPT:
+    if found is not None and found[0] != "workload" and found[1] not in NOT_SWEPT:
         return found
-    names = [*ENGINE_KNOBS, *(n for n in SAMPLING_KNOBS if n not in ENGINE_KNOBS), *SAMPLING_ALIASES]
-    known = sorted(n for n in names if lookup(n)[1] not in NOT_SWEPT)
+    known = [n for n in shared_names(NOT_SWEPT) if lookup(n)[0] != "workload"]  # the sweep's workload fixes these
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     raise ValueError(f"unknown knob {name!r} in the sweep space{hint}: knobs are {', '.join(known)}")

@@ -20,11 +20,13 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..engine.workload import Workload
 from .result import SweepResult, pareto_front
 from .space import QUALITY_METRICS, Constraint, Objective, Space, _knob, parse_constraint, parse_objective
+
+if TYPE_CHECKING:
+    from ..engine.workload import Workload
 
 SAMPLERS = ("tpe", "grid", "random", "nsga2")
 DEFAULT_STORAGE = "sqlite:///tuner-runs/sweeps.db"
@@ -94,8 +96,10 @@ def _free() -> None:
 
 
 def _workload(w: Workload | dict | None) -> Workload:
+    from ..engine.workload import Workload
+
     if w is None:
-        return Workload(prompt_len=128, output_len=64)
+        return Workload()
     if isinstance(w, Workload):
         return w
     if isinstance(w, dict):
@@ -250,7 +254,7 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
             study_.stop()
         if bar is not None:
             bar.n = min(n_complete(), target)
-            front = [t for t in study_.best_trials] if trial.state.name == "COMPLETE" else []
+            front = study_.best_trials if trial.state.name == "COMPLETE" else []
             if front:
                 bar.set_postfix_str(", ".join(f"{o.metric}={front[0].values[i]:.4g}" for i, o in enumerate(objectives)))
             bar.refresh()
@@ -397,3 +401,16 @@ def sweep_spec(source: dict | str | Path) -> dict:
     if unknown:
         raise ValueError(f"unknown sweep section(s) {sorted(unknown)}: sections are {', '.join(SPEC_KEYS)}")
     return dict(doc)
+
+
+def sweep_from_spec(source: dict | str | Path, overrides: dict | None = None, base: dict | None = None,
+                    base_defaults: dict | None = None, **kw) -> SweepResult:
+    """What `tuner sweep FILE` and `%%tuner sweep` run: the sweep a document describes (sweep_spec), with the
+    front end's flags laid over it. overrides: sweep() arguments (objectives, n_trials, ...; None values are
+    not given); base: knobs that replace the document's; base_defaults: knobs that fill only what it leaves out.
+    The rest of **kw goes to sweep() (runs_dir, progress, ...)."""
+    spec = sweep_spec(source)
+    spec.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    spec["base"] = {**(base_defaults or {}), **(spec.get("base") or {}),
+                    **{k: v for k, v in (base or {}).items() if v is not None}}
+    return sweep(**spec, **kw)
