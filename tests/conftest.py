@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+# Idle OpenMP threads sleep instead of spinning (set before torch loads; subprocesses and kernels inherit it):
+# on a machine whose cores are busy with other work, spinning threads starve the thread doing the work
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 VOCAB = 320
 

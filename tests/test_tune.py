@@ -58,33 +58,37 @@ def test_space_objectives_and_constraints_are_checked():
 
 
 def test_tpe_finds_what_the_grid_says_is_best_and_constraints_exclude_violators(tmp_path):
+    # decode_bytes_per_token is analytic (weights and KV read per step over the tokens it computes), so which
+    # configuration is best, and which breaks a bound, cannot depend on how busy the machine is
     space = {"batch_size": [1, 8], "quant": ["none", "int8"]}
-    common = dict(workload=WORKLOAD, base=BASE, storage=None, runs_dir=tmp_path, progress=False)
-    grid = sweep(space, objectives="max:output_tok_s", sampler="grid", **common)
+    common = dict(workload=WORKLOAD, base=BASE, storage=None, runs_dir=tmp_path, progress=False, warmup=False)
+    objective = "min:decode_bytes_per_token"
+    grid = sweep(space, objectives=objective, sampler="grid", **common)
     assert len(grid.trials) == 4 and all(t["feasible"] for t in grid.trials)
     best = grid.best_trial()["params"]
     assert best == {"batch_size": 8, "quant": "int8"}  # 8 rows per weight read, and a quarter of the bytes
-    tpe = sweep(space, objectives="max:output_tok_s", sampler="tpe", n_trials=4, seed=3, **common)
+    tpe = sweep(space, objectives=objective, sampler="tpe", n_trials=4, seed=3, **common)
     assert tpe.best_trial()["params"] == best
     # every trial's record was written as it finished
     runs = list((tmp_path / "sweeps" / tpe.study_name).glob("*.json"))
     assert {t["run_id"] for t in tpe.trials if t.get("duplicate_of") is None} <= {p.stem for p in runs}
 
-    # an SLO between the trials' TPOTs: the ones above it are infeasible, never best
-    tpots = sorted(t["metrics"]["tpot_ms_p99"] for t in grid.trials)
-    bound = (tpots[1] * tpots[2]) ** 0.5
-    slo = sweep(space, objectives="max:output_tok_s", constraints=[f"tpot_ms_p99 <= {bound:.3f}"], sampler="grid",
+    # a bound between the trials' figures: the ones above it are infeasible, never best
+    per_token = sorted(t["metrics"]["decode_bytes_per_token"] for t in grid.trials)
+    bound = (per_token[1] * per_token[2]) ** 0.5
+    c = f"decode_bytes_per_token <= {bound:.6g}"
+    slo = sweep(space, objectives="max:output_tok_s", constraints=[c, "tpot_ms_p99 <= 1e9"], sampler="grid",
                 **common)
     for t in slo.trials:
-        assert t["feasible"] == (t["metrics"]["tpot_ms_p99"] <= bound), t
+        assert t["feasible"] == (t["metrics"]["decode_bytes_per_token"] <= float(f"{bound:.6g}")), t
         if not t["feasible"]:
-            assert t["violated"] == [f"tpot_ms_p99 <= {float(f'{bound:.3f}'):g}"]
+            assert t["violated"] == [str(parse_constraint(c))]
     ok = slo.feasible
-    assert ok and len(ok) < 4
+    assert {tuple(t["params"].values()) for t in ok} == {(8, "none"), (8, "int8")}
     assert slo.best_trial()["number"] == max(ok, key=lambda t: t["metrics"]["output_tok_s"])["number"]
     df = slo.frame()
     assert list(df.columns[:3]) == ["trial", "batch_size", "quant"] and set(df.feasible) == {True, False}
-    assert (df[~df.feasible].why_not.str.startswith("tpot_ms_p99 <=")).all()
+    assert (df[~df.feasible].why_not.str.startswith("decode_bytes_per_token <=")).all()
 
 
 def test_an_out_of_memory_trial_is_infeasible_and_the_sweep_goes_on(tmp_path):
@@ -125,6 +129,11 @@ tuner.sweep({{"batch_size": [1, 2, 3, 4, 5, 6]}}, workload={WORKLOAD!r}, base={B
     proc.wait()
     assert len(done) >= 2, "the sweep did not finish two trials"
     study = optuna.load_study(study_name="killed", storage=db)
+    # the trial the kill cut short: fail it, as the storage's heartbeat does once its grace period has passed
+    # (a resume that starts later than that, as on a busy machine, finds it failed; Optuna's grid then counted
+    # its point as done and never measured it)
+    for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+        study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
     before = {t.number: (t.params, t.values) for t in study.get_trials() if t.state.name == "COMPLETE"}
     assert len(before) < 6
 

@@ -104,8 +104,9 @@ def _parser() -> argparse.ArgumentParser:
                                     "and writes OUT/report.html, the run records and every export format.")
     dm.add_argument("--out", type=Path, default=Path("tuner-demo"), help="output folder (default tuner-demo)")
     dm.add_argument("--n-trials", type=int, default=12, help="trials (default 12 of the 24 configurations)")
-    dm.add_argument("--tpot-slo", type=float, default=20.0,
-                    help="the SLO: p99 TPOT at most this many ms (default 20)")
+    dm.add_argument("--tpot-slo", type=float, default=None,
+                    help="the SLO: p99 TPOT at most this many ms (default: twice this machine's batch-1 TPOT, "
+                         "measured first)")
     dm.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier demo in OUT")
     tb = sub.add_parser("tensorboard", help="serve the profiled runs in TensorBoard on 127.0.0.1",
                         description="Start TensorBoard with the PyTorch profiler plugin over a log dir; Ctrl-C stops.")

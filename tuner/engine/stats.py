@@ -21,6 +21,7 @@ class RunStats:
         self.decode_ms: list[float] = []
         self.decode_flops: list[float] = []
         self.decode_bytes: list[float] = []
+        self.decode_rows: list[int] = []  # sequences each decode step computed a token for
         self.stopped = False
 
     def start(self, batch: Batch) -> None:
@@ -40,6 +41,7 @@ class RunStats:
             self.decode_ms.append(step_ms)
             self.decode_flops.append(pending.flops)
             self.decode_bytes.append(pending.nbytes)
+            self.decode_rows.append(len(batch))
         if self.on_step is not None and self.on_step(self._event(batch, phase, step_ms, now)):
             self.stopped = True
 
@@ -52,9 +54,12 @@ class RunStats:
                 "total_tokens": self.n_requests * self.max_new_tokens}
 
     def decode_metrics(self, hardware: dict) -> dict:
-        """Decode bandwidth, MBU and MFU against the measured ceilings, and the prefill time."""
+        """Decode bandwidth, MBU and MFU against the measured ceilings, the bytes a decode step moves per token it
+        computes (analytic, so the same on any machine), and the prefill time."""
         decode_s = sum(self.decode_ms) / 1e3
-        out = {"decode_gbs": None, "mbu": None, "mfu": None}
+        out = {"decode_gbs": None, "mbu": None, "mfu": None, "decode_bytes_per_token": None}
+        if self.decode_rows:
+            out["decode_bytes_per_token"] = sum(self.decode_bytes) / sum(self.decode_rows)
         if decode_s:
             out["decode_gbs"] = sum(self.decode_bytes) / decode_s / 1e9
             out["mbu"] = out["decode_gbs"] / hardware["bandwidth_gbs"]

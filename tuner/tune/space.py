@@ -28,6 +28,7 @@ METRICS: dict[str, str] = {
     **{m: "min" for m in _LATENCY}, **{f"{m}_p{p}": "min" for m in _LATENCY for p in PERCENTILES},
     "output_tok_s": "max", "total_tok_s": "max", "request_s": "max", "mbu": "max", "mfu": "max",
     "decode_gbs": "max", "prefill_ms": "min", "duration_s": "min",
+    "decode_bytes_per_token": "min",  # analytic: weights and KV a decode step reads over the tokens it computes
     "kl_divergence": "min", "top1_agreement": "max",  # output drift against the unquantized model (quality.py)
 }
 QUALITY_METRICS = ("kl_divergence", "top1_agreement")

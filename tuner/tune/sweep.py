@@ -158,13 +158,39 @@ def _sampler(name: str, space: Space, n_constraints: int, seed: int | None):
     constraints = None if _new_constraints_api() else from_attrs
 
     if name == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+        return _grid_sampler(space.grid(), seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints)
     return optuna.samplers.TPESampler(seed=seed, constraints_func=constraints, constant_liar=True,
                                       n_startup_trials=min(10, max(4, len(space.dims) * 2)))
+
+
+def _grid_sampler(grid: dict[str, list], seed: int | None):
+    """Optuna's grid sampler, except that a point whose trial FAILed is not done: it runs again.
+
+    tuner records every error of a run as a COMPLETE infeasible trial, so a FAIL trial is one whose process
+    died (the storage's heartbeat failed it, or a later run did). Optuna's grid counts it as visited, so a
+    sweep resumed after a kill never measured that point once the heartbeat had failed it, and still stopped
+    as if the grid were covered (found by test_a_killed_sweep_resumes_with_every_finished_trial on a busy
+    machine, where resuming took longer than the heartbeat's grace period)."""
+    import optuna
+
+    class Grid(optuna.samplers.GridSampler):
+        def _get_unvisited_grid_ids(self, study) -> list[int]:
+            done, running = set(), set()
+            for t in study.get_trials(deepcopy=False):
+                if "grid_id" not in t.system_attrs or not self._same_search_space(t.system_attrs["search_space"]):
+                    continue
+                if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+                    done.add(t.system_attrs["grid_id"])
+                elif t.state == optuna.trial.TrialState.RUNNING:
+                    running.add(t.system_attrs["grid_id"])
+            todo = set(range(len(self._all_grids))) - done
+            return sorted(todo - running) or sorted(todo)  # points in flight elsewhere go last, not never
+
+    return Grid(grid, seed=seed)
 
 
 def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = None,
