@@ -33,8 +33,15 @@ def _add_knob(group, knob: Knob, dest: str, prefix: str = "") -> None:
                            help=help_text)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors in one line (not the whole usage) and a pointer to --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tuner", description="Run, profile and tune a real LLM inference engine.")
+    p = _Parser(prog="tuner", description="Run, profile and tune a real LLM inference engine.")
     sub = p.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="generate for a workload and print its metrics",
@@ -55,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="a text prompt instead of the synthetic workload (needs the checkpoint's tokenizer; "
                          "repeat for several)")
     out = run.add_argument_group("output")
-    out.add_argument("--threads", type=int, default=None, help="CPU threads torch may use (default: torch's)")
+    out.add_argument("--threads", type=_positive_int, default=None, help="CPU threads torch may use (default: torch's)")
     out.add_argument("--no-warmup", action="store_true", help="skip the short warm-up batch before the run")
     out.add_argument("--json", type=Path, default=None, help="write the RunResult (tuner.run/1) to this file")
     out.add_argument("--profile", action="store_true",
@@ -115,6 +122,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
 def _collect(args, prefix: str, knobs: dict[str, Knob]) -> dict:
     values = {}
     for name, knob in knobs.items():
@@ -131,6 +144,11 @@ def cmd_run(args) -> int:
     from .config import EngineConfig
     from .engine.engine import Engine
 
+    # what the run will write to is checked before it runs, so a bad path loses no run
+    if args.json is not None and args.json.is_dir():
+        raise ValueError(f"--json {args.json} is a directory: give the file to write the run record to")
+    if args.logdir is not None and args.logdir.exists() and not args.logdir.is_dir():
+        raise ValueError(f"--logdir {args.logdir} is a file: give the directory the traces go to")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = EngineConfig(**_collect(args, "engine_", ENGINE_KNOBS))

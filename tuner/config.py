@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .knobs import ENGINE_KNOBS, SAMPLING_KNOBS, Knob
+from .knobs import ENGINE_KNOBS, SAMPLING_KNOBS, Knob, short_repr
 from .models.args import ModelArgs, model_shapes, resolve_model
 
 
@@ -38,7 +38,8 @@ class _Validated:
     def from_dict(cls, d: dict[str, Any]):
         unknown = set(d) - set(cls._knobs)
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} knob(s) {sorted(unknown)}: known are {', '.join(cls._knobs)}")
+            raise ValueError(f"unknown {cls.__name__} knob(s) {short_repr(sorted(map(str, unknown)))}: known are "
+                             f"{', '.join(cls._knobs)}")
         return cls(**d)
 
     def replace(self, **changes):
@@ -117,26 +118,71 @@ SamplingParams = _make("SamplingParams", SAMPLING_KNOBS, _Validated,
 # -- config files ---------------------------------------------------------------------------------------
 
 CONFIG_SCHEMA = "tuner.config/1"
+MAX_YAML_BYTES = 1 << 20  # a config or sweep file is a few KB; anything past this is refused unread
+
+
+def read_yaml(source: str | Path, what: str) -> Any:
+    """Safe YAML (no tags, nothing executed, no key given twice, at most MAX_YAML_BYTES) from a file, or from a
+    YAML string when `source` is a str holding a newline or not naming a .yaml/.yml file. ValueError names the
+    file (or `what`) and the place."""
+    import yaml
+
+    text, name = source, what
+    if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"{what} file {path} does not exist")
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise ValueError(f"{path} is {path.stat().st_size} bytes: a {what} file is at most {MAX_YAML_BYTES}")
+        name = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    elif len(text) > MAX_YAML_BYTES:
+        raise ValueError(f"the {what} is {len(text)} characters: at most {MAX_YAML_BYTES}")
+    try:
+        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 - a SafeLoader that also refuses repeated keys
+    except (yaml.YAMLError, RecursionError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ValueError(f"{name} is not plain YAML{where}: {first[:200]}") from None
+
+
+def _strict_loader():
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if isinstance(key, (str, int, float, bool)) and key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                            key_node.start_mark)
+                seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
 
 
 def load_config(path: str | Path) -> tuple[EngineConfig, SamplingParams]:
     """Read a tuner.config/1 YAML (safe YAML: no tags, nothing executed) and validate every knob. A file written
     on another machine loads here; only building its Engine checks this machine."""
-    import yaml
-
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{path} is not a tuner configuration: not plain YAML ({first})") from None
+        data = read_yaml(path, "tuner configuration")
+    except ValueError as e:
+        raise ValueError(f"{path} is not a tuner configuration: {str(e).removeprefix(str(path) + ' is ')}") from None
     if not isinstance(data, dict) or data.get("schema") != CONFIG_SCHEMA:
         found = data.get("schema") if isinstance(data, dict) else type(data).__name__
-        raise ValueError(f"{path} is not a tuner configuration: schema is {found!r}, expected {CONFIG_SCHEMA!r}")
+        raise ValueError(f"{path} is not a tuner configuration: schema is {short_repr(found)}, "
+                         f"expected {CONFIG_SCHEMA!r}")
     extra = set(data) - {"schema", "engine", "sampling", "provenance"}
     if extra:
-        raise ValueError(f"{path}: unknown sections {sorted(extra)} (a tuner.config/1 file has engine, sampling, "
-                         "provenance)")
+        raise ValueError(f"{path}: unknown sections {short_repr(sorted(map(str, extra)))} (a tuner.config/1 file "
+                         "has engine, sampling, provenance)")
     engine, sampling = data.get("engine"), data.get("sampling", {})
     if not isinstance(engine, dict) or not isinstance(sampling, dict):
         raise ValueError(f"{path}: engine and sampling must be mappings of knob: value")

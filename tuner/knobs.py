@@ -8,8 +8,20 @@ it too. Adding a knob is one entry here plus the code that honours it (docs/arch
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 from typing import Any
+
+_REPR = reprlib.Repr()  # (keyword arguments need Python 3.12)
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxlong, _REPR.maxother = 3, 60, 40, 60
+_REPR.maxtuple = _REPR.maxlist = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 6
+
+
+def short_repr(value: Any) -> str:
+    """repr(value) cut to about 60 characters, at a bounded cost however large or deep the value (a YAML alias
+    bomb): what error messages show of a value."""
+    text = _REPR.repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 @dataclass(frozen=True)
@@ -25,6 +37,7 @@ class Knob:
     low_open: bool = False
     applies: str = "all"  # where it has an effect, in words
     reload: bool = False  # changing it rebuilds the weights (not just the run)
+    min_positive: float | None = None  # a float knob's smallest value above 0 (smaller ones underflow float32)
 
     def allowed(self) -> str:
         """What this knob accepts, in words, for error messages and help."""
@@ -39,11 +52,20 @@ class Knob:
         lo = "-inf" if self.low is None else _fmt(self.low)
         hi = "inf" if self.high is None else _fmt(self.high)
         left, right = "(" if self.low_open else "[", "]" if self.high is not None else ")"
-        return f"{self.type.__name__} in {left}{lo}, {hi}{right}"
+        tiny = f", and 0 or at least {self.min_positive:g}" if self.min_positive and not self.low_open else \
+            f", at least {self.min_positive:g}" if self.min_positive else ""
+        return f"{self.type.__name__} in {left}{lo}, {hi}{right}{tiny}"
 
     def check(self, value: Any) -> Any:
         """Return `value` coerced to this knob's type, or raise ValueError naming what is allowed."""
-        bad = ValueError(f"{self.name}={value!r} is not allowed: {self.name} must be {self.allowed()}")
+        try:
+            return self._check(value)
+        except ValueError:
+            raise ValueError(f"{self.name}={short_repr(value)} is not allowed: {self.name} must be "
+                             f"{self.allowed()}") from None
+
+    def _check(self, value: Any) -> Any:
+        bad = ValueError()
         if self.type is bool:
             if not isinstance(value, bool):
                 raise bad
@@ -76,6 +98,8 @@ class Knob:
             raise bad
         if self.high is not None and value > self.high:
             raise bad
+        if self.min_positive is not None and 0 < value < self.min_positive:
+            raise bad
         return value
 
     def parse(self, text: str) -> Any:
@@ -97,7 +121,7 @@ class Knob:
                 value = text
         except ValueError:
             raise ValueError(
-                f"{self.name}={text!r} is not allowed: {self.name} must be {self.allowed()}"
+                f"{self.name}={short_repr(text)} is not allowed: {self.name} must be {self.allowed()}"
             ) from None
         return self.check(value)
 
@@ -137,14 +161,14 @@ _KNOBS = [
     # sampling: per generate() call
     Knob("max_new_tokens", int, 128, "tokens to generate per prompt", "sampling", low=1, high=1 << 20),
     Knob("temperature", float, 0.0, "0 means greedy; otherwise logits are divided by it", "sampling",
-         low=0.0, high=100.0),
+         low=0.0, high=100.0, min_positive=1e-5),
     Knob("top_k", int, 0, "keep the k most likely tokens; 0 keeps all", "sampling", low=0, high=1 << 24),
     Knob("top_p", float, 1.0, "keep the smallest set of tokens whose probability reaches p", "sampling",
-         low=0.0, high=1.0, low_open=True),
+         low=0.0, high=1.0, low_open=True, min_positive=1e-5),
     Knob("min_p", float, 0.0, "drop tokens less likely than min_p x the top token's probability", "sampling",
          low=0.0, high=1.0),
     Knob("repetition_penalty", float, 1.0, "divide positive (multiply negative) logits of seen tokens; 1 is off",
-         "sampling", low=0.0, high=100.0, low_open=True),
+         "sampling", low=0.0, high=100.0, low_open=True, min_positive=1e-5),
     Knob("seed", int, 0, "seed of the sampler", "sampling", low=0, high=2**63 - 1),
     Knob("stop_token_ids", tuple, (), "token ids that end a sequence (besides EOS)", "sampling"),
     Knob("ignore_eos", bool, False, "keep generating past EOS (forced output length)", "sampling"),

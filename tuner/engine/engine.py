@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import collections.abc
 import contextlib
+import numbers
 import resource
+import threading
 import time
 from collections.abc import Callable
 
@@ -15,7 +17,7 @@ import torch
 from .. import __version__
 from ..backends import torch_ops
 from ..config import EngineConfig, SamplingParams
-from ..knobs import ENGINE_KNOBS
+from ..knobs import ENGINE_KNOBS, short_repr
 from ..models.loader import build_model, eos_token_ids, load_tokenizer
 from ..models.model import DecodeState, Step, rope_tables
 from ..profile import cost
@@ -76,6 +78,7 @@ class Engine:
         self._hardware: dict | None = None
         self._plans: dict = {}
         self._cap: Capture | None = None
+        self._busy = threading.Lock()  # one generate() at a time: runs share the KV cache
         self.graphs = CudaGraphs(self) if graphs else None
 
     @classmethod
@@ -107,6 +110,10 @@ class Engine:
         under torch.profiler: the result's `ops` table explains each op per phase (time, FLOPs, bytes, achieved
         rates, bound) and its traces land in <logdir>/<run_id>/ (default tuner.profile.capture.default_logdir()).
         """
+        with self._busy:  # a second caller (the panel's thread beside a cell) waits for the first to finish
+            return self._generate(prompts, sampling, profile, on_step, logdir)
+
+    def _generate(self, prompts, sampling, profile, on_step, logdir) -> RunResult:
         requests, sampling, workload = self._requests(prompts, sampling)
         hw = self.hardware()
         run_id = new_run_id()
@@ -248,6 +255,10 @@ class Engine:
     @torch.inference_mode()
     def logits(self, input_ids) -> torch.Tensor:
         """Float32 logits [B, T, vocab] of the prefill path for equal-length prompts (no cache involved)."""
+        if isinstance(input_ids, torch.Tensor) and (input_ids.is_floating_point() or input_ids.dtype == torch.bool):
+            raise ValueError(f"input_ids must hold integer token ids, not {input_ids.dtype}")
+        if not isinstance(input_ids, torch.Tensor):
+            self._check_ids([t for row in input_ids for t in (row if isinstance(row, (list, tuple)) else [row])])
         ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device)
         if ids.dim() == 1:
             ids = ids[None]
@@ -283,6 +294,7 @@ class Engine:
         sampling = sampling if sampling is not None else SamplingParams()
         if isinstance(prompts, Workload):
             workload = {"kind": "synthetic", **prompts.to_dict()}
+            self._check_length(prompts.prompt_len, prompts.output_len)  # before a token is made
             requests = prompts.prompts(self.args.vocab_size, prompts.batch or self.config.batch_size)
             sampling = sampling.replace(max_new_tokens=prompts.output_len, ignore_eos=True)
         else:
@@ -303,13 +315,19 @@ class Engine:
         for r in requests:
             if not r:
                 raise ValueError("every prompt needs at least one token")
+            self._check_length(len(r), sampling.max_new_tokens)
             self._check_ids(r)
-            if len(r) + sampling.max_new_tokens > self.config.max_seq_len:
-                raise ValueError(f"a prompt of {len(r)} tokens + max_new_tokens={sampling.max_new_tokens} exceeds "
-                                 f"max_seq_len={self.config.max_seq_len}: raise max_seq_len or shorten the run")
         return requests, sampling, workload
 
-    def _check_ids(self, ids: list[int]) -> None:
+    def _check_length(self, prompt_len: int, max_new_tokens: int) -> None:
+        if prompt_len + max_new_tokens > self.config.max_seq_len:
+            raise ValueError(f"a prompt of {prompt_len} tokens + max_new_tokens={max_new_tokens} exceeds "
+                             f"max_seq_len={self.config.max_seq_len}: raise max_seq_len or shorten the run")
+
+    def _check_ids(self, ids: list) -> None:
+        for t in ids:  # a float or a bool would be truncated into some other token
+            if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+                raise ValueError(f"token id {short_repr(t)} is not an integer: prompts are lists of int token ids")
         bad = [t for t in ids if not 0 <= t < self.args.vocab_size]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.args.vocab_size})")

@@ -118,11 +118,12 @@ class BlockAllocator:
         self.free = list(range(num_blocks - 1, -1, -1))
 
     def allocate(self, n: int, tokens_needed: int) -> list[int]:
-        """n free blocks, or KVCacheFullError saying how many tokens were asked of how many the pool holds."""
+        """n free blocks, or KVCacheFullError saying how many tokens and blocks were asked of what the pool holds."""
         if n > len(self.free):
             raise KVCacheFullError(
                 f"paged KV cache is out of blocks: the batch needs {tokens_needed} tokens of KV but the pool holds "
-                f"{self.num_blocks} blocks x {self.block_size} = {self.num_blocks * self.block_size} tokens; "
+                f"{self.num_blocks} blocks x {self.block_size} = {self.num_blocks * self.block_size} tokens: "
+                f"it needs {n} more blocks (each sequence takes whole blocks) and {len(self.free)} are free; "
                 "raise num_blocks (0 sizes it for batch_size x max_seq_len) or lower batch_size or output length"
             )
         return [self.free.pop() for _ in range(n)]

@@ -205,6 +205,8 @@ class TunerMagics(Magics):
         print(hw_table(args.device, force=args.force))
 
     def _history(self, args):
+        if args.n < 0:
+            raise ValueError(f"-n {args.n} is not allowed: give how many of the latest runs to show (0: all)")
         df = self.session.history_frame()
         if df.empty:
             print("no runs yet: %tuner run")
@@ -235,7 +237,7 @@ class TunerMagics(Magics):
 
 
     def _sweep(self, args, cell: str | None):
-        from ..tune.space import load_yaml
+        from ..config import read_yaml
         from ..tune.sweep import sweep_from_spec
 
         if not cell or not cell.strip():
@@ -247,7 +249,7 @@ class TunerMagics(Magics):
         if engine is not None:  # fixed knobs default to the loaded engine's
             defaults.update({k: getattr(engine.config, k) for k in ("model", "device", "dtype")})
             self.session.engine = None  # the sweep builds its own engines; free this one's memory
-        result = sweep_from_spec(load_yaml(cell, "sweep cell"), {
+        result = sweep_from_spec(read_yaml(cell, "sweep cell"), {
             "objectives": args.objective, "constraints": args.constraint, "n_trials": args.n_trials,
             "sampler": args.sampler, "storage": args.storage, "study_name": args.study, "repeats": args.repeats},
             base_defaults=defaults, runs_dir=self.session.runs_dir)

@@ -89,13 +89,14 @@ def export(source, format: str = "tuner", path: str | Path | None = None, object
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not allowed: use one of {', '.join(FORMATS)}")
     choice = Choice.of(source, objective)
+    as_dir = str(path).endswith(("/", "\\")) if path is not None else False  # "out/" names a folder
     path = Path(path or FORMATS[format])
     if format == "hf":
         directory = path if path.suffix != ".json" else path.parent
         if path.suffix == ".json" and path.name != "generation_config.json":
             raise ValueError("format='hf' writes generation_config.json: give a directory or that file name")
         return _hf(choice, directory)
-    if path.is_dir():
+    if path.is_dir() or as_dir:
         path = path / FORMATS[format]
     path.parent.mkdir(parents=True, exist_ok=True)
     text = {"tuner": _tuner, "vllm": _vllm, "tgi": _tgi, "trtllm": _trtllm}[format](choice)
@@ -145,17 +146,35 @@ def _yaml(data: dict) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False, width=100)
 
 
+def _inline(text) -> str:
+    """`text` with every character that could end or bend a line (newline, carriage return, other controls and
+    Unicode separators) escaped: a record's values never start a line of their own in an exported file."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(text))
+
+
+def _comments(lines) -> str:
+    return "".join(f"# {_inline(line)}\n" for line in lines)
+
+
 def _comment_block(choice: Choice, title: str) -> str:
     p = choice.provenance()
-    lines = [f"# {title}", f"# written by tuner {p['tuner_version']} on {p['created']}; chosen by {p['chosen_by']}"]
+    lines = [title, f"written by tuner {p['tuner_version']} on {p['created']}; chosen by {p['chosen_by']}"]
     if p["hardware"]:
-        lines.append("# measured on: " + ", ".join(f"{k}={v}" for k, v in p["hardware"].items()))
+        lines.append("measured on: " + ", ".join(f"{k}={v}" for k, v in p["hardware"].items()))
     if p["metrics"]:
-        lines.append("# its metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                  for k, v in p["metrics"].items()))
+        lines.append("its metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                for k, v in p["metrics"].items()))
     if p["workload"]:
-        lines.append("# workload: " + ", ".join(f"{k}={v}" for k, v in p["workload"].items()))
-    return "\n".join(lines) + "\n"
+        lines.append("workload: " + ", ".join(f"{k}={v}" for k, v in p["workload"].items()))
+    return _comments(lines)
+
+
+def _env_line(key: str, value) -> str:
+    text = str(value)
+    if not all(c.isprintable() for c in text):
+        raise ValueError(f"{key}={_inline(text)[:120]} cannot go into a .env file: it holds a line break or another "
+                         "control character")
+    return f"{key}={text}\n"
 
 
 def _tuner(choice: Choice) -> str:
@@ -210,7 +229,7 @@ def _vllm(choice: Choice) -> str:
     if e.backend == "cupy":
         notes.append("backend=cupy: tuner's own kernels; vLLM picks its attention backend itself")
     head = _comment_block(choice, "vLLM server configuration: vllm serve --config vllm-config.yaml")
-    return head + "".join(f"# note: {n}\n" for n in notes) + _yaml(d)
+    return head + _comments(f"note: {n}" for n in notes) + _yaml(d)
 
 
 def _hf(choice: Choice, directory: Path) -> Path:
@@ -264,7 +283,7 @@ def _tgi(choice: Choice) -> str:
         notes.append("kv_cache=contiguous: TGI's KV cache is paged")
     notes.append("sampling is per request in TGI: send the parameters of generation_config.json with each request")
     head = _comment_block(choice, "text-generation-launcher settings: docker run --env-file tgi.env ...")
-    return head + "".join(f"# note: {n}\n" for n in notes) + "".join(f"{k}={v}\n" for k, v in env.items())
+    return head + _comments(f"note: {n}" for n in notes) + "".join(_env_line(k, v) for k, v in env.items())
 
 
 def _trtllm(choice: Choice) -> str:
@@ -288,4 +307,4 @@ def _trtllm(choice: Choice) -> str:
     if e.kv_cache == "contiguous":
         notes.append("kv_cache=contiguous: TensorRT-LLM's PyTorch backend pages its KV cache")
     head = _comment_block(choice, "TensorRT-LLM LLM-API options: trtllm-serve MODEL --config trtllm-llm-api.yaml")
-    return head + "".join(f"# note: {n}\n" for n in notes) + _yaml(d)
+    return head + _comments(f"note: {n}" for n in notes) + _yaml(d)

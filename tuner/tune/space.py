@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config import read_yaml
 from ..knobs import Knob, lookup, shared_names
 from ..result import PERCENTILES
 
@@ -82,7 +83,7 @@ class Space:
 
     def __init__(self, spec: dict[str, Any] | str | Path):
         if isinstance(spec, (str, Path)):
-            spec = load_yaml(spec, "sweep space")
+            spec = read_yaml(spec, "sweep space")
         if not isinstance(spec, dict) or not spec:
             raise ValueError("a sweep space is a non-empty mapping of knob -> [values] or {low, high}, "
                              "e.g. {'batch_size': [1, 4, 8], 'quant': ['none', 'int8']}")
@@ -197,19 +198,3 @@ def parse_constraint(text: str | Constraint) -> Constraint:
                          f"e.g. 'ttft_ms_p99 <= 200', with METRIC one of {', '.join(METRICS)}")
     op = {"<": "<=", ">": ">="}.get(m.group(2), m.group(2))
     return Constraint(m.group(1), op, float(m.group(3)))
-
-
-def load_yaml(source: str | Path, what: str) -> Any:
-    """Safe YAML (no tags, no code) from a path or a YAML string."""
-    import yaml
-
-    text = source
-    if isinstance(source, Path) or ("\n" not in source and source.endswith((".yaml", ".yml"))):
-        path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(f"{what} file {path} does not exist")
-        text = path.read_text()
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ValueError(f"the {what} is not valid YAML: {str(e).splitlines()[0]}") from None

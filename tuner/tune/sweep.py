@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import socket
 import time
 import warnings
@@ -22,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..knobs import short_repr
 from .result import SweepResult, pareto_front
 from .space import QUALITY_METRICS, Constraint, Objective, Space, _knob, parse_constraint, parse_objective
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from ..engine.workload import Workload
 
 SAMPLERS = ("tpe", "grid", "random", "nsga2")
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # it names a file and a folder: no path in it
 DEFAULT_STORAGE = "sqlite:///tuner-runs/sweeps.db"
 # what every trial keeps from its run record, besides the objectives' and constraints' metrics
 HEADLINE = ("ttft_ms", "ttft_ms_p99", "tpot_ms", "tpot_ms_p99", "itl_ms_p99", "e2e_ms_p99", "output_tok_s", "mbu")
@@ -229,6 +232,10 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
     if n_trials is None or n_trials < 1:
         raise ValueError("n_trials must be >= 1")
     study_name = study_name or default_study_name(space, workload, objectives, constraints, base)
+    if not isinstance(study_name, str) or not STUDY_NAME.fullmatch(study_name):
+        raise ValueError(f"study_name={short_repr(study_name)} is not allowed: it names files under "
+                         f"{Path(runs_dir) / 'sweeps'}, so use 1-128 letters, digits, '.', '_' or '-', starting "
+                         "with a letter or digit")
     runs_dir = Path(runs_dir)
     needs_quality = any(o.metric in QUALITY_METRICS for o in objectives) or any(
         c.metric in QUALITY_METRICS for c in constraints)
@@ -415,9 +422,9 @@ def sweep_spec(source: dict | str | Path) -> dict:
         n_trials: 12
 
     A document without a `space` key is the space itself. Returns sweep()'s keyword arguments."""
-    from .space import load_yaml
+    from ..config import read_yaml
 
-    doc = load_yaml(source, "sweep") if isinstance(source, (str, Path)) else source
+    doc = read_yaml(source, "sweep") if isinstance(source, (str, Path)) else source
     if not isinstance(doc, dict) or not doc:
         raise ValueError("a sweep file is a YAML mapping: either knob: [values] entries, or the sections "
                          f"{', '.join(SPEC_KEYS)}")

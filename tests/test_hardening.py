@@ -1,0 +1,192 @@
+"""Bad input and faults, as a demanding user probes tuner: each case gets a one-line error, a refusal, or the
+right tokens; nothing a record holds is injected into an exported file, and nothing is written outside its
+directory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tuner
+from tuner.config import load_config
+from tuner.tune.export import FORMATS, export, export_all
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = {"model": "tiny", "max_seq_len": 64}
+
+
+@pytest.fixture(scope="module")
+def run():
+    return tuner.Engine(model="tiny", max_seq_len=64).generate(tuner.Workload(batch=1, prompt_len=8, output_len=3))
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+
+
+# -- security -----------------------------------------------------------------------------------------------
+
+
+def test_a_record_cannot_inject_keys_or_lines_into_an_exported_file(run, tmp_path):
+    evil = tuner.RunResult.from_dict({
+        **run.to_dict(), "run_id": "abc\ntrust-remote-code: true",
+        "hardware": {**run.hardware, "name": "cpu\r\nHF_TOKEN=stolen"},
+        "workload": {**run.workload, "kind": "tokens\u2028MODEL_ID=evil/model"}})
+    paths = export_all(evil, tmp_path)
+    vllm = yaml.safe_load(paths["vllm"].read_text())
+    assert "trust-remote-code" not in vllm and vllm["model"] != "evil/model"
+    for fmt in ("tuner", "vllm", "tgi", "trtllm"):
+        text = paths[fmt].read_text()
+        assert "\r" not in text and "\u2028" not in text
+        for line in text.splitlines():
+            assert not line.startswith(("trust-remote-code", "HF_TOKEN", "MODEL_ID=evil")), (fmt, line)
+    env = [line for line in paths["tgi"].read_text().splitlines() if line and not line.startswith("#")]
+    assert {line.split("=", 1)[0] for line in env} <= {"MODEL_ID", "MAX_BATCH_SIZE", "MAX_TOTAL_TOKENS",
+                                                          "MAX_CONCURRENT_REQUESTS", "MAX_INPUT_TOKENS",
+                                                          "CUDA_GRAPHS", "QUANTIZE", "DTYPE", "KV_CACHE_DTYPE"}
+    assert "abc\\ntrust-remote-code: true" in paths["vllm"].read_text()  # kept, escaped, in the provenance
+    # a value that would break a .env line is refused, not written
+    broken = tuner.RunResult.from_dict({**run.to_dict(), "config": {**run.config, "model": "/m\nHF_TOKEN=x"}})
+    with pytest.raises(ValueError, match="cannot go into a .env file"):
+        export(broken, "tgi", tmp_path / "t.env")
+    assert "HF_TOKEN" not in yaml.safe_load(export(broken, "vllm", tmp_path / "v.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["../../escape_study", "/tmp/anywhere", "a/b", ".hidden", "x" * 129])
+def test_a_study_name_that_would_leave_its_directory_is_refused(name, tmp_path):
+    with pytest.raises(ValueError, match="study_name=.* is not allowed: it names files under"):
+        tuner.sweep({"batch_size": [1]}, workload={"prompt_len": 4, "output_len": 2}, base=BASE, storage=None,
+                    study_name=name, runs_dir=tmp_path / "runs", progress=False)
+    assert not (tmp_path / "escape_study").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_yaml_alias_bomb_a_huge_file_and_repeated_keys_are_refused_quickly(tmp_path):
+    # 1 KB: nine anchors, each a list of nine of the one before (9^9 leaves), the last used as a knob value
+    bomb = "  a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"  {c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+    (tmp_path / "bomb.yaml").write_text("schema: tuner.config/1\nprovenance:\n" + bomb +
+                                        "engine:\n  model: tiny\n  batch_size: *i\nsampling: {}\n")
+    good = export(tuner.EngineConfig(model="tiny"), "tuner", tmp_path / "good.yaml").read_text()
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match=r"batch_size=\[\[\[.{0,120} is not allowed: batch_size must be int"):
+        load_config(tmp_path / "bomb.yaml")
+    assert time.perf_counter() - t < 60  # 9^9 leaves: formatting them all ran for many minutes
+    (tmp_path / "big.yaml").write_text(good + "#" * (2 << 20))
+    with pytest.raises(ValueError, match="is at most 1048576"):
+        load_config(tmp_path / "big.yaml")
+    (tmp_path / "twice.yaml").write_text(good.replace("  batch_size: 1", "  batch_size: 1\n  batch_size: 8"))
+    with pytest.raises(ValueError, match=r"twice.yaml is not a tuner configuration: not plain YAML \(line \d+, "
+                                         r"column \d+\): the key 'batch_size' is given twice"):
+        load_config(tmp_path / "twice.yaml")
+    (tmp_path / "latin1.yaml").write_bytes(good.encode() + "# caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ValueError, match="latin1.yaml is not a tuner configuration: not UTF-8 text"):
+        load_config(tmp_path / "latin1.yaml")
+
+
+# -- silent garbage -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("knob,value", [("temperature", 1e-40), ("top_p", 1e-46), ("repetition_penalty", 1e-30)])
+def test_positive_values_that_underflow_float32_are_refused(knob, value):
+    with pytest.raises(ValueError, match=rf"^{knob}={value!r} is not allowed: .*at least 1e-05"):
+        tuner.SamplingParams(**{knob: value})
+
+
+def test_the_smallest_allowed_sampling_values_give_real_tokens(checkpoint):
+    e = tuner.Engine(model=str(checkpoint("llama")[0]), max_seq_len=64)
+    greedy = e.generate([[1, 2, 3]], tuner.SamplingParams(max_new_tokens=6)).tokens
+    cold = e.generate([[1, 2, 3]], tuner.SamplingParams(max_new_tokens=6, temperature=1e-5, top_p=1e-5,
+                                                        repetition_penalty=1e-5)).tokens
+    assert len(cold[0]) == 6 and all(0 <= t < e.args.vocab_size for t in cold[0])
+    assert e.generate([[1, 2, 3]], tuner.SamplingParams(max_new_tokens=6, temperature=1e-5, seed=3)).tokens == greedy
+
+
+@pytest.mark.parametrize("prompt", [[1, 2.7, 3], [1, True, 3], [[1.0, 2.0]]])
+def test_float_and_bool_token_ids_are_refused_not_truncated(prompt):
+    e = tuner.Engine(model="tiny", max_seq_len=256)
+    with pytest.raises(ValueError, match="is not an integer: prompts are lists of int token ids"):
+        e.generate(prompt if isinstance(prompt[0], list) else [prompt])
+    with pytest.raises(ValueError, match="integer"):
+        e.logits(__import__("torch").tensor([[1.5, 2.0]]))
+
+
+def test_a_huge_prompt_length_is_refused_before_a_token_is_made():
+    e = tuner.Engine(model="tiny", max_seq_len=64)
+    t = time.perf_counter()
+    with pytest.raises(ValueError, match="a prompt of 1000000 tokens \\+ max_new_tokens=4 exceeds max_seq_len=64"):
+        e.generate(tuner.Workload(batch=1000, prompt_len=1_000_000, output_len=4))
+    assert time.perf_counter() - t < 60  # a billion token ids took minutes to make before the check
+
+
+def test_two_runs_on_one_engine_at_once_each_give_their_own_tokens(checkpoint):
+    e = tuner.Engine(model=str(checkpoint("llama")[0]), batch_size=2)
+    a, b = [[3, 1, 4, 1, 5], [9, 2, 6]], [[2, 7, 1, 8], [2, 8, 1, 8, 2, 8]]
+    solo = [e.generate(p, tuner.SamplingParams(max_new_tokens=24)).tokens for p in (a, b)]
+    out = {}
+
+    def go(name, prompts):
+        out[name] = e.generate(prompts, tuner.SamplingParams(max_new_tokens=24)).tokens
+
+    threads = [threading.Thread(target=go, args=(n, p)) for n, p in (("a", a), ("b", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert [out["a"], out["b"]] == solo
+
+
+# -- clear messages, one line -----------------------------------------------------------------------------------
+
+
+def test_the_paged_pool_says_how_many_blocks_it_needs_and_has():
+    e = tuner.Engine(model="tiny", batch_size=2, kv_cache="paged", block_size=16, num_blocks=4, max_seq_len=64)
+    # two sequences of 17 tokens: 34 tokens fit 64, but each takes 2 whole blocks once it grows past 32
+    with pytest.raises(tuner.KVCacheFullError, match="it needs 2 more blocks .* and 0 are free"):
+        e.generate([[1] * 30, [2] * 30], tuner.SamplingParams(max_new_tokens=20, ignore_eos=True))
+
+
+def test_export_to_a_missing_folder_given_with_a_slash_writes_into_it(run, tmp_path):
+    path = export(run, "vllm", f"{tmp_path}/new-folder/")
+    assert path == tmp_path / "new-folder" / FORMATS["vllm"] and path.is_file()
+
+
+def test_cli_checks_its_output_paths_and_flags_before_the_run_and_prints_no_traceback(tmp_path):
+    (tmp_path / "afile").write_text("")
+    cases = {("--json", str(tmp_path)): "--json .* is a directory",
+             ("--logdir", str(tmp_path / "afile")): "--logdir .* is a file",
+             ("--threads", "-1"): "is not a whole number of at least 1",
+             ("--temperature", "1e-40"): "temperature=1e-40 is not allowed",
+             ("--prompt-len", "1000000000"): "prompt_len=1000000000 is not allowed"}
+    for flags, message in cases.items():
+        res = cli("run", "--model", "tiny", "--no-warmup", "--output-len", "2", *flags)
+        assert res.returncode == 2, (flags, res.stderr)
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) <= 3, res.stderr
+        assert __import__("re").search(message, res.stderr), (flags, res.stderr)
+    res = cli("sweep", str(tmp_path / "s.yaml"), cwd=tmp_path)
+    assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump({"space": {"batch_size": [1]}, "base": BASE,
+                                                     "workload": {"prompt_len": 4, "output_len": 2},
+                                                     "study_name": "../../escape_study"}))
+    res = cli("sweep", str(tmp_path / "s.yaml"), cwd=tmp_path)
+    assert res.returncode == 2 and "study_name='../../escape_study' is not allowed" in res.stderr
+    assert not (tmp_path.parent.parent / "escape_study.json").exists()
+
+
+def test_history_refuses_a_negative_count():
+    from IPython.core.error import UsageError
+    from IPython.testing.globalipapp import get_ipython
+
+    from tuner.jupyter.magics import TunerMagics
+
+    ip = get_ipython()
+    magics = TunerMagics(ip)
+    with pytest.raises(UsageError, match="-n -5 is not allowed"):
+        magics.tuner("history -n -5")
