@@ -4,6 +4,7 @@ directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -190,3 +191,78 @@ def test_history_refuses_a_negative_count():
     magics = TunerMagics(ip)
     with pytest.raises(UsageError, match="-n -5 is not allowed"):
         magics.tuner("history -n -5")
+
+
+# -- memory guards and the checkpoint reader ---------------------------------------------------------------------
+
+
+def test_an_engine_that_cannot_fit_is_refused_before_it_loads_naming_both_figures():
+    from tuner.engine.machine import NotEnoughMemoryError
+
+    with pytest.raises(NotEnoughMemoryError, match=r"needs ~\d+\.\d GiB \(weights \d+\.\d, KV cache \d+\.\d\) but "
+                                                   r"\d+\.\d GiB are available"):
+        tuner.Engine(model="llama-3.1-8b", dtype="float32", batch_size=256, max_seq_len=131072)
+    res = cli("run", "--model", "smollm2-135m", "--kv-cache", "paged", "--num-blocks", str(1 << 24))
+    assert res.returncode == 2 and res.stderr.startswith("tuner: error: not enough memory for smollm2-135m")
+
+
+def test_the_memory_estimate_is_what_the_engine_then_holds():
+    from tuner.profile import cost
+
+    for quant in ("none", "int8", "int4"):
+        e = tuner.Engine(model="smollm2-135m", quant=quant, group_size=64, batch_size=2, max_seq_len=128)
+        need = cost.memory_bytes(e.args, cost.Precision(4, quant, 64, "auto"), 2 * 128)
+        assert need == {"weights": e.model.weight_bytes(), "kv_cache": e.cache.nbytes}
+
+
+def _config(tmp_path, **fields):
+    cfg = {"model_type": "llama", "vocab_size": 32, "hidden_size": 8, "num_hidden_layers": 1,
+           "num_attention_heads": 2, "intermediate_size": 16, **fields}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    return str(tmp_path)
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"num_attention_heads": None}, "config.json has no 'num_attention_heads'"),
+    ({"num_attention_heads": 0}, "num_attention_heads=0 must be a whole number of at least 1"),
+    ({"vocab_size": "32000"}, "vocab_size='32000' must be a whole number"),
+    ({"rms_norm_eps": "abc"}, "rms_norm_eps='abc' must be a positive number"),
+    ({"num_key_value_heads": 3}, "num_attention_heads=2 is not a multiple of num_key_value_heads=3"),
+])
+def test_a_broken_config_json_is_one_line_naming_the_file_and_the_key(tmp_path, fields, message):
+    path = _config(tmp_path, **fields)
+    with pytest.raises(ValueError, match=f"config.json.*{message}|{message}") as err:
+        tuner.EngineConfig(model=path)
+    assert str(tmp_path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_config_json_that_is_not_an_object_or_not_json_names_the_file(tmp_path):
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="config.json holds a list, not a JSON object"):
+        tuner.EngineConfig(model=str(tmp_path))
+    (tmp_path / "config.json").write_text('{"model_type": ')
+    with pytest.raises(ValueError, match="config.json is not readable JSON"):
+        tuner.EngineConfig(model=str(tmp_path))
+
+
+def test_damaged_shards_are_refused_naming_the_file(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from tuner.models.loader import _Checkpoint
+
+    (tmp_path / "a.safetensors").write_bytes(b"\x04\x00\x00\x00")  # a 4-byte file
+    with pytest.raises(ValueError, match="a.safetensors is not a readable safetensors file"):
+        _Checkpoint(tmp_path)
+    save_file({"w": torch.ones(2)}, tmp_path / "a.safetensors")
+    save_file({"w": torch.zeros(2)}, tmp_path / "b.safetensors")  # a stale copy of the same tensor
+    with pytest.raises(ValueError, match="checkpoint tensor w is in two shards, a.safetensors and b.safetensors"):
+        _Checkpoint(tmp_path)
+    (tmp_path / "b.safetensors").unlink()
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": "c.safetensors"}}))
+    with pytest.raises(ValueError, match="lists c.safetensors \\(for w\\), which is not in"):
+        _Checkpoint(tmp_path)
+    (tmp_path / "model.safetensors.index.json").unlink()
+    save_file({"w": torch.tensor([1.0, float("nan")])}, tmp_path / "a.safetensors")
+    with pytest.raises(ValueError, match="checkpoint tensor w in a.safetensors holds NaN or infinite values"):
+        _Checkpoint(tmp_path).fill(torch.empty(2), "w")

@@ -92,12 +92,13 @@ def test_tpe_finds_what_the_grid_says_is_best_and_constraints_exclude_violators(
 
 
 def test_an_out_of_memory_trial_is_infeasible_and_the_sweep_goes_on(tmp_path):
-    # 2^24 KV blocks of smollm2-135m are 6 TB: the allocation fails for real
+    # 2^24 KV blocks of smollm2-135m are 6 TB: refused before anything is allocated
     r = sweep({"num_blocks": [0, 1 << 24]}, workload=WORKLOAD, base={**BASE, "kv_cache": "paged"},
               objectives=["max:output_tok_s"], sampler="grid", storage=None, runs_dir=tmp_path, progress=False)
     by = {t["params"]["num_blocks"]: t for t in r.trials}
     assert by[1 << 24]["state"] == "complete" and not by[1 << 24]["feasible"]
-    assert by[1 << 24]["error"].startswith("out of memory: RuntimeError") and "allocate" in by[1 << 24]["error"]
+    assert by[1 << 24]["error"].startswith("out of memory: NotEnoughMemoryError: not enough memory for smollm2-135m")
+    assert "GiB are available" in by[1 << 24]["error"]
     assert by[0]["feasible"] and by[0]["metrics"]["output_tok_s"] > 0
     assert r.best_trial()["params"] == {"num_blocks": 0}
     assert "out of memory" in r.frame().set_index("num_blocks").loc[1 << 24, "why_not"]

@@ -15,7 +15,14 @@ from ..backends import cupy_ops
 from ..config import EngineConfig
 from ..models.args import ModelArgs, resolve_model
 from ..models.quant import OneDNNLinear
-from ..profile.hardware import check_device, has_fp8
+from ..profile import cost
+from ..profile.hardware import available_memory_bytes, check_device, has_fp8
+
+_ACT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class NotEnoughMemoryError(ValueError):
+    """The engine's weights and KV cache would not fit in the memory this device has free."""
 
 
 def check_machine(config: EngineConfig) -> tuple[ModelArgs, Path | None]:
@@ -38,7 +45,30 @@ def check_machine(config: EngineConfig) -> tuple[ModelArgs, Path | None]:
         why = cupy_ops.supported(args.head_dim, cupy_ops.DTYPES[config.dtype], args.n_heads, args.n_kv_heads)
         if why:
             raise ValueError(f"{why} ({config.model}): use backend='torch'")
+    check_memory(config, args)
     return args, checkpoint
+
+
+def check_memory(config: EngineConfig, args: ModelArgs) -> None:
+    """NotEnoughMemoryError, with both figures, when the weights and KV cache (cost.memory_bytes) exceed what the
+    device has free: refused at once instead of loading for minutes and failing."""
+    free = available_memory_bytes(config.device)
+    if free is None:
+        return
+    if config.kv_cache == "paged":
+        blocks = config.num_blocks or config.batch_size * -(-config.max_seq_len // config.block_size)
+        slots = blocks * config.block_size
+    else:
+        slots = config.batch_size * config.max_seq_len
+    p = cost.Precision(_ACT_BYTES[config.dtype], config.quant, config.group_size, config.kv_dtype)
+    need = cost.memory_bytes(args, p, slots)
+    total = sum(need.values())
+    if total > free:
+        gib = 2**30
+        raise NotEnoughMemoryError(
+            f"not enough memory for {config.model} on {config.device}: it needs ~{total / gib:.1f} GiB (weights "
+            f"{need['weights'] / gib:.1f}, KV cache {need['kv_cache'] / gib:.1f}) but {free / gib:.1f} GiB are "
+            "available: lower dtype, quant, batch_size, max_seq_len or num_blocks")
 
 
 def cpu_has_fast_float16() -> bool:

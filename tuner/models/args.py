@@ -64,6 +64,7 @@ class ModelArgs:
         family = cfg.get("model_type")
         if family not in FAMILIES:
             raise ValueError(f"model_type={family!r} is not supported: tuner runs {', '.join(FAMILIES)}")
+        _check_fields(cfg)
         n_heads = cfg["num_attention_heads"]
         dim = cfg["hidden_size"]
         rope = dict(cfg.get("rope_parameters") or {})
@@ -103,6 +104,30 @@ class ModelArgs:
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos_ids,
         )
+
+
+_WHOLE = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+_OPTIONAL_WHOLE = ("num_key_value_heads", "head_dim", "max_position_embeddings")
+_POSITIVE = ("rms_norm_eps", "rope_theta")
+
+
+def _check_fields(cfg: dict) -> None:
+    """KeyError for a required field that is missing; ValueError naming a field whose value is wrong."""
+    for key in (*_WHOLE, *_OPTIONAL_WHOLE):
+        if key not in cfg or cfg[key] is None:
+            if key in _WHOLE:
+                raise KeyError(key)
+            continue
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{key}={v!r} must be a whole number of at least 1")
+    for key in _POSITIVE:
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0):
+            raise ValueError(f"{key}={v!r} must be a positive number")
+    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    if heads % kv:
+        raise ValueError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}")
 
 
 def _llama3_rope(factor: float) -> dict:
@@ -164,5 +189,16 @@ def resolve_model(model: str) -> tuple[ModelArgs, Path | None]:
         raise ValueError(
             f"model={model!r} is neither a preset ({', '.join(PRESETS)}) nor a directory holding config.json"
         )
-    cfg = json.loads((path / "config.json").read_text())
-    return ModelArgs.from_hf_config(cfg), path
+    file = path / "config.json"
+    try:
+        cfg = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"{file} is not readable JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{file} holds a {type(cfg).__name__}, not a JSON object of model settings")
+    try:
+        return ModelArgs.from_hf_config(cfg), path
+    except KeyError as e:
+        raise ValueError(f"{file} has no {e.args[0]!r}, which a {cfg.get('model_type')} model needs") from None
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ValueError(f"{file}: {e}") from None

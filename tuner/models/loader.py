@@ -34,19 +34,29 @@ class _Checkpoint:
     def __init__(self, path: Path):
         self.where: dict[str, Path] = {}
         for file in sorted(path.glob("*.safetensors")):
-            with safe_open(file, framework="pt") as f:
-                self.where.update(dict.fromkeys(f.keys(), file))
+            for name in _open(file, lambda f: list(f.keys())):
+                if name in self.where:  # which copy is meant cannot be guessed
+                    raise ValueError(f"checkpoint tensor {name} is in two shards, {self.where[name].name} and "
+                                     f"{file.name}: remove the stale shard")
+                self.where[name] = file
+        _check_index(path, self.where)
         self.used: set[str] = set()
 
     def fill(self, dst: torch.Tensor, name: str) -> None:
         if name not in self.where:
             raise ValueError(f"checkpoint has no tensor {name!r}: is it a complete, supported checkpoint?")
-        with safe_open(self.where[name], framework="pt") as f:
+        file = self.where[name]
+
+        def copy(f) -> None:
             src = f.get_tensor(name)
             if tuple(src.shape) != tuple(dst.shape):
                 raise ValueError(f"checkpoint tensor {name} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
             dst.copy_(src)
-            del src
+
+        _open(file, copy)
+        if dst.is_floating_point() and not torch.isfinite(dst).all():  # one read of what just landed
+            raise ValueError(f"checkpoint tensor {name} in {file.name} holds NaN or infinite values: the checkpoint "
+                             "is damaged (or was saved from a diverged model)")
         self.used.add(name)
 
     def check_all_used(self, allowed_unused: set[str]) -> None:
@@ -55,6 +65,35 @@ class _Checkpoint:
         if unused:
             raise ValueError(f"checkpoint has {len(unused)} tensor(s) tuner does not know, e.g. {unused[:3]}: "
                              "is the architecture in config.json right?")
+
+
+def _open(file: Path, use):
+    """use(the file opened by safetensors); ValueError naming the file for anything it cannot read."""
+    from safetensors import SafetensorError
+
+    try:
+        with safe_open(file, framework="pt") as f:
+            return use(f)
+    except SafetensorError as e:
+        raise ValueError(f"{file} is not a readable safetensors file: {str(e)[:200]}") from None
+    except OSError as e:
+        raise ValueError(f"{file} cannot be read: {e.strerror or e}") from None
+
+
+def _check_index(path: Path, where: dict[str, Path]) -> None:
+    """model.safetensors.index.json, where there is one, must agree with the shards on disk."""
+    index = path / "model.safetensors.index.json"
+    if not index.is_file():
+        return
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{index} is not a safetensors index (a JSON object with a weight_map): {e}") from None
+    for name, shard in weight_map.items():
+        if not (path / shard).is_file():
+            raise ValueError(f"{index.name} lists {shard} (for {name}), which is not in {path}")
+        if name in where and where[name].name != shard:
+            raise ValueError(f"{index.name} puts {name} in {shard}, but it is in {where[name].name}")
 
 
 class _Dummy:

@@ -136,6 +136,24 @@ def decode_step(args: ModelArgs, weight_bytes: float, kv_bytes_per_token: float,
             weight_bytes + context * kv_bytes_per_token)
 
 
+def memory_bytes(args: ModelArgs, p: Precision, kv_tokens: int) -> dict[str, float]:
+    """Bytes an engine holds before it runs: its weights as stored (norms, embedding, every layer's linears with
+    their biases, the output projection: int8 with int8/int4 weights, one table when tied) and a KV cache of
+    `kv_tokens` token slots. What generate() adds on top (activations) is not counted."""
+    a = p.act_bytes
+    per_layer = sum(weight_bytes(o, i, p.quant, p.group_size, a) for o, i in args.linear_shapes().values())
+    per_layer += 2 * args.dim * a + (2 * args.head_dim * a if args.qk_norm else 0)
+    per_layer += ((args.q_size + 2 * args.kv_size) * a if args.qkv_bias else 0) + (args.dim * a if args.o_bias else 0)
+    per_layer += (3 * args.intermediate_size + args.dim) * a if args.mlp_bias else 0
+    head_quant = "int8" if p.quant in ("int8", "int4") else "none"
+    head = weight_bytes(args.vocab_size, args.dim, head_quant, p.group_size, a)
+    table = args.vocab_size * args.dim * a
+    ends = (head if head_quant == "int8" else table) if args.tie_word_embeddings else table + head
+    weights = args.n_layers * per_layer + ends + args.dim * a
+    kv = kv_tokens * args.n_layers * 2 * args.n_kv_heads * (args.head_dim * p.kv_bytes + p.kv_scale_bytes)
+    return {"weights": weights, "kv_cache": kv}
+
+
 def range_costs(costs: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
     """The costs per profiler range: every op, plus each fused range as the sum of the ops it does."""
     out = dict(costs)
