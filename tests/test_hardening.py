@@ -266,3 +266,117 @@ def test_damaged_shards_are_refused_naming_the_file(tmp_path):
     save_file({"w": torch.tensor([1.0, float("nan")])}, tmp_path / "a.safetensors")
     with pytest.raises(ValueError, match="checkpoint tensor w in a.safetensors holds NaN or infinite values"):
         _Checkpoint(tmp_path).fill(torch.empty(2), "w")
+
+
+# -- records, sweeps and servers ---------------------------------------------------------------------------------
+
+
+def test_crafted_records_are_refused_in_one_line(run, tmp_path):
+    good = run.to_dict()
+    cases = {"no-config.json": {k: v for k, v in good.items() if k != "config"},
+             "null-metrics.json": {**good, "metrics": None}, "list.json": [good]}
+    for name, data in cases.items():
+        (tmp_path / name).write_text(json.dumps(data))
+        res = cli("export", str(tmp_path / name), "--out", str(tmp_path / "out"))
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert ("not a complete tuner run record" in res.stderr if name != "list.json" else
+                "is neither a run record (tuner.run/1) nor a sweep record" in res.stderr), res.stderr
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    res = cli("export", str(tmp_path / "deep.json"))
+    assert res.returncode == 2 and "is not a readable JSON record" in res.stderr and "Traceback" not in res.stderr
+    (tmp_path / "run.json").write_text(json.dumps(good))
+    res = cli("export", str(tmp_path / "run.json"), "--format", "vllm", "--out", "/proc/version")
+    assert res.returncode == 2 and res.stderr.startswith("tuner: error:") and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("kw,message", [({"n_trials": "many"}, "n_trials='many' is not allowed"),
+                                        ({"seed": "abc"}, "seed='abc' is not allowed"),
+                                        ({"repeats": -1}, "repeats=-1 is not allowed")])
+def test_sweep_arguments_of_the_wrong_kind_are_refused(kw, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        tuner.sweep({"batch_size": [1]}, base=BASE, storage=None, runs_dir=tmp_path, progress=False, **kw)
+    with pytest.raises(ValueError, match="step=-1 is not allowed: a range's step is a positive number"):
+        tuner.sweep({"temperature": {"low": 0.1, "high": 0.9, "step": -1}}, base=BASE, storage=None,
+                    runs_dir=tmp_path, progress=False)
+
+
+def _hwm() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_each_run_reports_its_own_peak_memory():
+    e = tuner.Engine(model="tiny", max_seq_len=64)
+    big = bytearray(300 << 20)
+    big[::4096] = b"x" * len(big[::4096])  # 300 MB resident before the run: the process's peak so far
+    before = _hwm()
+    del big
+    r = e.generate(tuner.Workload(batch=1, prompt_len=8, output_len=2))
+    assert r.memory["peak_rss_scope"] == "run" and "(this run)" in r.table()
+    assert r.memory["peak_rss_bytes"] < before - 200e6
+
+
+def test_ctrl_c_during_a_sweep_is_one_line_and_keeps_the_finished_trials(tmp_path):
+    import signal
+
+    import optuna
+
+    spec = tmp_path / "s.yaml"
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    spec.write_text(yaml.safe_dump({"space": {"batch_size": [1, 2, 3, 4, 5, 6, 7, 8]}, "base": BASE,
+                                    "workload": {"prompt_len": 8, "output_len": 64}, "sampler": "grid",
+                                    "study_name": "cut", "storage": db}))
+    proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", "sweep", str(spec)], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        time.sleep(0.3)
+        try:
+            if any(t.state.name == "COMPLETE" for t in optuna.load_study(study_name="cut", storage=db).get_trials()):
+                break
+        except KeyError:
+            continue
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("tuner: interrupted: ")
+    record = json.loads((tmp_path / "tuner-runs" / "sweeps" / "cut.json").read_text())
+    assert sum(t["state"] == "complete" for t in record["trials"]) >= 1
+
+
+def test_tensorboard_dies_with_its_cli_and_with_a_killed_parent(tmp_path):
+    import signal
+    import urllib.request
+
+    from tuner.profile.tensorboard import free_port
+
+    def serving(port: int) -> bool:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugins_listing", timeout=2).read()
+            return True
+        except OSError:
+            return False
+
+    def wait(until, seconds=90):
+        deadline = time.time() + seconds
+        while time.time() < deadline and not until():
+            time.sleep(0.3)
+        return until()
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    port = free_port()
+    cli_proc = subprocess.Popen([sys.executable, "-m", "tuner.cli", "tensorboard", "--logdir", str(tmp_path),
+                                 "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert wait(lambda: serving(port))
+    cli_proc.send_signal(signal.SIGHUP)  # the terminal closed
+    cli_proc.wait(60)
+    assert wait(lambda: not serving(port), 30)
+    port = free_port()
+    parent = subprocess.Popen([sys.executable, "-c", f"import time, tuner; tuner.tensorboard({str(tmp_path)!r}, "
+                               f"{port}); print('up', flush=True); time.sleep(600)"], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    assert parent.stdout.readline().strip() == "up"
+    parent.kill()  # a kernel that exits without --stop, or is killed
+    parent.wait()
+    assert wait(lambda: not serving(port), 30)

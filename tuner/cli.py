@@ -198,10 +198,16 @@ def cmd_hw(args) -> int:
 
 
 def cmd_tensorboard(args) -> int:
+    import signal
     import time
 
     from .profile.tensorboard import tensorboard
 
+    def leave(signum, frame):  # closing the terminal (SIGHUP) or a kill (SIGTERM) stops the server too
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, leave)
     with tensorboard(args.logdir, args.port) as tb:
         print(f"TensorBoard on {tb.profiler_url()} (log dir {tb.logdir}); Ctrl-C stops it")
         while tb.process.poll() is None:
@@ -252,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "presets": cmd_presets, "hw": cmd_hw, "tensorboard": cmd_tensorboard,
                 "sweep": cmd_sweep, "export": cmd_export, "demo": cmd_demo}[args.command](args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # bad input, or a file that cannot be read or written
         parser.exit(2, f"tuner: error: {e}\n")
     except RuntimeError as e:
         from .engine.kv_cache import KVCacheFullError
@@ -260,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(e, KVCacheFullError):
             raise
         parser.exit(1, f"tuner: error: {e}\n")
-    except KeyboardInterrupt:
-        parser.exit(130, "tuner: interrupted\n")
+    except KeyboardInterrupt as e:
+        parser.exit(130, f"tuner: interrupted{': ' + str(e) if str(e) else ''}\n")
 
 
 if __name__ == "__main__":

@@ -169,8 +169,11 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
-        if d.get("schema") != SCHEMA:
-            raise ValueError(f"not a tuner run record: schema is {d.get('schema')!r}, expected {SCHEMA!r}")
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            found = d.get("schema") if isinstance(d, dict) else type(d).__name__
+            raise ValueError(f"not a tuner run record: schema is {str(found)[:60]!r}, expected {SCHEMA!r}")
+        check_fields(d, "run", {"config": dict, "sampling": dict, "workload": dict, "hardware": dict,
+                                "metrics": dict, "tokens": list, "run_id": str, "created": str})
         return cls(config=d["config"], sampling=d["sampling"], workload=d["workload"], hardware=d["hardware"],
                    metrics=d["metrics"], tokens=d["tokens"], text=d.get("text"), timings=d.get("timings", {}),
                    memory=d.get("memory", {}), ops_records=d.get("ops", []), profile=d.get("profile", {}),
@@ -201,7 +204,8 @@ class RunResult:
                                    f"{self.hardware['bandwidth_gbs']:.1f} GB/s; MFU {m['mfu']:.2%}"))
         mem = self.memory
         memory = (f"weights {mem['weights_bytes'] / 2**20:.1f} MiB, KV cache {mem['kv_cache_bytes'] / 2**20:.1f} MiB, "
-                  f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB")
+                  f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB "
+                  f"({'this run' if mem.get('peak_rss_scope') == 'run' else 'the process so far'})")
         if mem.get("cuda_peak_allocated_bytes"):
             memory += f", CUDA peak {mem['cuda_peak_allocated_bytes'] / 2**20:.0f} MiB"
         rows.append(("memory", memory))
@@ -215,6 +219,14 @@ class RunResult:
         return (f"RunResult({self.config['model']}, batch={self.config['batch_size']}, "
                 f"output_tok_s={_num(m.get('output_tok_s'))}, tpot_ms={_num(m.get('tpot_ms'))}, "
                 f"mbu={_num(m.get('mbu'))})")
+
+
+def check_fields(d: dict, what: str, fields: dict[str, type]) -> None:
+    """ValueError naming the first of `fields` that a crafted or damaged record lacks or holds as the wrong type."""
+    for key, kind in fields.items():
+        if not isinstance(d.get(key), kind):
+            got = "missing" if d.get(key) is None else f"a {type(d[key]).__name__}"
+            raise ValueError(f"not a complete tuner {what} record: {key} is {got}, not a {kind.__name__}")
 
 
 def _split_table(text: str) -> list[str]:

@@ -79,6 +79,7 @@ class Engine:
         self._plans: dict = {}
         self._cap: Capture | None = None
         self._busy = threading.Lock()  # one generate() at a time: runs share the KV cache
+        self._rss_reset = False
         self.graphs = CudaGraphs(self) if graphs else None
 
     @classmethod
@@ -116,6 +117,7 @@ class Engine:
     def _generate(self, prompts, sampling, profile, on_step, logdir) -> RunResult:
         requests, sampling, workload = self._requests(prompts, sampling)
         hw = self.hardware()
+        self._rss_reset = _reset_peak_rss()
         run_id = new_run_id()
         self._cap = Capture(self.device, logdir, run_id) if profile else None
         if self.device.type == "cuda":
@@ -340,7 +342,7 @@ class Engine:
 
     def _memory(self) -> dict:
         mem = {"weights_bytes": self.model.weight_bytes(), "kv_cache_bytes": self.cache.nbytes,
-               "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+               **_peak_rss(self._rss_reset)}
         if self.device.type == "cuda":
             mem["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
         return mem
@@ -349,3 +351,26 @@ class Engine:
         """One short batch, so one-time costs (allocator growth, kernel selection) stay out of measured runs."""
         n = min(8, self.config.max_seq_len - 2)
         self.generate(Workload(batch=self.config.batch_size, prompt_len=n, output_len=2))
+
+
+def _reset_peak_rss() -> bool:
+    """Start this run's peak resident memory from now (Linux: VmHWM reset through /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss(reset: bool) -> dict:
+    """The run's peak resident memory, and how it was measured: VmHWM since the run began where Linux let it be
+    reset, else the process's lifetime peak (getrusage), which an earlier, larger run may have set."""
+    if reset:
+        try:
+            with open("/proc/self/status") as f:
+                hwm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+            return {"peak_rss_bytes": hwm, "peak_rss_scope": "run"}
+        except (OSError, StopIteration, ValueError):
+            pass
+    return {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_rss_scope": "process"}

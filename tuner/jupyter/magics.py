@@ -136,7 +136,7 @@ class TunerMagics(Magics):
             args = parse_argstring(PARSERS[cmd], rest)
             try:
                 return self._sweep(args, cell)
-            except (ValueError, FileNotFoundError) as e:
+            except (ValueError, OSError) as e:
                 raise UsageError(str(e)) from None
         if cell is not None:
             body = [ln.strip() for ln in cell.splitlines() if ln.strip() and not ln.strip().startswith("#")]
@@ -144,7 +144,7 @@ class TunerMagics(Magics):
         args = parse_argstring(PARSERS[cmd], rest)
         try:
             return getattr(self, f"_{cmd}")(args)
-        except ValueError as e:  # bad knob values, unknown runs: one clear line
+        except (ValueError, OSError) as e:  # bad knob values, unknown runs, unwritable paths: one clear line
             raise UsageError(str(e)) from None
 
     tuner.__doc__ = _doc()

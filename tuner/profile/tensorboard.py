@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,10 +37,14 @@ class TensorBoard:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
+        # its own process group (stop() ends the server and its helpers together), ended with this process:
+        # on Linux the kernel signals it when its parent dies, and atexit stops it on every normal exit
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tensorboard.main", "--logdir", str(self.logdir), "--host", "127.0.0.1",
              "--port", str(self.port), "--reload_interval", "5"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+        atexit.register(self.stop)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -62,13 +70,18 @@ class TensorBoard:
         return self.url + "#pytorch_profiler"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
+        """End the server and every process it started (its process group)."""
+        atexit.unregister(self.stop)
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # SIGKILL: what is left, helpers or a server that hung
+            try:
+                os.killpg(self.process.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                break
             try:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+                pass
+        self.process.wait()
 
     def __enter__(self) -> TensorBoard:
         return self
@@ -79,6 +92,14 @@ class TensorBoard:
     def __repr__(self) -> str:
         state = "running" if self.process.poll() is None else "stopped"
         return f"TensorBoard({self.url}, logdir={self.logdir}, {state})"
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGTERM when the process that started it dies."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def tensorboard(logdir: str | Path | None = None, port: int | None = None) -> TensorBoard:

@@ -127,8 +127,8 @@ def load_record(path: str | Path):
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable JSON record: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:  # JSON and UTF-8 errors are ValueErrors
+        raise ValueError(f"{path} is not a readable JSON record: {str(e)[:200]}") from None
     schema = data.get("schema") if isinstance(data, dict) else None
     if schema == SWEEP:
         return SweepResult.from_dict(data)

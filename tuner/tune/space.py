@@ -109,7 +109,10 @@ class Space:
             low, high = knob.check(spec["low"]), knob.check(spec["high"])
             if low >= high:
                 raise ValueError(f"{name}: low {low} must be below high {high}")
-            return Dim(name, group, reg, low=low, high=high, log=bool(spec.get("log", False)), step=spec.get("step"))
+            step = spec.get("step")
+            if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0):
+                raise ValueError(f"{name}: step={step!r} is not allowed: a range's step is a positive number")
+            return Dim(name, group, reg, low=low, high=high, log=bool(spec.get("log", False)), step=step)
         knob.check(spec)  # a single value: say what is allowed if it is not
         raise ValueError(f"{name}: write a list of values ([{spec!r}]) or a range {{low, high}}, not a single value")
 

@@ -38,6 +38,10 @@ HEADLINE = ("ttft_ms", "ttft_ms_p99", "tpot_ms", "tpot_ms_p99", "itl_ms_p99", "e
 _WORST = {"max": 0.0, "min": 1e12}  # placeholder objective values of a failed trial (it is infeasible anyway)
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a sweep, after its record was written with every finished trial."""
+
+
 class Runner:
     """Runs one configuration: the engine (reused across trials where the weights allow), the workload,
     and the run record written to `runs_dir`."""
@@ -224,13 +228,15 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
     constraints = [parse_constraint(c) for c in ([constraints] if isinstance(constraints, str) else constraints)]
     if not objectives:
         raise ValueError("give at least one objective, e.g. 'max:output_tok_s'")
-    if repeats < 0 or top_k < 1:
-        raise ValueError("repeats must be >= 0 and top_k >= 1")
+    for name, value, low in (("repeats", repeats, 0), ("top_k", top_k, 1), ("n_trials", n_trials, 1),
+                             ("seed", seed, 0), ("quality_prompts", quality_prompts, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"{name}={short_repr(value)} is not allowed: {name} must be a whole number >= {low}")
     base = dict(base or {})
     if n_trials is None:
         n_trials = space.size() if sampler == "grid" else 20
-    if n_trials is None or n_trials < 1:
-        raise ValueError("n_trials must be >= 1")
+    if n_trials is None:
+        raise ValueError("n_trials is needed: a space with ranges has no size to take it from")
     study_name = study_name or default_study_name(space, workload, objectives, constraints, base)
     if not isinstance(study_name, str) or not STUDY_NAME.fullmatch(study_name):
         raise ValueError(f"study_name={short_repr(study_name)} is not allowed: it names files under "
@@ -248,7 +254,8 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
         quality = Drift(quality_prompts, workload.prompt_len)
         runner.quality = quality
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # errors: every failure of a run is a recorded trial already (an interrupt would only add Optuna's traceback)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = _open_study(storage, study_name, [o.optuna_direction for o in objectives],
                         _sampler(sampler, space, len(constraints), seed))
     study.set_user_attr("tuner_sweep", {"space": space.to_spec(), "workload": workload.to_dict(), "base": base,
@@ -294,13 +301,23 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
 
     remaining = target - done_before
     t0 = time.time()
+    interrupted = False
     if remaining > 0:
         # re-proposed points cost no run but take an attempt: allow a few per trial still to run
-        study.optimize(objective, n_trials=4 * remaining + 8, callbacks=[tick], timeout=timeout_s, catch=(Exception,))
+        try:
+            study.optimize(objective, n_trials=4 * remaining + 8, callbacks=[tick], timeout=timeout_s,
+                           catch=(Exception,))
+        except KeyboardInterrupt:  # Ctrl-C: keep what finished; the cut trial is FAILed and runs again on resume
+            interrupted = True
     if bar is not None:
         bar.close()
     result = SweepResult.from_study(study, space, workload, objectives, constraints, base, storage,
                                     seconds=time.time() - t0, sampler=sampler)
+    if interrupted:
+        record = result.save(runs_dir / "sweeps" / f"{study_name}.json")
+        runner.release()
+        raise SweepInterrupted(f"{sum(t['state'] == 'complete' for t in result.trials)} finished trials are in "
+                               f"{record}; run the sweep again to resume it")
     if runner.hardware:
         result.hardware = runner.hardware
     if quality is not None and quality.dummy:
