@@ -380,3 +380,38 @@ def test_tensorboard_dies_with_its_cli_and_with_a_killed_parent(tmp_path):
     parent.kill()  # a kernel that exits without --stop, or is killed
     parent.wait()
     assert wait(lambda: not serving(port), 30)
+
+
+@pytest.mark.parametrize("url,message", [
+    ("/etc/passwd/x.db", "is not a database URL"), ("notaurl", "is not a database URL"),
+    ("mysql://u@127.0.0.1/db", "cannot be opened \\(ModuleNotFoundError"),
+    ("sqlite:////nonexistent/dir/x.db", "the folder /nonexistent/dir does not exist"),
+    ("postgresql://u:secret@127.0.0.1:1/db", "'postgresql://u:\\*\\*\\*@127.0.0.1:1/db' cannot be opened"),
+])
+def test_a_storage_url_that_cannot_serve_is_one_line_and_creates_nothing(url, message, tmp_path):
+    with pytest.raises(ValueError, match=message) as err:
+        tuner.sweep({"batch_size": [1]}, base=BASE, storage=url, runs_dir=tmp_path, progress=False)
+    assert "\n" not in str(err.value) and "secret" not in str(err.value)
+    assert not Path("/nonexistent").exists()
+    (tmp_path / "notes.db").write_text("not a database")
+    with pytest.raises(ValueError, match="notes.db is not a SQLite database"):
+        tuner.sweep({"batch_size": [1]}, base=BASE, storage=f"sqlite:///{tmp_path / 'notes.db'}", runs_dir=tmp_path,
+                    progress=False)
+
+
+def test_broken_tokenizer_and_generation_config_files_are_named(checkpoint, tmp_path):
+    import shutil
+
+    src, _ = checkpoint("llama")
+    for f in src.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": ')
+    with pytest.raises(ValueError, match="generation_config.json is not readable JSON"):
+        tuner.Engine(model=str(tmp_path))
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": "two"}')
+    with pytest.raises(ValueError, match="eos_token_id='two' is not a token id"):
+        tuner.Engine(model=str(tmp_path))
+    (tmp_path / "generation_config.json").unlink()
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match=f"the tokenizer files in {tmp_path} cannot be read"):
+        tuner.Engine(model=str(tmp_path))

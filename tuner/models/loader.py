@@ -207,14 +207,25 @@ def load_tokenizer(checkpoint: Path | None):
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
+    try:
+        return AutoTokenizer.from_pretrained(str(checkpoint), local_files_only=True)
+    except Exception as e:  # noqa: BLE001 - JSON, protobuf or sentencepiece errors name no file otherwise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"the tokenizer files in {checkpoint} cannot be read: {first}") from None
 
 
 def eos_token_ids(args: ModelArgs, checkpoint: Path | None) -> tuple[int, ...]:
     """EOS ids from generation_config.json when present, else config.json's."""
     gen = checkpoint / "generation_config.json" if checkpoint is not None else None
     if gen is not None and gen.is_file():
-        eos = json.loads(gen.read_text()).get("eos_token_id")
-        if eos is not None:
-            return tuple(eos) if isinstance(eos, list) else (eos,)
+        try:
+            data = json.loads(gen.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:
+            raise ValueError(f"{gen} is not readable JSON: {e}") from None
+        eos = data.get("eos_token_id") if isinstance(data, dict) else None
+        ids = tuple(eos) if isinstance(eos, list) else (eos,) if eos is not None else ()
+        if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids):
+            raise ValueError(f"{gen}: eos_token_id={eos!r} is not a token id or a list of them")
+        if ids:
+            return ids
     return args.eos_token_ids

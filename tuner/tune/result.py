@@ -142,7 +142,7 @@ class SweepResult:
     # -- records --------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": SCHEMA, "study_name": self.study_name, "storage": _redact(self.storage),
+        return {"schema": SCHEMA, "study_name": self.study_name, "storage": redact(self.storage),
                 "created": self.created, "tuner_version": self.tuner_version, "sampler": self.sampler,
                 "space": self.space, "workload": self.workload, "base": self.base,
                 "objectives": [str(o) for o in self.objectives], "constraints": [str(c) for c in self.constraints],
@@ -256,7 +256,7 @@ def _esc(s: str) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _redact(url: str | None) -> str | None:
+def redact(url: str | None) -> str | None:
     """A storage URL without its password."""
     if url and "://" in url and "@" in url:
         scheme, rest = url.split("://", 1)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..knobs import short_repr
-from .result import SweepResult, pareto_front
+from .result import SweepResult, pareto_front, redact
 from .space import QUALITY_METRICS, Constraint, Objective, Space, _knob, parse_constraint, parse_objective
 
 if TYPE_CHECKING:
@@ -125,17 +125,50 @@ def default_study_name(space: Space, workload: Workload, objectives, constraints
     return "tuner-" + hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
+def _head(path: Path) -> bytes:
+    with path.open("rb") as f:
+        return f.read(16)
+
+
+CONNECT_TIMEOUT_S = 10  # a database server that accepts and never answers is given up on after this
+
+
 def _storage(url: str | None):
+    """The Optuna storage at `url`; ValueError in one line for a URL that is not a database, a SQLite folder that
+    does not exist (the default's is made), a file that is not SQLite, a missing driver or a server that does not
+    answer within CONNECT_TIMEOUT_S."""
     import optuna
+    from sqlalchemy.engine import make_url
 
     if url is None:
         return None
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    shown = redact(url) if isinstance(url, str) else url
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - sqlalchemy's ArgumentError, or a value that is no string
+        raise ValueError(f"storage={shown!r} is not a database URL: use sqlite:///PATH.db, or "
+                         "postgresql://USER:PASSWORD@HOST/DB to share a study") from None
+    kwargs = {}
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database).expanduser()
+        if url == DEFAULT_STORAGE:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        elif not path.parent.is_dir():
+            raise ValueError(f"storage={shown!r}: the folder {path.parent} does not exist")
+        if path.is_dir() or (path.is_file() and path.stat().st_size and _head(path) != b"SQLite format 3\0"):
+            raise ValueError(f"storage={shown!r}: {path} is not a SQLite database")
+    elif parsed.get_backend_name() == "postgresql":
+        kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     # heartbeats let a later run (or another worker) fail the trial a killed process left RUNNING
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30, **kwargs)
+    except Exception as e:  # noqa: BLE001 - sqlalchemy's and the drivers' errors, one line each
+        cause = e.__cause__ or e.__context__ or e
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+        raise ValueError(f"storage={shown!r} cannot be opened ({type(cause).__name__}: {first}); for a server, "
+                         f"it was given {CONNECT_TIMEOUT_S} s to answer") from None
 
 
 def _new_constraints_api() -> bool:
