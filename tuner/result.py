@@ -169,10 +169,7 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunResult:
-        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
-            found = d.get("schema") if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"not a tuner run record: schema is {str(found)[:60]!r}, expected {SCHEMA!r}")
-        check_fields(d, "run", {"config": dict, "sampling": dict, "workload": dict, "hardware": dict,
+        check_record(d, SCHEMA, "run", {"config": dict, "sampling": dict, "workload": dict, "hardware": dict,
                                 "metrics": dict, "tokens": list, "run_id": str, "created": str})
         return cls(config=d["config"], sampling=d["sampling"], workload=d["workload"], hardware=d["hardware"],
                    metrics=d["metrics"], tokens=d["tokens"], text=d.get("text"), timings=d.get("timings", {}),
@@ -221,8 +218,14 @@ class RunResult:
                 f"mbu={_num(m.get('mbu'))})")
 
 
-def check_fields(d: dict, what: str, fields: dict[str, type]) -> None:
-    """ValueError naming the first of `fields` that a crafted or damaged record lacks or holds as the wrong type."""
+def check_record(d, schema: str | None, what: str, fields: dict[str, type]) -> None:
+    """ValueError unless `d` is a record of `schema` (None: any mapping) holding each of `fields` with its type:
+    the first a crafted or damaged record lacks, or holds as the wrong type, is named."""
+    if schema is None and not isinstance(d, dict):
+        raise ValueError(f"not a complete tuner {what} record: it is a {type(d).__name__}, not a mapping")
+    if schema is not None and (not isinstance(d, dict) or d.get("schema") != schema):
+        found = d.get("schema") if isinstance(d, dict) else type(d).__name__
+        raise ValueError(f"not a tuner {what} record: schema is {str(found)[:60]!r}, expected {schema!r}")
     for key, kind in fields.items():
         if not isinstance(d.get(key), kind):
             got = "missing" if d.get(key) is None else f"a {type(d[key]).__name__}"

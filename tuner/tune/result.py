@@ -155,17 +155,12 @@ class SweepResult:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SweepResult:
-        from ..result import check_fields
+        from ..result import check_record
 
-        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
-            found = d.get("schema") if isinstance(d, dict) else type(d).__name__
-            raise ValueError(f"not a tuner sweep record: schema is {str(found)[:60]!r}, expected {SCHEMA!r}")
-        check_fields(d, "sweep", {"study_name": str, "space": dict, "workload": dict, "objectives": list,
-                                  "constraints": list, "trials": list, "created": str})
+        check_record(d, SCHEMA, "sweep", {"study_name": str, "space": dict, "workload": dict, "objectives": list,
+                                          "constraints": list, "trials": list, "created": str})
         for t in d["trials"]:
-            if not isinstance(t, dict):
-                raise ValueError(f"not a complete tuner sweep record: a trial is a {type(t).__name__}")
-            check_fields(t, "sweep trial", {"number": int, "state": str, "params": dict, "metrics": dict})
+            check_record(t, None, "sweep trial", {"number": int, "state": str, "params": dict, "metrics": dict})
         return cls(study_name=d["study_name"], storage=d.get("storage"), space=d["space"], workload=d["workload"],
                    base=d.get("base", {}), objectives=[parse_objective(o) for o in d["objectives"]],
                    constraints=[parse_constraint(c) for c in d["constraints"]], trials=d["trials"],
