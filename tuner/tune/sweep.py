@@ -165,6 +165,8 @@ def _storage(url: str | None):
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30, **kwargs)
     except Exception as e:  # noqa: BLE001 - sqlalchemy's and the drivers' errors, one line each
+        if _creation_race(e):  # workers starting together on an empty database: _open_study retries
+            raise
         cause = e.__cause__ or e.__context__ or e
         first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
         raise ValueError(f"storage={shown!r} cannot be opened ({type(cause).__name__}: {first}); for a server, "
@@ -375,11 +377,16 @@ def _open_study(storage: str | None, study_name: str, directions: list[str], sam
             return optuna.create_study(study_name=study_name, storage=_storage(storage), load_if_exists=True,
                                        directions=directions, sampler=sampler)
         except Exception as e:  # noqa: BLE001 - only the creation race is retried
-            race = type(e).__name__ in ("IntegrityError", "DuplicatedStudyError") or "already exists" in str(e)
-            if not race or attempt == 5:
+            if not _creation_race(e) or attempt == 5:
                 raise
             time.sleep(0.3 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _creation_race(e: BaseException) -> bool:
+    """Whether `e` is another worker having created the same tables or study a moment earlier."""
+    return (type(e).__name__ in ("IntegrityError", "UniqueViolation", "DuplicatedStudyError")
+            or "already exists" in str(e) or "duplicate key" in str(e))
 
 
 def _same_params(study, params: dict):
