@@ -79,7 +79,6 @@ class Engine:
         self._plans: dict = {}
         self._cap: Capture | None = None
         self._busy = threading.Lock()  # one generate() at a time: runs share the KV cache
-        self._rss_reset = False
         self.graphs = CudaGraphs(self) if graphs else None
 
     @classmethod
@@ -117,7 +116,7 @@ class Engine:
     def _generate(self, prompts, sampling, profile, on_step, logdir) -> RunResult:
         requests, sampling, workload = self._requests(prompts, sampling)
         hw = self.hardware()
-        self._rss_reset = _reset_peak_rss()
+        rss_reset = _reset_peak_rss()
         run_id = new_run_id()
         self._cap = Capture(self.device, logdir, run_id) if profile else None
         if self.device.type == "cuda":
@@ -139,7 +138,7 @@ class Engine:
             ops_records, profile_info = self._cap.finish(self.config.to_dict(), hw, sampling.temperature == 0.0,
                                                          self.args)
             self._cap = None
-        return self._record(stats, requests, sampling, workload, hw, ops_records, profile_info, run_id)
+        return self._record(stats, requests, sampling, workload, hw, ops_records, profile_info, run_id, rss_reset)
 
     def _run_batch(self, batch: Batch, sampler: Sampler, stats: RunStats) -> None:
         """The decode loop: prefill a batch, then a token per sequence per step until every sequence is done.
@@ -274,8 +273,8 @@ class Engine:
 
     # -- helpers ------------------------------------------------------------------------------------
 
-    def _record(self, stats: RunStats, requests, sampling, workload, hw, ops_records, profile_info,
-                run_id) -> RunResult:
+    def _record(self, stats: RunStats, requests, sampling, workload, hw, ops_records, profile_info, run_id,
+                rss_reset: bool) -> RunResult:
         seqs = stats.seqs
         tokens = [s.tokens for s in seqs]
         metrics = {**compute_metrics([s.times_ms for s in seqs], [len(s.prompt) for s in seqs]),
@@ -289,7 +288,7 @@ class Engine:
             metrics=metrics, tokens=tokens, text=text, stopped=stats.stopped, tuner_version=__version__,
             timings={"token_times_ms": [[round(x, 4) for x in s.times_ms] for s in seqs],
                      "prefill_ms": stats.prefill_ms, "decode_step_ms": stats.decode_ms},
-            memory=self._memory(), ops_records=ops_records, profile=profile_info, run_id=run_id,
+            memory=self._memory(rss_reset), ops_records=ops_records, profile=profile_info, run_id=run_id,
         )
 
     def _requests(self, prompts, sampling):
@@ -340,9 +339,8 @@ class Engine:
             self._hardware = hardware_info(self.device, self.dtype)
         return self._hardware
 
-    def _memory(self) -> dict:
-        mem = {"weights_bytes": self.model.weight_bytes(), "kv_cache_bytes": self.cache.nbytes,
-               **_peak_rss(self._rss_reset)}
+    def _memory(self, rss_reset: bool) -> dict:
+        mem = {"weights_bytes": self.model.weight_bytes(), "kv_cache_bytes": self.cache.nbytes, **_peak_rss(rss_reset)}
         if self.device.type == "cuda":
             mem["cuda_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(self.device)
         return mem

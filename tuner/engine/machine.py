@@ -18,8 +18,6 @@ from ..models.quant import OneDNNLinear
 from ..profile import cost
 from ..profile.hardware import available_memory_bytes, check_device, has_fp8
 
-_ACT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-
 
 class NotEnoughMemoryError(ValueError):
     """The engine's weights and KV cache would not fit in the memory this device has free."""
@@ -60,8 +58,7 @@ def check_memory(config: EngineConfig, args: ModelArgs) -> None:
         slots = blocks * config.block_size
     else:
         slots = config.batch_size * config.max_seq_len
-    p = cost.Precision(_ACT_BYTES[config.dtype], config.quant, config.group_size, config.kv_dtype)
-    need = cost.memory_bytes(args, p, slots)
+    need = cost.memory_bytes(args, cost.Precision.of(config.to_dict()), slots)
     total = sum(need.values())
     if total > free:
         gib = 2**30

@@ -26,7 +26,6 @@ from .hardware import cache_dir
 PHASES = ("prefill", "decode")
 BOUND_PCT = 0.30  # below this share of both measured peaks an op is overhead-bound
 LAUNCH_US = {"cuda": 5.0, "cpu": 2.0}  # an op shorter than this per call is shorter than its launch/dispatch
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def default_logdir() -> Path:
@@ -80,7 +79,7 @@ class Capture:
     def finish(self, config: dict, hardware: dict, greedy: bool, args) -> tuple[list[dict], dict]:
         """Write the traces; return (op records, summary)."""
         times, calls, busy, wall = self._op_times()
-        p = Precision(_DTYPE_BYTES[config["dtype"]], config["quant"], config["group_size"], config["kv_dtype"])
+        p = Precision.of(config)
         costs = {ph: {} for ph in PHASES}
         for s in self.steps:
             c = range_costs(step_costs(args, p, s["seqs"], s["logits_rows"], greedy,

@@ -25,6 +25,7 @@ FUSED = {"add_norm": ("residual", "attn_norm", "mlp_norm", "final_norm"),
          "cuda_graph": tuple(o for o in OPS if o != "sampling")}
 MATMULS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head")
 
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # the model dtypes' activation bytes
 KV_BYTES = {"int8": 1, "fp8": 1}
 SCALE_BYTES = 2  # int8/int4 weight scales and zeros are stored in 16 bits (bf16 on CPU, the model dtype on GPU)
 
@@ -35,6 +36,11 @@ class Precision:
     quant: str = "none"  # weight-only quantization of the decoder linears: none, int8, int4, fp8
     group_size: int = 128  # int4 group
     kv_dtype: str = "auto"  # KV-cache storage: auto (model dtype), int8, fp8
+
+    @classmethod
+    def of(cls, config: dict) -> Precision:
+        """The precision of an engine configuration (EngineConfig.to_dict())."""
+        return cls(DTYPE_BYTES[config["dtype"]], config["quant"], config["group_size"], config["kv_dtype"])
 
     @property
     def kv_bytes(self) -> int:
