@@ -176,13 +176,13 @@ def test_quality_drift_prices_quantization(tmp_path):
     r = sweep({"quant": ["none", "int8", "int4"]}, constraints=["top1_agreement >= 0.9"], **common)
     by = {t["params"]["quant"]: t for t in r.trials}
     m = {q: t["metrics"] for q, t in by.items()}
-    assert m["none"]["kl_divergence"] < 1e-9 and m["none"]["top1_agreement"] == 1.0
-    assert 1e-7 < m["int8"]["kl_divergence"] < m["int4"]["kl_divergence"]
+    assert m["none"]["kl_mean"] < 1e-9 and m["none"]["top1_agreement"] == 1.0
+    assert 1e-7 < m["int8"]["kl_mean"] < m["int4"]["kl_mean"]
     assert m["int8"]["top1_agreement"] >= m["int4"]["top1_agreement"]
     for t in by.values():
         assert t["feasible"] == (t["metrics"]["top1_agreement"] >= 0.9)
     assert not r.notes  # real weights: no warning
-    dummy = sweep({"quant": ["none", "int8"]}, constraints=["kl_divergence <= 1"],
+    dummy = sweep({"quant": ["none", "int8"]}, constraints=["kl_mean <= 1"],
                   **{**common, "base": {**BASE, "group_size": 64}})
     assert any("dummy weights" in n and "say nothing" in n for n in dummy.notes)
 

@@ -271,6 +271,40 @@ class Engine:
         step = self._prefill_step([ids.shape[1]] * ids.shape[0], ids.shape[1], write=False)
         return self.model.forward(ids, step, None, torch_ops)
 
+    @torch.inference_mode()
+    def score(self, ids, prefix: int) -> torch.Tensor:
+        """Teacher forcing through the KV cache: float32 logits [B, T - prefix, V] that predict tokens prefix..T-1
+        of the equal-length rows `ids` [B, T]. The first `prefix` tokens are prefilled; every later token is fed
+        by a decode step that reads the cache, so the KV dtype (int8, fp8) and the decode path are measured."""
+        rows = [list(r) for r in ids]
+        B, T = len(rows), len(rows[0]) if rows else 0
+        if not rows or any(len(r) != T for r in rows) or not 1 <= prefix < T:
+            raise ValueError(f"score needs equal-length rows of more than prefix={prefix} tokens")
+        if B > self.config.batch_size or T > self.config.max_seq_len:
+            raise ValueError(f"{B} rows of {T} tokens exceed batch_size={self.config.batch_size} or "
+                             f"max_seq_len={self.config.max_seq_len}")
+        for r in rows:
+            self._check_ids(r)
+        x = torch.tensor(rows, dtype=torch.long, device=self.device)
+        out = []
+        with self._busy:
+            self.cache.reset()
+            self.cache.reserve([prefix] * B)
+            last = torch.full((B,), prefix - 1, device=self.device)
+            out.append(self.model.forward(x[:, :prefix], self._prefill_step([prefix] * B, prefix, write=True),
+                                          self.cache, torch_ops, last=last).float().cpu())
+            for t in range(prefix, T - 1):
+                lens = [t] * B
+                lens_t = torch.full((B,), t, dtype=torch.long, device=self.device)
+                self.cache.reserve([t + 1] * B)
+                if self.fixed_decode:
+                    logits = self._fixed_decode(x[:, t], lens_t, lens)
+                else:
+                    logits = self.model.forward(x[:, t:t + 1], self._decode_step(lens_t, lens), self.cache,
+                                                torch_ops)[:, 0]
+                out.append(logits.float().cpu())
+        return torch.stack(out, 1)
+
     # -- helpers ------------------------------------------------------------------------------------
 
     def _record(self, stats: RunStats, requests, sampling, workload, hw, ops_records, profile_info, run_id,
@@ -299,17 +333,16 @@ class Engine:
             requests = prompts.prompts(self.args.vocab_size, prompts.batch or self.config.batch_size)
             sampling = sampling.replace(max_new_tokens=prompts.output_len, ignore_eos=True)
         else:
-            if isinstance(prompts, str) or (isinstance(prompts, collections.abc.Sequence) and prompts
-                                            and all(isinstance(t, int) for t in prompts)):
+            one_list = isinstance(prompts, collections.abc.Sequence) and prompts and all(isinstance(t, int)
+                                                                                        for t in prompts)
+            if isinstance(prompts, str) or _is_chat(prompts) or one_list:
                 prompts = [prompts]
             if not isinstance(prompts, collections.abc.Sequence) or not prompts:
-                raise ValueError("prompts must be a non-empty list of token-id lists or strings, or a Workload")
-            if all(isinstance(p, str) for p in prompts):
-                if self.tokenizer is None:
-                    raise ValueError(f"prompts are strings but {self.config.model} has no tokenizer: "
-                                     "pass token ids or a tuner.Workload")
-                requests = [self.tokenizer(p)["input_ids"] for p in prompts]
-                workload = {"kind": "text"}
+                raise ValueError("prompts must be a non-empty list of token-id lists, strings or chats (lists of "
+                                 "{'role': ..., 'content': ...} messages), or a Workload")
+            if all(isinstance(p, str) or _is_chat(p) for p in prompts):
+                requests = [self.encode(p) for p in prompts]
+                workload = {"kind": "chat" if self.chat_template else "text"}
             else:
                 requests = [list(p.tolist() if isinstance(p, torch.Tensor) else p) for p in prompts]
                 workload = {"kind": "tokens"}
@@ -319,6 +352,26 @@ class Engine:
             self._check_length(len(r), sampling.max_new_tokens)
             self._check_ids(r)
         return requests, sampling, workload
+
+    @property
+    def chat_template(self) -> bool:
+        """Whether the tokenizer has a chat template (string prompts then go through it)."""
+        return self.tokenizer is not None and bool(getattr(self.tokenizer, "chat_template", None))
+
+    def encode(self, prompt) -> list[int]:
+        """The token ids of a prompt: a chat (a list of {'role', 'content'} messages) or a string through the
+        chat template with the assistant's turn opened, when the tokenizer has one; else a string as it is."""
+        if self.tokenizer is None:
+            raise ValueError(f"prompts are strings but {self.config.model} has no tokenizer: "
+                             "pass token ids or a tuner.Workload")
+        chat = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        if not self.chat_template:
+            if not isinstance(prompt, str):
+                raise ValueError(f"{self.config.model} has no chat template: pass a string or token ids, not messages")
+            return list(self.tokenizer(prompt)["input_ids"])
+        ids = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids  # transformers 5 returns a BatchEncoding
+        return list(ids)
 
     def _check_length(self, prompt_len: int, max_new_tokens: int) -> None:
         if prompt_len + max_new_tokens > self.config.max_seq_len:
@@ -349,6 +402,12 @@ class Engine:
         """One short batch, so one-time costs (allocator growth, kernel selection) stay out of measured runs."""
         n = min(8, self.config.max_seq_len - 2)
         self.generate(Workload(batch=self.config.batch_size, prompt_len=n, output_len=2))
+
+
+def _is_chat(p) -> bool:
+    """A chat: a non-empty list of messages, each a dict with a role and a content string."""
+    return (isinstance(p, (list, tuple)) and bool(p) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in p))
 
 
 def _reset_peak_rss() -> bool:

@@ -1,8 +1,8 @@
 """What only the machine an Engine is built on can tell: whether this config can run here.
 
 EngineConfig checks values and combinations on any machine (tuner.config); these checks need this one:
-CUDA and the device index, fp8 support, the checkpoint on disk, fast float16 matmuls on this CPU, and
-whether the cupy kernels serve this model's shapes.
+CUDA and the device index, fp8 support, the checkpoint on disk (a directory of safetensors or a GGUF file),
+fast float16 matmuls on this CPU, and whether the cupy kernels serve this model's shapes.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def check_machine(config: EngineConfig) -> tuple[ModelArgs, Path | None]:
                              f"device={config.device!r} has none: use 'int8' instead")
     args, checkpoint = resolve_model(config.model)  # a checkpoint directory must be here now
     config.check_model(args)
-    if config.weights == "auto" and checkpoint is not None and not any(checkpoint.glob("*.safetensors")):
+    if config.weights == "auto" and checkpoint is not None and checkpoint.is_dir() and \
+            not any(checkpoint.glob("*.safetensors")):
         raise ValueError(f"weights='auto' but {checkpoint} holds no *.safetensors files: "
                          "convert the checkpoint to safetensors or use weights='dummy'")
     if config.device == "cpu" and config.dtype == "float16" and not cpu_has_fast_float16():

@@ -6,6 +6,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .gguf import NAMED, is_gguf, named_file, open_gguf
+
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
 
@@ -171,31 +173,42 @@ HF_IDS: dict[str, str] = {
 
 
 def model_shapes(model: str) -> ModelArgs | None:
-    """The shapes of a preset, or of a checkpoint directory on this machine. None for a path that is not here
-    (a config written on another machine: only building its Engine needs the checkpoint). ValueError for a name
-    that is neither a preset nor a path."""
+    """The shapes of a preset, a named real model or a checkpoint on this machine. None for a checkpoint that is not
+    here (a config written on another machine: only building its Engine needs the checkpoint). ValueError for a
+    name that is none of these."""
     path = Path(model).expanduser()
-    if model not in PRESETS and not path.exists() and ("/" in model or model.startswith(("~", "."))):
+    if model in NAMED:
+        try:
+            named_file(model)
+        except ValueError:
+            return None
+    elif model not in PRESETS and not path.exists() and ("/" in model or model.startswith(("~", "."))
+                                                         or is_gguf(path)):
         return None
     return resolve_model(model)[0]
 
 
 def resolve_model(model: str) -> tuple[ModelArgs, Path | None]:
-    """A preset name or a checkpoint directory -> (its shapes, the directory or None for presets)."""
+    """A preset name, a named real model, a GGUF file or a checkpoint directory -> (its shapes, the checkpoint
+    directory or GGUF file; None for presets)."""
     if model in PRESETS:
         return ModelArgs.from_hf_config(PRESETS[model]), None
-    path = Path(model).expanduser()
-    if not (path / "config.json").is_file():
+    path = named_file(model) if model in NAMED else Path(model).expanduser()
+    if is_gguf(path) and path.is_file():
+        cfg, file = open_gguf(path).config(), path
+    elif not (path / "config.json").is_file():
         raise ValueError(
-            f"model={model!r} is neither a preset ({', '.join(PRESETS)}) nor a directory holding config.json"
+            f"model={model!r} is neither a preset ({', '.join(PRESETS)}), a named real model ({', '.join(NAMED)}), "
+            "a .gguf file nor a directory holding config.json"
         )
-    file = path / "config.json"
-    try:
-        cfg = json.loads(file.read_text(encoding="utf-8"))
-    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ValueError(f"{file} is not readable JSON: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{file} holds a {type(cfg).__name__}, not a JSON object of model settings")
+    else:
+        file = path / "config.json"
+        try:
+            cfg = json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ValueError(f"{file} is not readable JSON: {e}") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{file} holds a {type(cfg).__name__}, not a JSON object of model settings")
     try:
         return ModelArgs.from_hf_config(cfg), path
     except KeyError as e:

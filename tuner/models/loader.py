@@ -17,6 +17,7 @@ import torch
 from safetensors import safe_open
 
 from .args import ModelArgs
+from .gguf import is_gguf, open_gguf
 from .model import Layer, Transformer
 from .quant import Embedding, Int8Embedding, Int8Linear, Linear, TiedLMHead, make_linear
 
@@ -112,7 +113,8 @@ def build_model(args: ModelArgs, checkpoint: Path | None, dtype: torch.dtype, de
                 quant: str = "none", group_size: int = 128, seed: int = 0,
                 progress: Callable[[int, int], None] | None = None) -> Transformer:
     """Fill a Transformer from `checkpoint` (None: dummy weights), quantizing layer weights as they land."""
-    source = _Checkpoint(checkpoint) if checkpoint is not None else _Dummy(seed)
+    source = _Dummy(seed) if checkpoint is None else open_gguf(checkpoint).weights() if is_gguf(checkpoint) else \
+        _Checkpoint(checkpoint)
 
     def tensor(shape, *names: str) -> torch.Tensor:
         """A new tensor of `shape` made of the named source tensors stacked along dim 0."""
@@ -152,7 +154,7 @@ def build_model(args: ModelArgs, checkpoint: Path | None, dtype: torch.dtype, de
             progress(i + 1, args.n_layers)
     embed, lm_head = _ends(args, tensor, quant)
     norm = tensor((args.dim,), "model.norm.weight")
-    if isinstance(source, _Checkpoint):
+    if not isinstance(source, _Dummy):
         source.check_all_used({"lm_head.weight"} if args.tie_word_embeddings else set())
     return Transformer(args, embed, layers, norm, lm_head)
 
@@ -201,7 +203,9 @@ def _source_rows(args: ModelArgs, name: str, shape: tuple) -> int:
 
 
 def load_tokenizer(checkpoint: Path | None):
-    """The checkpoint's own tokenizer from local files, or None."""
+    """The checkpoint's own tokenizer from local files (a GGUF file's from its metadata), or None."""
+    if checkpoint is not None and is_gguf(checkpoint):
+        return open_gguf(checkpoint).tokenizer()
     if checkpoint is None or not any((checkpoint / f).exists() for f in ("tokenizer.json", "tokenizer.model",
                                                                          "tokenizer_config.json")):
         return None
@@ -216,7 +220,7 @@ def load_tokenizer(checkpoint: Path | None):
 
 def eos_token_ids(args: ModelArgs, checkpoint: Path | None) -> tuple[int, ...]:
     """EOS ids from generation_config.json when present, else config.json's."""
-    gen = checkpoint / "generation_config.json" if checkpoint is not None else None
+    gen = checkpoint / "generation_config.json" if checkpoint is not None and not is_gguf(checkpoint) else None
     if gen is not None and gen.is_file():
         try:
             data = json.loads(gen.read_text(encoding="utf-8"))

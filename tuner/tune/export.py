@@ -24,7 +24,7 @@ from ..knobs import ENGINE_KNOBS, SAMPLING_KNOBS, lookup
 
 FORMATS = {"tuner": "tuner.yaml", "vllm": "vllm-config.yaml", "hf": "generation_config.json", "tgi": "tgi.env",
            "trtllm": "trtllm-llm-api.yaml"}
-_HEADLINE = ("output_tok_s", "ttft_ms_p99", "tpot_ms_p99", "itl_ms_p99", "mbu", "top1_agreement", "kl_divergence")
+_HEADLINE = ("output_tok_s", "ttft_ms_p99", "tpot_ms_p99", "itl_ms_p99", "mbu", "top1_agreement", "kl_mean")
 
 
 class Choice:

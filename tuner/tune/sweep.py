@@ -240,11 +240,12 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
           n_trials: int | None = None, sampler: str = "tpe", storage: str | None = DEFAULT_STORAGE,
           study_name: str | None = None, repeats: int = 0, top_k: int = 3, base: dict | None = None,
           seed: int | None = 0, runs_dir: str | Path = "tuner-runs", warmup: bool = True,
-          quality_prompts: int = 4, progress: bool = True, timeout_s: float | None = None) -> SweepResult:
+          quality_prompts: int = 4, quality_text: str | Path | None = None, progress: bool = True,
+          timeout_s: float | None = None) -> SweepResult:
     """Search `space` (knob -> values) for the best configurations on `workload`.
 
     objectives: metrics to optimize ("max:output_tok_s", "min:tpot_ms_p99"; several give a Pareto front).
-    constraints: SLOs ("ttft_ms_p99 <= 200", "top1_agreement >= 0.98"); a trial that breaks one is infeasible.
+    constraints: SLOs ("ttft_ms_p99 <= 200", "kl_mean <= 0.01"); a trial that breaks one is infeasible.
     n_trials: completed trials the study should hold (the grid's size for sampler="grid"); counted over every
         process that shares the study, so a resumed sweep runs only the rest.
     sampler: "tpe" (default), "grid", "random" or "nsga2".
@@ -252,8 +253,10 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
         from the sweep's arguments, so calling again resumes.
     repeats: re-run each of the top_k feasible configurations this many times, with 95% confidence intervals.
     base: knobs every trial shares (model, device, dtype, ...), e.g. {"model": "smollm2-135m"}.
-    quality_prompts: prompts used to measure drift against the unquantized model when an objective or
-        constraint names kl_divergence or top1_agreement.
+    quality_prompts / quality_text: when an objective or constraint names a quality metric (kl_mean, kl_p99,
+        top1_agreement, perplexity, greedy_match: tune/quality.py), the windows of 128 tokens of text (a file;
+        default: the standard library's documentation strings) each trial is scored on against the float32
+        reference, through the KV cache.
     """
     import optuna
 
@@ -284,9 +287,9 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
     quality = None
     runner = Runner(base, workload, runs_dir / "sweeps" / study_name, warmup)
     if needs_quality:
-        from .quality import Drift
+        from .quality import Quality
 
-        quality = Drift(quality_prompts, workload.prompt_len)
+        quality = Quality(quality_prompts, text=quality_text)
         runner.quality = quality
 
     # errors: every failure of a run is a recorded trial already (an interrupt would only add Optuna's traceback)
@@ -356,7 +359,7 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
     if runner.hardware:
         result.hardware = runner.hardware
     if quality is not None and quality.dummy:
-        result.notes.append("dummy weights: the drift figures (kl_divergence, top1_agreement) compare random "
+        result.notes.append("dummy weights: the quality figures (kl_mean, top1_agreement, ...) compare random "
                             "models and say nothing about the quality of a real one")
     if repeats:
         result.repeats = _repeat(result, runner, space, objectives, constraints, repeats, top_k)
