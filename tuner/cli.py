@@ -115,6 +115,24 @@ def _parser() -> argparse.ArgumentParser:
                     help="the SLO: p99 TPOT at most this many ms (default: twice this machine's batch-1 TPOT, "
                          "measured first)")
     dm.add_argument("--fresh", action="store_true", help="start over instead of resuming an earlier demo in OUT")
+    ql = sub.add_parser("quality", help="what quantization and the KV-cache dtype cost in quality, on a real model",
+                        description="Score each variant (every quant x kv_dtype) against the float32 reference with "
+                                    "the same weights, by teacher forcing through the KV cache on real English text: "
+                                    "KL divergence of the next-token distributions (mean, p99), top-1 agreement, "
+                                    "perplexity and how long greedy continuations stay identical.")
+    ql.add_argument("--model", default="smollm2-135m-instruct",
+                    help="a GGUF file, checkpoint directory or named real model (default smollm2-135m-instruct)")
+    ql.add_argument("--quant", default="none,int8,int4", help="comma-separated quant values (default none,int8,int4)")
+    ql.add_argument("--kv-dtype", default="auto,int8", help="comma-separated kv_dtype values (default auto,int8)")
+    ql.add_argument("--group-size", default=None,
+                    help="comma-separated int4 groups (default: those of 32, 64, 128 that divide the model's widths)")
+    ql.add_argument("--dtype", default="float32", help="the candidates' dtype (the reference is always float32)")
+    ql.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    ql.add_argument("--text", type=Path, default=None,
+                    help="a UTF-8 text file to score on (default: the standard library's documentation strings)")
+    ql.add_argument("--n-seqs", type=_positive_int, default=4, help="windows of text scored (default 4)")
+    ql.add_argument("--seq-len", type=_positive_int, default=128, help="tokens per window (default 128)")
+    ql.add_argument("--json", type=Path, default=None, help="write the rows (tuner.quality/1) to this file")
     tb = sub.add_parser("tensorboard", help="serve the profiled runs in TensorBoard on 127.0.0.1",
                         description="Start TensorBoard with the PyTorch profiler plugin over a log dir; Ctrl-C stops.")
     tb.add_argument("--logdir", type=Path, default=None, help="default ~/.cache/tuner/runs")
@@ -229,6 +247,32 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def cmd_quality(args) -> int:
+    import json
+
+    from .tune.quality import quality_table, table, variants
+
+    if args.json is not None and args.json.is_dir():
+        raise ValueError(f"--json {args.json} is a directory: give the file to write the rows to")
+    todo = variants(args.model, args.quant, args.kv_dtype, args.group_size)
+    print(f"scoring {len(todo)} variants of {args.model} against its float32 reference ({args.n_seqs} x "
+          f"{args.seq_len} tokens of text)", file=sys.stderr)
+
+    def step(i, n, row):
+        print(f"  [{i}/{n}] {row['knobs']}: kl_mean {row['kl_mean']:.5f} ({row['seconds']} s)", file=sys.stderr)
+
+    rows = quality_table(args.model, todo, {"dtype": args.dtype, "device": args.device}, args.n_seqs, args.seq_len,
+                         args.text, step)
+    print(table(rows))
+    if rows and rows[0]["dummy"]:
+        print("note: dummy weights: these figures compare random models and say nothing about a real one")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"schema": "tuner.quality/1", "model": args.model, "rows": rows}, indent=1))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
 def cmd_export(args) -> int:
     from .tune.export import export_formats, load_record
 
@@ -257,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return {"run": cmd_run, "presets": cmd_presets, "hw": cmd_hw, "tensorboard": cmd_tensorboard,
-                "sweep": cmd_sweep, "export": cmd_export, "demo": cmd_demo}[args.command](args)
+                "sweep": cmd_sweep, "export": cmd_export, "demo": cmd_demo,
+                "quality": cmd_quality}[args.command](args)
     except (ValueError, OSError) as e:  # bad input, or a file that cannot be read or written
         parser.exit(2, f"tuner: error: {e}\n")
     except RuntimeError as e:

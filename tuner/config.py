@@ -94,7 +94,7 @@ class _EngineChecks(_Validated):
             widths = (args.dim, args.q_size, args.intermediate_size)
             for width, layer in zip(widths, ("wqkv/w13", "wo", "w2"), strict=True):
                 if width % self.group_size:
-                    ok = [g for g in ENGINE_KNOBS["group_size"].choices if all(w % g == 0 for w in widths)]
+                    ok = int4_groups(args)
                     raise ValueError(f"group_size={self.group_size} does not divide the input width {width} of "
                                      f"{layer} in {self.model}: allowed for this model: {ok or 'none'}")
         if self.max_seq_len > args.max_position_embeddings:
@@ -190,3 +190,9 @@ def load_config(path: str | Path) -> tuple[EngineConfig, SamplingParams]:
         return EngineConfig.from_dict(engine), SamplingParams.from_dict(sampling)
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: {e}") from None
+
+
+def int4_groups(args: ModelArgs) -> list[int]:
+    """The int4 group sizes (group_size's choices) that divide every input width of this model's linears."""
+    widths = (args.dim, args.q_size, args.intermediate_size)
+    return [g for g in ENGINE_KNOBS["group_size"].choices if all(w % g == 0 for w in widths)]

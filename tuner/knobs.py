@@ -158,6 +158,8 @@ _KNOBS = [
     Knob("cuda_graphs", bool, False, "capture the decode step in CUDA graphs per batch-size bucket", "engine",
          applies="CUDA"),
     Knob("seed", int, 0, "seed of dummy weights", "engine", low=0, high=2**63 - 1, reload=True),
+    Knob("price_per_hour", float, 0.0, "the device's price in $ per hour, for $ per 1M tokens; 0: the typical "
+         "on-demand price of this device (tuner/profile/prices.py)", "engine", low=0.0, high=1e6),
     # sampling: per generate() call
     Knob("max_new_tokens", int, 128, "tokens to generate per prompt", "sampling", low=1, high=1 << 20),
     Knob("temperature", float, 0.0, "0 means greedy; otherwise logits are divided by it", "sampling",

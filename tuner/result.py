@@ -196,6 +196,10 @@ class RunResult:
                                     f"p99 {m[key + '_p99']:.2f}"))
         rows.append(("throughput", f"{_num(m.get('output_tok_s'))} output tok/s, "
                                    f"{_num(m.get('total_tok_s'))} total tok/s"))
+        if m.get("usd_per_1m_output_tokens") is not None:
+            rows.append(("cost", f"${m['usd_per_1m_output_tokens']:.3g} per 1M output tokens, "
+                                 f"${m['usd_per_1m_tokens']:.3g} per 1M tokens at "
+                                 f"${self.hardware['price_per_hour']:g}/h ({self.hardware.get('price_source')})"))
         if m.get("mbu") is not None:
             rows.append(("decode", f"{m['decode_gbs']:.1f} GB/s = MBU {m['mbu']:.1%} of measured "
                                    f"{self.hardware['bandwidth_gbs']:.1f} GB/s; MFU {m['mfu']:.2%}"))

@@ -23,6 +23,7 @@ from ..models.model import DecodeState, Step, rope_tables
 from ..profile import cost
 from ..profile.capture import Capture, new_run_id
 from ..profile.hardware import hardware_info
+from ..profile.prices import cost_metrics, device_price
 from ..ranges import op
 from ..result import RunResult, compute_metrics
 from .batch import Batch, Pending, Sequence
@@ -313,6 +314,9 @@ class Engine:
         tokens = [s.tokens for s in seqs]
         metrics = {**compute_metrics([s.times_ms for s in seqs], [len(s.prompt) for s in seqs]),
                    **stats.decode_metrics(hw)}
+        price = device_price(hw, self.config.price_per_hour)
+        metrics.update(cost_metrics(metrics, price["price_per_hour"]))
+        hw = {**hw, **price}
         workload.update(n_prompts=len(requests), prompt_lens=[len(p) for p in requests],
                         output_lens=[len(t) for t in tokens],
                         prompt_len_mean=sum(len(p) for p in requests) / len(requests))

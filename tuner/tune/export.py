@@ -24,7 +24,8 @@ from ..knobs import ENGINE_KNOBS, SAMPLING_KNOBS, lookup
 
 FORMATS = {"tuner": "tuner.yaml", "vllm": "vllm-config.yaml", "hf": "generation_config.json", "tgi": "tgi.env",
            "trtllm": "trtllm-llm-api.yaml"}
-_HEADLINE = ("output_tok_s", "ttft_ms_p99", "tpot_ms_p99", "itl_ms_p99", "mbu", "top1_agreement", "kl_mean")
+_HEADLINE = ("output_tok_s", "ttft_ms_p99", "tpot_ms_p99", "itl_ms_p99", "mbu", "usd_per_1m_output_tokens",
+             "usd_per_1m_tokens", "top1_agreement", "kl_mean")
 
 
 class Choice:
@@ -64,7 +65,8 @@ class Choice:
                         "EngineConfig or a dict of knobs")
 
     def provenance(self) -> dict[str, Any]:
-        hw = {k: self.hardware[k] for k in ("name", "device", "bandwidth_gbs", "matmul_tflops") if k in self.hardware}
+        hw = {k: self.hardware[k] for k in ("name", "device", "bandwidth_gbs", "matmul_tflops", "price_per_hour")
+              if k in self.hardware}
         metrics = {k: self.metrics[k] for k in _HEADLINE if self.metrics.get(k) is not None}
         return {"tuner_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "chosen_by": self.chosen_by, "hardware": hw, "metrics": metrics,
@@ -164,6 +166,10 @@ def _comment_block(choice: Choice, title: str) -> str:
     if p["metrics"]:
         lines.append("its metrics: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                 for k, v in p["metrics"].items()))
+    cost = p["metrics"].get("usd_per_1m_output_tokens")
+    if cost is not None:
+        lines.append(f"expected cost: ${cost:.4g} per 1M output tokens at ${p['hardware'].get('price_per_hour')}/h "
+                     "(this workload's measured throughput)")
     if p["workload"]:
         lines.append("workload: " + ", ".join(f"{k}={v}" for k, v in p["workload"].items()))
     return _comments(lines)
@@ -185,11 +191,15 @@ def _tuner(choice: Choice) -> str:
 
 def _model_id(cfg: EngineConfig) -> tuple[str, str | None]:
     from ..models.args import HF_IDS, PRESETS
+    from ..models.gguf import NAMED_HF_IDS
 
     if cfg.model in PRESETS:
         if cfg.model in HF_IDS:
             return HF_IDS[cfg.model], f"tuner measured {cfg.model}'s shapes with dummy weights; this is its checkpoint"
         return "<your-model>", f"the preset {cfg.model!r} is no published model: set model"
+    if cfg.model in NAMED_HF_IDS:
+        return NAMED_HF_IDS[cfg.model], (f"tuner measured the GGUF file of {cfg.model} (its weights as Q4_1, "
+                                         "dequantized); this is the checkpoint it was converted from")
     return str(Path(cfg.model).expanduser().resolve()), None
 
 

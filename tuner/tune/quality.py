@@ -23,6 +23,7 @@ import importlib
 import inspect
 import math
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -175,3 +176,59 @@ def greedy_match(ref: list[list[int]], got: list[list[int]]) -> float:
         same = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
         shares.append(same / max(len(a), 1))
     return sum(shares) / len(shares)
+
+
+def quality_table(model: str, variants: list[dict], base: dict | None = None, n_seqs: int = 4, seq_len: int = 128,
+                  text: str | Path | None = None, progress=None) -> list[dict]:
+    """The quality figures of each variant (knobs over `base`) of `model`: one row per variant, its knobs and
+    metrics. What `tuner quality` prints. Variants that differ only in runtime knobs share loaded weights."""
+    from ..engine.engine import Engine
+
+    quality = Quality(n_seqs, seq_len, text=text)
+    rows, loaded = [], None
+    for i, knobs in enumerate(variants):
+        cfg = {"model": model, **(base or {}), **knobs}
+        engine = loaded.replace(**cfg) if loaded is not None else Engine(**cfg)
+        loaded = engine
+        t0 = time.perf_counter()
+        rows.append({"knobs": knobs, **quality(engine), "seconds": round(time.perf_counter() - t0, 1)})
+        if progress:
+            progress(i + 1, len(variants), rows[-1])
+    quality.release()
+    return [{**r, **quality.info, "dummy": quality.dummy} for r in rows]
+
+
+def variants(model: str, quants, kv_dtypes, groups=None) -> list[dict]:
+    """Every quant x kv_dtype (int4 once per group), from lists or comma-separated strings, each value checked
+    against its knob. groups default to those of 32, 64 and 128 that divide the model's widths."""
+    from ..config import int4_groups
+    from ..knobs import ENGINE_KNOBS
+    from ..models.args import model_shapes
+
+    def values(name, given):
+        items = given.split(",") if isinstance(given, str) else list(given)
+        return [ENGINE_KNOBS[name].parse(v) if isinstance(v, str) else ENGINE_KNOBS[name].check(v) for v in items]
+
+    quants, kvs = values("quant", quants), values("kv_dtype", kv_dtypes)
+    if groups is None:
+        args = model_shapes(model)
+        groups = [g for g in (int4_groups(args) if args else [128]) if g <= 128] or [128]
+    groups = values("group_size", groups)
+    out = []
+    for q in quants:
+        for kv in kvs:
+            out += [{"quant": q, "group_size": g, "kv_dtype": kv} for g in groups] if q == "int4" else \
+                [{"quant": q, "kv_dtype": kv}]
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    """The rows of quality_table as aligned text."""
+    head = f"{'quant':<10}{'kv_dtype':<10}{'kl_mean':>10}{'kl_p99':>10}{'top1':>8}{'ppl':>9}{'greedy':>8}"
+    lines = [head]
+    for r in rows:
+        k = r["knobs"]
+        q = k["quant"] + (f" g{k['group_size']}" if k["quant"] == "int4" else "")
+        lines.append(f"{q:<10}{k['kv_dtype']:<10}{r['kl_mean']:>10.5f}{r['kl_p99']:>10.4f}"
+                     f"{r['top1_agreement']:>8.1%}{r['perplexity']:>9.2f}{r['greedy_match']:>8.1%}")
+    return "\n".join(lines)

@@ -30,6 +30,7 @@ METRICS: dict[str, str] = {
     "output_tok_s": "max", "total_tok_s": "max", "request_s": "max", "mbu": "max", "mfu": "max",
     "decode_gbs": "max", "prefill_ms": "min", "duration_s": "min",
     "decode_bytes_per_token": "min",  # analytic: weights and KV a decode step reads over the tokens it computes
+    "usd_per_1m_output_tokens": "min", "usd_per_1m_tokens": "min",  # at the device's price (profile/prices.py)
     # quality against the float32 reference with the same weights, through the KV cache (quality.py)
     "kl_mean": "min", "kl_p99": "min", "top1_agreement": "max", "perplexity": "min", "greedy_match": "max",
 }

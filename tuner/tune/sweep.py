@@ -34,7 +34,8 @@ SAMPLERS = ("tpe", "grid", "random", "nsga2")
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # it names a file and a folder: no path in it
 DEFAULT_STORAGE = "sqlite:///tuner-runs/sweeps.db"
 # what every trial keeps from its run record, besides the objectives' and constraints' metrics
-HEADLINE = ("ttft_ms", "ttft_ms_p99", "tpot_ms", "tpot_ms_p99", "itl_ms_p99", "e2e_ms_p99", "output_tok_s", "mbu")
+HEADLINE = ("ttft_ms", "ttft_ms_p99", "tpot_ms", "tpot_ms_p99", "itl_ms_p99", "e2e_ms_p99", "output_tok_s", "mbu",
+            "usd_per_1m_output_tokens")
 _WORST = {"max": 0.0, "min": 1e12}  # placeholder objective values of a failed trial (it is infeasible anyway)
 
 
