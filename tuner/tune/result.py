@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .space import Constraint, Objective, parse_constraint, parse_objective
+from .space import METRICS, Constraint, Objective, parse_constraint, parse_objective
 
 SCHEMA = "tuner.sweep/1"
 MIME = "application/vnd.tuner.sweep+json"
@@ -197,6 +197,11 @@ class SweepResult:
                          + ", ".join(f"{o.metric}={t['values'][i]:.4g}" for i, o in enumerate(self.objectives)))
         if len(self.objectives) > 1:
             lines.append("Pareto front: " + "; ".join(f"#{t['number']} {_params(t['params'])}" for t in self.pareto))
+        tri = self.triangle()
+        if tri:
+            lines.append("speed / cost / quality (p99 TPOT, $ per 1M output tokens, KL): " + "; ".join(
+                f"#{t['number']} {_params(t['params'])} ({t['metrics']['tpot_ms_p99']:.3g} ms, "
+                f"${t['metrics']['usd_per_1m_output_tokens']:.3g}, {t['metrics']['kl_mean']:.2g})" for t in tri))
         for r in self.repeats:
             lines.append(f"re-run x{r['repeats']} trial {r['trial']}: " + ", ".join(
                 f"{k}={v['mean']:.4g} ±{v['ci95']:.2g}" for k, v in r["metrics"].items()))
@@ -229,6 +234,24 @@ class SweepResult:
         from .plots import pareto
 
         return pareto(self, x, y)
+
+    def triangle(self, speed: str = "tpot_ms_p99", cost: str = "usd_per_1m_output_tokens",
+                 quality: str = "kl_mean") -> list[dict]:
+        """The feasible trials no other beats on all three corners: speed (default p99 TPOT, what a user waits
+        per token), cost ($ per 1M output tokens at the device's price: throughput) and quality (KL against the
+        float32 reference). Trials that lack a corner's metric are left out."""
+        objs = [Objective(m, METRICS.get(m, "min")) for m in (speed, cost, quality)]
+        ok = [t for t in self.trials if t["feasible"] and not t["error"] and t.get("duplicate_of") is None
+              and all(t["metrics"].get(o.metric) is not None for o in objs)]
+        vals = {id(t): [t["metrics"][o.metric] for o in objs] for t in ok}
+        return [t for t in ok if not any(_dominates(vals[id(u)], vals[id(t)], objs) for u in ok if u is not t)]
+
+    def plot_triangle(self, speed: str = "tpot_ms_p99", cost: str = "usd_per_1m_output_tokens",
+                      quality: str = "kl_mean"):
+        """Speed against cost for every trial, coloured by quality; the three-way Pareto set ringed and named."""
+        from .plots import triangle
+
+        return triangle(self, speed, cost, quality)
 
     def plot_effects(self, metric: str | None = None):
         """The objective against each knob's values (one panel per knob)."""

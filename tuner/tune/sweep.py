@@ -241,8 +241,8 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
           n_trials: int | None = None, sampler: str = "tpe", storage: str | None = DEFAULT_STORAGE,
           study_name: str | None = None, repeats: int = 0, top_k: int = 3, base: dict | None = None,
           seed: int | None = 0, runs_dir: str | Path = "tuner-runs", warmup: bool = True,
-          quality_prompts: int = 4, quality_text: str | Path | None = None, progress: bool = True,
-          timeout_s: float | None = None) -> SweepResult:
+          quality_prompts: int = 4, quality_text: str | Path | None = None, measure_quality: bool | None = None,
+          progress: bool = True, timeout_s: float | None = None) -> SweepResult:
     """Search `space` (knob -> values) for the best configurations on `workload`.
 
     objectives: metrics to optimize ("max:output_tok_s", "min:tpot_ms_p99"; several give a Pareto front).
@@ -258,6 +258,8 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
         top1_agreement, perplexity, greedy_match: tune/quality.py), the windows of 128 tokens of text (a file;
         default: the standard library's documentation strings) each trial is scored on against the float32
         reference, through the KV cache.
+    measure_quality: score every trial's quality (None: when an objective or constraint names a quality metric,
+        or the model has real weights, so the sweep shows the speed / cost / quality triangle).
     """
     import optuna
 
@@ -282,8 +284,11 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
                          f"{Path(runs_dir) / 'sweeps'}, so use 1-128 letters, digits, '.', '_' or '-', starting "
                          "with a letter or digit")
     runs_dir = Path(runs_dir)
-    needs_quality = any(o.metric in QUALITY_METRICS for o in objectives) or any(
-        c.metric in QUALITY_METRICS for c in constraints)
+    named = any(o.metric in QUALITY_METRICS for o in [*objectives, *constraints])
+    if measure_quality not in (None, True, False):
+        raise ValueError(f"measure_quality={short_repr(measure_quality)} is not allowed: use true, false or leave it "
+                         "out")
+    needs_quality = named or measure_quality or (measure_quality is None and _real_weights(base))
 
     quality = None
     runner = Runner(base, workload, runs_dir / "sweeps" / study_name, warmup)
@@ -369,6 +374,19 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
         quality.release()
     result.save(runs_dir / "sweeps" / f"{study_name}.json")
     return result
+
+
+def _real_weights(base: dict) -> bool:
+    """Whether trials of `base` load real weights (a checkpoint on this machine, weights not 'dummy')."""
+    from ..knobs import ENGINE_KNOBS
+    from ..models.args import resolve_model
+
+    if base.get("weights", "auto") == "dummy":
+        return False
+    try:
+        return resolve_model(base.get("model", ENGINE_KNOBS["model"].default))[1] is not None
+    except ValueError:
+        return False
 
 
 def _open_study(storage: str | None, study_name: str, directions: list[str], sampler):
@@ -469,7 +487,7 @@ def _ci(xs: list[float]) -> dict[str, float]:
 
 
 SPEC_KEYS = ("space", "base", "workload", "objectives", "constraints", "n_trials", "sampler", "storage",
-             "study_name", "repeats", "top_k", "seed")
+             "study_name", "repeats", "top_k", "seed", "quality_prompts", "quality_text", "measure_quality")
 
 
 def sweep_spec(source: dict | str | Path) -> dict:
