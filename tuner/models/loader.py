@@ -7,7 +7,6 @@ tensor's mapped pages leave the process after the copy, so peak memory stays nea
 
 from __future__ import annotations
 
-import ctypes
 import json
 import zlib
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from safetensors import safe_open
 
 from .args import ModelArgs
 from .gguf import is_gguf, open_gguf
+from .memory import all_finite, release_freed_memory
 from .model import Layer, Transformer
 from .quant import Embedding, Int8Embedding, Int8Linear, Linear, TiedLMHead, make_linear
 
@@ -55,7 +55,7 @@ class _Checkpoint:
             dst.copy_(src)
 
         _open(file, copy)
-        if dst.is_floating_point() and not torch.isfinite(dst).all():  # one read of what just landed
+        if dst.is_floating_point() and not all_finite(dst):  # one read of what just landed
             raise ValueError(f"checkpoint tensor {name} in {file.name} holds NaN or infinite values: the checkpoint "
                              "is damaged (or was saved from a diverged model)")
         self.used.add(name)
@@ -149,7 +149,7 @@ def build_model(args: ModelArgs, checkpoint: Path | None, dtype: torch.dtype, de
             w13=linear(shapes["w13"], f"{p}.mlp", ["gate_proj", "up_proj"], args.mlp_bias),
             w2=linear(shapes["w2"], f"{p}.mlp", ["down_proj"], args.mlp_bias),
         ))
-        _release_freed_memory()
+        release_freed_memory()
         if progress:
             progress(i + 1, args.n_layers)
     embed, lm_head = _ends(args, tensor, quant)
@@ -165,30 +165,13 @@ def _ends(args: ModelArgs, tensor, quant: str):
     head_quant = "int8" if quant in ("int8", "int4") else "none"
     if not args.tie_word_embeddings:
         head = make_linear(tensor((args.vocab_size, args.dim), "lm_head.weight"), None, head_quant, 0)
-        _release_freed_memory()
+        release_freed_memory()
         return Embedding(tensor((args.vocab_size, args.dim), "model.embed_tokens.weight")), head
     table = tensor((args.vocab_size, args.dim), "model.embed_tokens.weight")
     if head_quant == "int8":
         head = Int8Linear(table)
         return Int8Embedding(head), head
     return Embedding(table), TiedLMHead(table)
-
-
-def _release_freed_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc keeps it in per-thread arenas otherwise)."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc():
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_LIBC = _load_libc()
 
 
 def _source_rows(args: ModelArgs, name: str, shape: tuple) -> int:

@@ -75,6 +75,29 @@ class OneDNNLinear(Linear):
 
 
 _ONEDNN_OK: dict[torch.dtype, bool] = {}
+_ONEDNN_WINS: dict[tuple, bool] = {}
+
+
+def packed_wins(weight: torch.Tensor) -> bool:
+    """Whether oneDNN's packed layout runs a one-row product with a weight of this shape faster than F.linear on
+    this CPU, timed once per (dtype, shape, threads): it is 1.6x faster on one 2-core AMD EPYC VM and 1.6x slower
+    on one 2-core Intel Xeon VM (benchmarks/results/decode_cpu*.json). Both are timed in turn, best of 5 rounds."""
+    import time
+
+    key = (weight.dtype, tuple(weight.shape), torch.get_num_threads())
+    if key not in _ONEDNN_WINS:
+        w = torch.randn(weight.shape, dtype=weight.dtype) * 0.02
+        packed, x = OneDNNLinear(w), torch.randn(1, w.shape[1], dtype=w.dtype)
+        calls = max(4, min(64, int(2e7 // max(1, w.numel()))))  # about 20M multiply-adds per timing
+        best = {"packed": float("inf"), "plain": float("inf")}
+        for _ in range(5):
+            for name, fn in (("packed", lambda: packed(x)), ("plain", lambda: F.linear(x, w))):
+                t = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                best[name] = min(best[name], time.perf_counter() - t)
+        _ONEDNN_WINS[key] = best["packed"] < 0.95 * best["plain"]
+    return _ONEDNN_WINS[key]
 
 
 class TiedLMHead(Linear):
@@ -224,7 +247,9 @@ class Fp8Linear(Linear):
 def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, quant: str, group_size: int) -> Linear:
     """Wrap a float weight [out, in]; a quantized or packed layer keeps only its own copy."""
     if quant == "none":
-        return OneDNNLinear(weight, bias) if OneDNNLinear.available(weight) else Linear(weight, bias)
+        if OneDNNLinear.available(weight) and (weight.dtype != torch.float32 or packed_wins(weight)):
+            return OneDNNLinear(weight, bias)  # 16-bit CPU matmuls outside oneDNN are torch's slow loop
+        return Linear(weight, bias)
     if quant == "int8":
         return Int8Linear(weight, bias)
     if quant == "int4":
