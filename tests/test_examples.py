@@ -26,7 +26,9 @@ def test_example_notebook_runs(path, tmp_path):
     if path.stem == "quickstart":
         assert "application/vnd.tuner.run+json" in kinds
         assert "application/vnd.jupyter.widget-view+json" in kinds  # the panel
-        assert (tmp_path / "tuner-runs").is_dir() and len(list((tmp_path / "tuner-runs").glob("*.json"))) == 3
+        assert (tmp_path / "tuner-runs").is_dir() and len(list((tmp_path / "tuner-runs").glob("*.json"))) == 4
+        texts = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.output_type == "stream")
+        assert "Paris" in texts  # the real model's reply
     if path.stem == "sweep_and_export":
         assert "application/vnd.tuner.sweep+json" in kinds
         assert {p.name for p in (tmp_path / "exports").iterdir()} >= {"tuner.yaml", "vllm-config.yaml", "tgi.env"}

@@ -15,10 +15,9 @@ import math
 import mmap
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from .memory import all_finite, release_freed_memory
+
+# numpy and torch are imported where tensors are read: naming a model (models/args.py) must stay light
 
 # Real models by name: (PyPI package, its module, the file inside it)
 NAMED: dict[str, tuple[str, str, str]] = {
@@ -194,9 +193,10 @@ class GGUFFile:
         """Tensor `key`'s shape as torch orders it (GGUF lists the fastest-moving dimension first)."""
         return tuple(int(n) for n in reversed(self.tensors[key].shape.tolist()))
 
-    def dequantize(self, key: str, rows: slice | None = None) -> np.ndarray:
-        """Tensor `key` (or these rows of it) as float32, shaped (rows, columns) as torch stores a linear's weight
-        (out, in)."""
+    def dequantize(self, key: str, rows: slice | None = None):
+        """Tensor `key` (or these rows of it) as a float32 numpy array, shaped (rows, columns) as torch stores a
+        linear's weight (out, in)."""
+        import numpy as np
         from gguf.quants import dequantize
 
         t = self.tensors[key]
@@ -253,7 +253,9 @@ class _Weights:
     def __init__(self, file: GGUFFile):
         self.file, self.used = file, set()
 
-    def fill(self, dst: torch.Tensor, name: str) -> None:
+    def fill(self, dst, name: str) -> None:
+        import torch
+
         f = self.file
         try:
             key = gguf_name(name)
@@ -286,7 +288,7 @@ class _Weights:
                              f"{unused[:3]}")
 
 
-def unpermute(w: np.ndarray, heads: int) -> np.ndarray:
+def unpermute(w, heads: int):
     """Undo llama.cpp's Q/K row permutation: per head it stores the rotary pairs' first halves interleaved with
     their second halves; Hugging Face's layout keeps each half contiguous."""
     rows = w.shape[0]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import ctypes
 
-import torch
-
 _CHECK_ELEMENTS = 1 << 21  # elements checked at a time by all_finite
 
 
-def all_finite(t: torch.Tensor) -> bool:
+def all_finite(t) -> bool:
     """Whether a float tensor holds no NaN or infinity, checked a slice at a time: torch.isfinite on a whole
     embedding table makes temporaries of twice its size (180 MB for SmolLM2's), the peak of a load."""
+    import torch
+
     flat = t.reshape(-1)
     return all(bool(torch.isfinite(flat[i:i + _CHECK_ELEMENTS]).all()) for i in range(0, flat.numel(), _CHECK_ELEMENTS))
 
