@@ -206,6 +206,22 @@ def test_an_engine_that_cannot_fit_is_refused_before_it_loads_naming_both_figure
     assert res.returncode == 2 and res.stderr.startswith("tuner: error: not enough memory for smollm2-135m")
 
 
+def test_a_prefill_that_cannot_fit_is_refused_before_a_token_is_made():
+    from tuner.engine.machine import NotEnoughMemoryError
+    from tuner.profile import cost
+
+    e = tuner.Engine(model="smollm2-135m", batch_size=4096, max_seq_len=2048, kv_cache="paged", num_blocks=128)
+    # 8.2M prompt tokens at ~105 KB of float32 activations each: ~820 GiB, more than any machine this runs on
+    with pytest.raises(NotEnoughMemoryError, match=r"not enough memory to prefill 4096 prompts of 2000 tokens on "
+                                                   r"cpu: it needs ~820\.\d GiB of activations but \d+\.\d GiB are "
+                                                   "available: lower batch_size or shorten the prompts"):
+        e.generate(tuner.Workload(batch=4096, prompt_len=2000, output_len=8))
+    # the estimate per token, against the 100-120 KB measured on a 2-core CPU (cost.PREFILL_SLACK)
+    assert cost.prefill_bytes(e.args, cost.Precision(4), 1, 1) == 105 * 1024
+    small = tuner.Engine(model="tiny", batch_size=2, max_seq_len=64)
+    assert small.generate([[1, 2, 3], [4, 5]], tuner.SamplingParams(max_new_tokens=2)).tokens[0]  # small runs pass
+
+
 def test_the_memory_estimate_is_what_the_engine_then_holds():
     from tuner.profile import cost
 

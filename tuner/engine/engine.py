@@ -29,7 +29,7 @@ from ..result import RunResult, compute_metrics
 from .batch import Batch, Pending, Sequence
 from .graphs import CudaGraphs, bucket
 from .kv_cache import KVCache, PagedKVCache
-from .machine import check_machine
+from .machine import check_machine, check_prefill
 from .sampling import Sampler, sample
 from .stats import RunStats
 from .workload import Workload
@@ -334,6 +334,8 @@ class Engine:
         if isinstance(prompts, Workload):
             workload = {"kind": "synthetic", **prompts.to_dict()}
             self._check_length(prompts.prompt_len, prompts.output_len)  # before a token is made
+            check_prefill(self.config, self.args, min(prompts.batch or self.config.batch_size, self.config.batch_size),
+                          prompts.prompt_len)
             requests = prompts.prompts(self.args.vocab_size, prompts.batch or self.config.batch_size)
             sampling = sampling.replace(max_new_tokens=prompts.output_len, ignore_eos=True)
         else:
@@ -355,6 +357,9 @@ class Engine:
                 raise ValueError("every prompt needs at least one token")
             self._check_length(len(r), sampling.max_new_tokens)
             self._check_ids(r)
+        B = self.config.batch_size
+        check_prefill(self.config, self.args, min(len(requests), B),
+                      max(max(len(r) for r in requests[i:i + B]) for i in range(0, len(requests), B)))
         return requests, sampling, workload
 
     @property

@@ -69,6 +69,21 @@ def check_memory(config: EngineConfig, args: ModelArgs) -> None:
             "available: lower dtype, quant, batch_size, max_seq_len or num_blocks")
 
 
+def check_prefill(config: EngineConfig, args: ModelArgs, batch: int, tokens: int) -> None:
+    """NotEnoughMemoryError, with both figures, when a prefill of `batch` prompts of up to `tokens` tokens would
+    take more activation memory (cost.prefill_bytes) than the device has free: refused before a token is made."""
+    free = available_memory_bytes(config.device)
+    if free is None:
+        return
+    need = cost.prefill_bytes(args, cost.Precision.of(config.to_dict()), batch, tokens)
+    if need > free:
+        gib = 2**30
+        raise NotEnoughMemoryError(
+            f"not enough memory to prefill {batch} prompts of {tokens} tokens on {config.device}: it needs "
+            f"~{need / gib:.1f} GiB of activations but {free / gib:.1f} GiB are available: lower batch_size or "
+            "shorten the prompts")
+
+
 def cpu_has_fast_float16() -> bool:
     """Whether this CPU runs float16 matmuls through oneDNN (AVX512-FP16 / AMX-FP16), not torch's slow loop."""
     return OneDNNLinear.available(torch.empty(0, dtype=torch.float16))
