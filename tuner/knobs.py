@@ -132,7 +132,8 @@ def _fmt(x: float) -> str:
 
 _KNOBS = [
     # engine: what is loaded and how it runs
-    Knob("model", str, "smollm2-135m", "preset name (see `tuner presets`) or a local HF checkpoint directory",
+    Knob("model", str, "smollm2-135m", "preset or real model name (see `tuner presets`), a .gguf file or a local "
+         "HF checkpoint directory",
          "engine", reload=True),
     Knob("weights", str, "auto", "'auto': the checkpoint's weights (presets: dummy); 'dummy': seeded random weights",
          "engine", choices=("auto", "dummy"), reload=True),

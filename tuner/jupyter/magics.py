@@ -19,7 +19,8 @@ DEFAULT_MODEL = ENGINE_KNOBS["model"].default
 
 
 @magic_arguments(name="%tuner load")
-@argument("model", help="a preset (see `tuner presets`) or a local Hugging Face checkpoint directory")
+@argument("model", help="a preset or real model (see `tuner presets`), a .gguf file or a local Hugging Face "
+                         "checkpoint directory")
 @argument("--weights", choices=ENGINE_KNOBS["weights"].choices, help=ENGINE_KNOBS["weights"].help)
 @argument("--device", help=ENGINE_KNOBS["device"].help)
 @argument("--dtype", choices=ENGINE_KNOBS["dtype"].choices, help=ENGINE_KNOBS["dtype"].help)
