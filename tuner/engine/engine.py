@@ -183,12 +183,7 @@ class Engine:
     def decode(self, batch: Batch, sampler: Sampler) -> Pending:
         """One token per sequence: each newest token goes into the cache, and the next is sampled and queued."""
         lens = batch.lens
-        self.cache.reserve([n + 1 for n in lens])
-        if self.fixed_decode:
-            logits = self._fixed_decode(batch.last, batch.lens_t, lens)
-        else:
-            step = self._decode_step(batch.lens_t, lens)
-            logits = self.model.forward(batch.last[:, None], step, self.cache, torch_ops)[:, 0]
+        logits = self._decode_logits(batch.last, batch.lens_t, lens)
         tokens = self._sample(batch, logits, sampler)
         if self._cap is not None:
             self._cap.step("decode", [(1, n) for n in lens], len(batch))
@@ -206,6 +201,13 @@ class Engine:
                 tokens = sample(logits, sampler.params, sampler.generator, batch.seen)
         batch.sampled(tokens)
         return tokens
+
+    def _decode_logits(self, tokens: torch.Tensor, lens_t: torch.Tensor, lens: list[int]) -> torch.Tensor:
+        """Logits [B, V] of one decode step: `tokens` [B] go into the cache at positions `lens` and attend to it."""
+        self.cache.reserve([n + 1 for n in lens])
+        if self.fixed_decode:
+            return self._fixed_decode(tokens, lens_t, lens)
+        return self.model.forward(tokens[:, None], self._decode_step(lens_t, lens), self.cache, torch_ops)[:, 0]
 
     def _fixed_decode(self, tokens: torch.Tensor, lens_t: torch.Tensor, lens: list[int]) -> torch.Tensor:
         """Logits [B, V] of the fixed-shape decode step (replayed from a CUDA graph when cuda_graphs=True)."""
@@ -295,15 +297,8 @@ class Engine:
             out.append(self.model.forward(x[:, :prefix], self._prefill_step([prefix] * B, prefix, write=True),
                                           self.cache, torch_ops, last=last).float().cpu())
             for t in range(prefix, T - 1):
-                lens = [t] * B
                 lens_t = torch.full((B,), t, dtype=torch.long, device=self.device)
-                self.cache.reserve([t + 1] * B)
-                if self.fixed_decode:
-                    logits = self._fixed_decode(x[:, t], lens_t, lens)
-                else:
-                    logits = self.model.forward(x[:, t:t + 1], self._decode_step(lens_t, lens), self.cache,
-                                                torch_ops)[:, 0]
-                out.append(logits.float().cpu())
+                out.append(self._decode_logits(x[:, t], lens_t, [t] * B).float().cpu())
         return torch.stack(out, 1)
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -357,9 +352,7 @@ class Engine:
                 raise ValueError("every prompt needs at least one token")
             self._check_length(len(r), sampling.max_new_tokens)
             self._check_ids(r)
-        B = self.config.batch_size
-        check_prefill(self.config, self.args, min(len(requests), B),
-                      max(max(len(r) for r in requests[i:i + B]) for i in range(0, len(requests), B)))
+        check_prefill(self.config, self.args, min(len(requests), self.config.batch_size), max(map(len, requests)))
         return requests, sampling, workload
 
     @property

@@ -195,7 +195,7 @@ def resolve_model(model: str) -> tuple[ModelArgs, Path | None]:
         return ModelArgs.from_hf_config(PRESETS[model]), None
     path = named_file(model) if model in NAMED else Path(model).expanduser()
     if is_gguf(path) and path.is_file():
-        cfg, file = open_gguf(path).config(), path
+        cfg, file = open_gguf(path).config, path
     elif not (path / "config.json").is_file():
         raise ValueError(
             f"model={model!r} is neither a preset ({', '.join(PRESETS)}), a named real model ({', '.join(NAMED)}), "

@@ -131,8 +131,9 @@ class GGUFFile:
 
     # -- the model ---------------------------------------------------------------------------------
 
+    @functools.cached_property
     def config(self) -> dict:
-        """The model's settings as config.json would spell them (for ModelArgs.from_hf_config)."""
+        """The model's settings as config.json would spell them (for ModelArgs.from_hf_config), read once."""
         arch = self.architecture
         if arch not in ARCHITECTURES:
             raise ValueError(f"{self.path.name}: architecture {arch!r} is not supported: tuner runs GGUF files of "
@@ -228,10 +229,6 @@ class GGUFFile:
         except (OSError, ValueError):
             pass
 
-    @functools.cached_property
-    def settings(self) -> dict:
-        return self.config()
-
     # -- the tokenizer -------------------------------------------------------------------------------
 
     def tokenizer(self):
@@ -268,7 +265,7 @@ class _Weights:
         if shape != tuple(dst.shape):
             raise ValueError(f"{f.path.name}: tensor {key} has shape {shape}, expected {tuple(dst.shape)}")
         if f.architecture in _PERMUTED and (".attn_q." in key or ".attn_k." in key):
-            cfg = f.settings
+            cfg = f.config
             heads = cfg["num_attention_heads"] if ".attn_q." in key else cfg["num_key_value_heads"]
             dst.copy_(torch.from_numpy(unpermute(f.dequantize(key), heads)))
         else:  # in chunks of rows: the float32 copy of a large tensor (the embedding) never exists whole

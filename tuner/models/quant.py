@@ -78,14 +78,16 @@ _ONEDNN_OK: dict[torch.dtype, bool] = {}
 _WINS: dict[tuple, bool] = {}
 
 
-def first_wins(key: tuple, first, second, macs: int) -> bool:
-    """Whether `first()` runs at least 5% faster than `second()` on this CPU, timed once per key (and thread
-    count): each in turn, best of 5 rounds of calls worth about 20M multiply-adds. CPUs differ in which of two
-    ways to run a decode product is faster (benchmarks/results/decode_cpu*.json)."""
+def first_wins(key: tuple, candidates) -> bool:
+    """Whether the first of two ways to run a decode product is at least 5% faster on this CPU, timed once per key
+    (and thread count): `candidates()` gives (first, second, multiply-adds per call) and is called only when the key
+    is new; each runs in turn, best of 5 rounds of calls worth about 20M multiply-adds. CPUs differ in which way
+    is faster (benchmarks/results/decode_cpu*.json)."""
     import time
 
     key = (*key, torch.get_num_threads())
     if key not in _WINS:
+        first, second, macs = candidates()
         calls = max(4, min(64, int(2e7 // max(1, macs))))
         best = [float("inf"), float("inf")]
         for _ in range(5):
@@ -101,10 +103,13 @@ def first_wins(key: tuple, first, second, macs: int) -> bool:
 def packed_wins(weight: torch.Tensor) -> bool:
     """Whether oneDNN's packed layout runs a one-row product with a weight of this shape faster than F.linear: 2-3x
     faster on one 2-core AMD EPYC VM, 1.6x slower on one 2-core Intel Xeon VM."""
-    w = torch.randn(weight.shape, dtype=weight.dtype) * 0.02
-    packed, x = OneDNNLinear(w), torch.randn(1, w.shape[1], dtype=w.dtype)
-    return first_wins(("onednn", weight.dtype, tuple(weight.shape)), lambda: packed(x), lambda: F.linear(x, w),
-                      w.numel())
+
+    def candidates():
+        w = torch.randn(weight.shape, dtype=weight.dtype) * 0.02
+        packed, x = OneDNNLinear(w), torch.randn(1, w.shape[1], dtype=w.dtype)
+        return (lambda: packed(x)), (lambda: F.linear(x, w)), w.numel()
+
+    return first_wins(("onednn", weight.dtype, tuple(weight.shape)), candidates)
 
 
 class TiedLMHead(Linear):
@@ -128,9 +133,11 @@ class TiedLMHead(Linear):
 
 
 def _padded_wins(weight: torch.Tensor) -> bool:
-    x1, x4 = torch.randn(1, weight.shape[1]), torch.randn(4, weight.shape[1])
-    return first_wins(("tied-mm4", weight.dtype, tuple(weight.shape)), lambda: torch.mm(weight, x4.t()),
-                      lambda: F.linear(x1, weight), weight.numel())
+    def candidates():
+        x1, x4 = torch.randn(1, weight.shape[1]), torch.randn(4, weight.shape[1])
+        return (lambda: torch.mm(weight, x4.t())), (lambda: F.linear(x1, weight)), weight.numel()
+
+    return first_wins(("tied-mm4", weight.dtype, tuple(weight.shape)), candidates)
 
 
 class Embedding:

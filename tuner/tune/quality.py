@@ -34,7 +34,6 @@ STDLIB_MODULES = ("argparse", "collections", "json", "logging", "pathlib", "subp
                   "functools", "itertools", "email.message", "http.client", "urllib.request", "csv", "sqlite3",
                   "threading", "asyncio.events", "datetime", "decimal", "string", "typing", "zipfile", "tarfile",
                   "shutil", "pickle", "random", "statistics", "contextlib", "dataclasses", "enum", "fractions")
-METRICS = ("kl_mean", "kl_p99", "top1_agreement", "perplexity", "greedy_match")
 
 
 def reference_text() -> str:
