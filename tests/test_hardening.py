@@ -284,6 +284,60 @@ def test_damaged_shards_are_refused_naming_the_file(tmp_path):
         _Checkpoint(tmp_path).fill(torch.empty(2), "w")
 
 
+def _crafted_safetensors(path, header: dict, data: bytes) -> None:
+    """A safetensors file written by hand: 8-byte little-endian header length, the JSON header, the data."""
+    import struct
+
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data)
+
+
+FOUR_FLOATS = bytes(range(16))
+
+
+@pytest.mark.parametrize("header, message", [
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 8]}}, "expected usize"),  # a negative offset
+    ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "v": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, "invalid offset for tensor `v`"),  # overlap
+    ({"w": {"dtype": "F32", "shape": [8], "data_offsets": [0, 32]}}, "file not fully covered"),  # past the end
+    ({"w": {"dtype": "F16", "shape": [4], "data_offsets": [0, 16]}}, "invalid shape, data type, or offset"),
+])
+def test_a_header_whose_offsets_or_dtype_do_not_match_its_bytes_is_refused_naming_the_file(tmp_path, header,
+                                                                                           message):
+    from tuner.models.loader import _Checkpoint
+
+    _crafted_safetensors(tmp_path / "model.safetensors", header, FOUR_FLOATS)
+    with pytest.raises(ValueError, match=f"model.safetensors is not a readable safetensors file: .*{message}"):
+        _Checkpoint(tmp_path)
+
+
+def test_a_float_weight_relabelled_to_a_dtype_of_the_same_size_is_refused(tmp_path):
+    import torch
+
+    from tuner.models.loader import _Checkpoint
+
+    # float32 bytes relabelled int32: the byte ranges still match, so only the dtype can tell
+    _crafted_safetensors(tmp_path / "model.safetensors", {"w": {"dtype": "I32", "shape": [4], "data_offsets": [0, 16]}},
+                         FOUR_FLOATS)
+    with pytest.raises(ValueError, match="tensor w in model.safetensors is stored as int32, where a floating-point "
+                                         "weight belongs"):
+        _Checkpoint(tmp_path).fill(torch.empty(4), "w")
+    # one of two float16 tensors relabelled bfloat16
+    file = tmp_path / "model.safetensors"
+    _crafted_safetensors(file, {"w": {"dtype": "F16", "shape": [4], "data_offsets": [0, 8]},
+                                "v": {"dtype": "BF16", "shape": [4], "data_offsets": [8, 16]}}, FOUR_FLOATS)
+    with pytest.raises(ValueError, match=r"mixes float16 \(w in model.safetensors\) and bfloat16 \(v in "
+                                         r"model.safetensors\) tensors"):
+        _Checkpoint(tmp_path)
+    # float32 beside bfloat16 is what real checkpoints hold (norms kept in float32): read as stored
+    _crafted_safetensors(file, {"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                                "v": {"dtype": "BF16", "shape": [4], "data_offsets": [8, 16]}}, FOUR_FLOATS)
+    ckpt = _Checkpoint(tmp_path)
+    dst = torch.empty(4, dtype=torch.bfloat16)
+    ckpt.fill(dst, "v")
+    assert torch.equal(dst.view(torch.uint8), torch.tensor(list(range(8, 16)), dtype=torch.uint8))
+
+
 # -- records, sweeps and servers ---------------------------------------------------------------------------------
 
 

@@ -34,14 +34,26 @@ class _Checkpoint:
 
     def __init__(self, path: Path):
         self.where: dict[str, Path] = {}
+        dtypes: dict[str, str] = {}  # the header's dtype of each tensor ("F16", "BF16", "I32", ...)
         for file in sorted(path.glob("*.safetensors")):
-            for name in _open(file, lambda f: list(f.keys())):
+            for name, dtype in _open(file, lambda f: [(n, f.get_slice(n).get_dtype()) for n in f.keys()]):
                 if name in self.where:  # which copy is meant cannot be guessed
                     raise ValueError(f"checkpoint tensor {name} is in two shards, {self.where[name].name} and "
                                      f"{file.name}: remove the stale shard")
                 self.where[name] = file
+                dtypes[name] = dtype
         _check_index(path, self.where)
+        self._check_half_dtypes(dtypes)
         self.used: set[str] = set()
+
+    def _check_half_dtypes(self, dtypes: dict[str, str]) -> None:
+        """float16 and bfloat16 tensors in one checkpoint: no tool saves that, and the two have the same size, so
+        a header relabelled from one to the other still matches its byte ranges and would load as garbage."""
+        first = {d: n for n, d in reversed(dtypes.items()) if d in ("F16", "BF16")}
+        if len(first) == 2:
+            a, b = first["F16"], first["BF16"]
+            raise ValueError(f"checkpoint mixes float16 ({a} in {self.where[a].name}) and bfloat16 ({b} in "
+                             f"{self.where[b].name}) tensors: one of the headers is relabelled or damaged")
 
     def fill(self, dst: torch.Tensor, name: str) -> None:
         if name not in self.where:
@@ -50,6 +62,9 @@ class _Checkpoint:
 
         def copy(f) -> None:
             src = f.get_tensor(name)
+            if dst.is_floating_point() and not src.is_floating_point():  # a float weight relabelled I32, U16, ...
+                raise ValueError(f"checkpoint tensor {name} in {file.name} is stored as {str(src.dtype)[6:]}, where "
+                                 "a floating-point weight belongs: its header's dtype is relabelled or damaged")
             if tuple(src.shape) != tuple(dst.shape):
                 raise ValueError(f"checkpoint tensor {name} has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
             dst.copy_(src)
