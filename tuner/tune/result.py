@@ -67,7 +67,7 @@ class SweepResult:
             cons = t.user_attrs.get("constraints")
             error = t.user_attrs.get("error")
             if t.state.name == "FAIL":
-                error = error or "the trial failed (its process ended while it ran)"
+                error = error or "interrupted: its process ended while it ran (failed by the storage's heartbeat)"
             elif t.state.name == "RUNNING":
                 error = "running (in another process, or left by a killed one)"
             feasible = t.state.name == "COMPLETE" and cons is not None and all(c <= 0 for c in cons)

@@ -14,9 +14,7 @@ import gc
 import hashlib
 import json
 import math
-import os
 import re
-import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -26,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..knobs import short_repr
 from .result import SweepResult, pareto_front, redact
 from .space import QUALITY_METRICS, Constraint, Objective, Space, _knob, parse_constraint, parse_objective
+from .workers import claim, fail_interrupted, worker_id
 
 if TYPE_CHECKING:
     from ..engine.workload import Workload
@@ -302,6 +301,7 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = _open_study(storage, study_name, [o.optuna_direction for o in objectives],
                         _sampler(sampler, space, len(constraints), seed))
+    fail_interrupted(study)  # trials a killed process of this machine left RUNNING
     study.set_user_attr("tuner_sweep", {"space": space.to_spec(), "workload": workload.to_dict(), "base": base,
                                         "objectives": [str(o) for o in objectives],
                                         "constraints": [str(c) for c in constraints]})
@@ -322,11 +322,14 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
         bar = tqdm(total=target, initial=min(done_before, target), desc=f"sweep {study_name}", unit="trial")
 
     def objective(trial: optuna.Trial) -> list[float]:
+        trial.set_user_attr("worker", worker_id())  # first, so a later run can tell whether this process died
         params = {d.name: d.suggest(trial) for d in space.dims}
-        twin = _same_params(study, params)
-        if twin is not None:  # TPE re-proposes points on small categorical spaces: reuse the measurement
+        # TPE re-proposes points on small categorical spaces, and workers sharing the study can propose the same
+        # point at once: reuse a finished measurement, or the one another worker is making
+        twin = _same_params(study, params) or claim(study, trial, params)
+        if twin is not None:
             for k, v in twin.user_attrs.items():
-                if k != "constraints":
+                if k not in ("constraints", "worker"):
                     trial.set_user_attr(k, v)
             trial.set_user_attr("duplicate_of", twin.number)
             _constrain(trial, twin.user_attrs["constraints"])
@@ -435,7 +438,6 @@ def _evaluate(trial, params: dict, space: Space, runner: Runner, objectives: lis
         trial.set_user_attr("error", reason)
         _constrain(trial, [1.0] * (len(constraints) + 1))
         return [_WORST[o.direction] for o in objectives]
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     keep = {*HEADLINE, *(k for k in QUALITY_METRICS if k in metrics)} | {o.metric for o in objectives} | {
         c.metric for c in constraints}
     trial.set_user_attr("metrics", {k: metrics.get(k) for k in sorted(keep)})

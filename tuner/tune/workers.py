@@ -1,0 +1,131 @@
+"""Several processes on one study: who measures which point, and what a killed process left behind.
+
+Workers share a study through its database (SQLite on one machine, PostgreSQL across machines). Two of them
+can propose the same point at the same moment (a seeded grid starts at the same place in every worker; TPE
+and random samplers repeat points), and a read-then-write check cannot keep them from both measuring it. So
+a point is *claimed* before it is measured: one row per (study, point) in the table `tuner_claims`, whose
+primary key makes the insert atomic in the database itself. The worker whose insert fails waits for the
+holder's trial and reuses its measurement; if the holder died, it takes the claim over and measures.
+
+A process killed mid-trial leaves its trial RUNNING. The storage's heartbeat fails it after its grace period;
+a sweep that starts sooner fails the trials of this machine's dead processes itself ("interrupted").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import time
+
+CLAIMS_TABLE = "tuner_claims"
+POLL_S = 1.0  # how often a worker waiting on another's point looks again
+
+
+def worker_id() -> str:
+    """This process, as trials record it: host:pid."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive_here(worker: str | None) -> bool | None:
+    """Whether the process `worker` names is alive: None when it is not on this machine (or unnamed)."""
+    host, _, pid = (worker or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def fail_interrupted(study) -> list[int]:
+    """FAIL the RUNNING trials whose process, on this machine, has ended; their numbers. Each gets the error
+    "interrupted: ...", so the record says why, and its point counts as not measured."""
+    import optuna
+
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        worker = t.user_attrs.get("worker")
+        if _alive_here(worker) is False:
+            try:
+                study._storage.set_trial_user_attr(t._trial_id, "error", f"interrupted: its process ({worker}) "
+                                                   "ended while it ran")
+                study._storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+            except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):  # it finished, or another worker won
+                continue
+            failed.append(t.number)
+    return failed
+
+
+def _engine(study):
+    """The SQLAlchemy engine under the study's storage, or None (in memory: one process, nothing to share)."""
+    storage = study._storage
+    return getattr(getattr(storage, "_backend", storage), "engine", None)
+
+
+def _point(params: dict) -> str:
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _create_table(engine) -> None:
+    from sqlalchemy import text
+
+    for attempt in range(5):  # workers starting together race to create it (PostgreSQL's catalog can refuse one)
+        try:
+            with engine.begin() as c:
+                c.execute(text(f"CREATE TABLE IF NOT EXISTS {CLAIMS_TABLE} (study_id INTEGER NOT NULL, "
+                               "point VARCHAR(40) NOT NULL, trial_number INTEGER NOT NULL, "
+                               "PRIMARY KEY (study_id, point))"))
+            return
+        except Exception:  # noqa: BLE001 - IntegrityError / ProgrammingError of the race, per driver
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def claim(study, trial, params: dict):
+    """Claim `params` for `trial`. None: this trial measures it. Otherwise the FrozenTrial, COMPLETE, of the
+    worker that measured it, after waiting for that worker to finish."""
+    import optuna
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    engine = _engine(study)
+    if engine is None:
+        return None
+    _create_table(engine)
+    key = {"s": study._study_id, "p": _point(params), "n": trial.number}
+    while True:
+        try:
+            with engine.begin() as c:
+                c.execute(text(f"INSERT INTO {CLAIMS_TABLE} (study_id, point, trial_number) VALUES (:s, :p, :n)"),
+                          key)
+            return None
+        except IntegrityError:
+            pass
+        with engine.begin() as c:
+            row = c.execute(text(f"SELECT trial_number FROM {CLAIMS_TABLE} WHERE study_id = :s AND point = :p"),
+                            key).first()
+        if row is None:  # released between the insert and the read
+            continue
+        holder = row[0]
+        if holder == trial.number:
+            return None
+        t = study._storage.get_trial(study._storage.get_trial_id_from_study_id_trial_number(study._study_id, holder))
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            return t
+        if t.state == optuna.trial.TrialState.RUNNING and _alive_here(t.user_attrs.get("worker")) is not False:
+            time.sleep(POLL_S)  # in flight elsewhere: its measurement is coming
+            continue
+        # the holder died (FAIL, or RUNNING in a dead process of this machine): take its claim over
+        if t.state == optuna.trial.TrialState.RUNNING:
+            fail_interrupted(study)
+        with engine.begin() as c:
+            took = c.execute(text(f"UPDATE {CLAIMS_TABLE} SET trial_number = :n WHERE study_id = :s AND point = :p "
+                                  "AND trial_number = :old"), {**key, "old": holder}).rowcount
+        if took == 1:
+            return None
