@@ -48,16 +48,20 @@ def test_prompts_beyond_batch_size_run_in_successive_static_batches(checkpoint):
     assert ttft[4] > ttft[1] > 0
 
 
-def test_paged_pool_running_out_of_blocks_is_a_clear_error_and_the_engine_recovers(checkpoint):
+def test_a_paged_pool_too_small_for_the_batch_preempts_and_every_sequence_keeps_its_solo_tokens(checkpoint):
     path, _ = checkpoint("llama")
+    ps = prompts([500, 500, 500, 500], seed=3)  # 4 x 63 blocks fit; the decode growth does not
+    sampling = tuner.SamplingParams(max_new_tokens=40)
+    solo_engine = tuner.Engine(model=str(path), max_seq_len=2048)
+    solo = [solo_engine.generate([p], sampling).tokens[0] for p in ps]
     engine = tuner.Engine(model=str(path), batch_size=4, kv_cache="paged", block_size=8, num_blocks=260,
                           max_seq_len=2048)
-    many = prompts([500, 500, 500, 500], seed=3)  # 4 x 63 blocks fit; the decode growth does not
-    with pytest.raises(tuner.KVCacheFullError, match=r"out of blocks: the batch needs \d+ tokens of KV but the pool "
-                                                     r"holds 260 blocks x 8 = 2080 tokens"):
-        engine.generate(many, tuner.SamplingParams(max_new_tokens=40))
-    # blocks come back with the next batch: a batch that fits still runs
-    assert len(engine.generate(prompts([20, 20]), SAMPLING).tokens) == 2
+    result = engine.generate(ps, sampling)
+    assert result.metrics["preemptions"] >= 1  # the newest sequence gave its blocks back and was recomputed
+    assert result.tokens == solo
+    # the pool is whole again: a batch that fits runs without preemption
+    again = engine.generate(prompts([20, 20]), SAMPLING)
+    assert len(again.tokens) == 2 and again.metrics["preemptions"] == 0
 
 
 def test_block_allocator_reuses_released_blocks():

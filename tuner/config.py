@@ -84,6 +84,14 @@ class _EngineChecks(_Validated):
             if self.num_blocks < need:
                 raise ValueError(f"num_blocks={self.num_blocks} cannot hold one sequence of max_seq_len="
                                  f"{self.max_seq_len} ({need} blocks of {self.block_size}): use at least {need} or 0")
+        if self.enable_prefix_caching and self.kv_cache != "paged":
+            raise ValueError("enable_prefix_caching=True shares KV blocks, which needs kv_cache='paged'")
+        if self.enable_chunked_prefill and not self.max_num_batched_tokens:
+            raise ValueError("enable_chunked_prefill=True splits prompts by the token budget: set "
+                             "max_num_batched_tokens (e.g. 2048), or turn chunked prefill off")
+        if self.max_num_batched_tokens and self.max_num_batched_tokens < self.batch_size:
+            raise ValueError(f"max_num_batched_tokens={self.max_num_batched_tokens} is below batch_size="
+                             f"{self.batch_size}: every running sequence's decode takes one token of the budget")
         args = model_shapes(self.model)  # raises for an unknown name or an unsupported family
         if args is not None:  # None: a checkpoint directory of another machine, checked where an Engine is built
             self.check_model(args)

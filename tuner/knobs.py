@@ -142,7 +142,8 @@ _KNOBS = [
          choices=("float32", "bfloat16", "float16"), reload=True),
     Knob("backend", str, "torch", "op implementations: 'torch' (reference, everywhere) or 'cupy' (CUDA kernels)",
          "engine", choices=("torch", "cupy"), applies="cupy: CUDA only, bfloat16/float16"),
-    Knob("batch_size", int, 1, "sequences decoded together in one static batch", "engine", low=1, high=4096),
+    Knob("batch_size", int, 1, "sequences decoded together: a static batch, or under traffic the most running at "
+         "once (vLLM's max_num_seqs)", "engine", low=1, high=4096),
     Knob("max_seq_len", int, 2048, "longest prompt + output a sequence may reach (sizes the KV cache)", "engine",
          low=16, high=1 << 20),
     Knob("quant", str, "none", "weight-only quantization of the decoder's linear layers", "engine",
@@ -158,6 +159,15 @@ _KNOBS = [
          "engine", choices=("auto", "int8", "fp8"), applies="fp8: CUDA with compute capability 8.9+"),
     Knob("cuda_graphs", bool, False, "capture the decode step in CUDA graphs per batch-size bucket", "engine",
          applies="CUDA"),
+    Knob("scheduling", str, "continuous", "'continuous': requests join and leave the running batch between steps; "
+         "'static': a new batch forms only when the last one has finished", "engine",
+         choices=("continuous", "static")),
+    Knob("max_num_batched_tokens", int, 0, "tokens one step may compute (decode rows count one each); 0: no budget, "
+         "every admitted prompt prefills whole in one step", "engine", low=0, high=1 << 24),
+    Knob("enable_chunked_prefill", bool, False, "split prompts into chunks that fit the token budget and run beside "
+         "other requests' decodes", "engine", applies="max_num_batched_tokens > 0"),
+    Knob("enable_prefix_caching", bool, False, "share the KV blocks of prompt prefixes across requests (hashed full "
+         "blocks, least recently used evicted)", "engine", applies="kv_cache=paged"),
     Knob("seed", int, 0, "seed of dummy weights", "engine", low=0, high=2**63 - 1, reload=True),
     Knob("price_per_hour", float, 0.0, "the device's price in $ per hour, for $ per 1M tokens; 0: the typical "
          "on-demand price of this device (tuner/profile/prices.py)", "engine", low=0.0, high=1e6),

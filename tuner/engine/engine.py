@@ -1,5 +1,6 @@
 """The Engine: a model and its KV cache built on this machine, its two step functions (`prefill`, `decode`)
-and the decode loop over them (`_run_batch`). `generate()` runs requests through that loop in static batches.
+and the decode loop over them (`_loop`), which the scheduler (engine/scheduler.py) drives. `generate()` runs
+requests that all arrive at once through that loop; tuner.serve runs timed arrivals through the same loop.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from ..profile.hardware import hardware_info
 from ..profile.prices import cost_metrics, device_price
 from ..ranges import op
 from ..result import RunResult, compute_metrics
-from .batch import Batch, Pending, Sequence
+from .batch import Pending, Rows
 from .graphs import CudaGraphs, bucket
 from .kv_cache import KVCache, PagedKVCache
 from .machine import check_machine, check_prefill
 from .sampling import Sampler, sample
+from .scheduler import Scheduler, Sequence, StepPlan
 from .stats import RunStats
 from .workload import Workload
 
@@ -122,18 +124,11 @@ class Engine:
         self._cap = Capture(self.device, logdir, run_id) if profile else None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        sampler = Sampler.seeded(sampling, self.device)
         stops = frozenset(sampling.stop_token_ids) | (frozenset() if sampling.ignore_eos else frozenset(self.eos_ids))
-        B = self.config.batch_size
-        batches = [requests[i:i + B] for i in range(0, len(requests), B)]
-        stats = RunStats(len(batches), len(requests), sampling.max_new_tokens, on_step)
+        seqs = [Sequence(p, sampling.max_new_tokens, stops, id=i) for i, p in enumerate(requests)]
+        stats = RunStats(-(-len(requests) // self.config.batch_size), len(requests), sampling.max_new_tokens, on_step)
         with self._cap or contextlib.nullcontext():
-            for prompts_ in batches:
-                seqs = [Sequence(p, sampling.max_new_tokens, stops) for p in prompts_]
-                self._run_batch(Batch(seqs, self.device, self.args.vocab_size, sampling.repetition_penalty != 1.0),
-                                sampler, stats)
-                if stats.stopped:
-                    break
+            self._loop(seqs, sampling, stats)
         ops_records, profile_info = [], {}
         if self._cap is not None:
             ops_records, profile_info = self._cap.finish(self.config.to_dict(), hw, sampling.temperature == 0.0,
@@ -141,81 +136,148 @@ class Engine:
             self._cap = None
         return self._record(stats, requests, sampling, workload, hw, ops_records, profile_info, run_id, rss_reset)
 
-    def _run_batch(self, batch: Batch, sampler: Sampler, stats: RunStats) -> None:
-        """The decode loop: prefill a batch, then a token per sequence per step until every sequence is done.
+    def scheduler(self) -> Scheduler:
+        """A scheduler over this engine's KV cache, with its serving knobs (engine/scheduler.py)."""
+        c = self.config
+        return Scheduler(self.cache, c.batch_size, c.max_num_batched_tokens, c.enable_chunked_prefill,
+                         c.enable_prefix_caching, static=c.scheduling == "static")
 
-        The host queues step k+1 before it waits for step k's tokens (it needs them only to stop), so the device
-        does not idle while Python prepares a step. A sequence that stops on a stop token has one step queued
-        past it, whose token is dropped.
+    def _loop(self, seqs: list[Sequence], sampling: SamplingParams, stats: RunStats,
+              realtime: bool = False) -> Scheduler:
+        """The decode loop: each step the scheduler picks prefill chunks and decode rows, the step functions run
+        them, and their tokens go back to their sequences; until every sequence has finished.
+
+        Requests join at their arrival times (arrival_ms since the run began: `realtime`, as a server sees them;
+        otherwise all are there at once). The host queues step k+1 before it waits for step k's tokens (it needs
+        them only to stop a sequence), so the device does not idle while Python prepares a step; a sequence that
+        stops on a stop token has had one step queued past it, whose token is dropped.
         """
-        stats.start(batch)
-        stats.record(batch, self.prefill(batch, sampler), "prefill")
-        pending = None  # the step queued ahead, whose tokens are read once the next one is queued
-        while not batch.done and not stats.stopped:
-            with op("decode"):  # one step's wall time: queue step k+1, then wait for step k's tokens
-                queued = self.decode(batch, sampler) if batch.wants_step(ahead=pending is not None) else None
-                if pending is not None:
-                    stats.record(batch, pending, "decode")
+        sched = self.scheduler()
+        sched.add(seqs)
+        stats.seqs = seqs
+        self.cache.reset()
+        rows = Rows(self.config.batch_size, self.device, self.args.vocab_size, sampling.repetition_penalty != 1.0)
+        sampler = Sampler.seeded(sampling, self.device)
+        pending = None  # the step queued ahead: (its sub-steps, phase, queue figures), read after the next is queued
+        while True:
+            now = stats.now_ms()
+            sched.arrive(now if realtime else float("inf"))
+            plan = sched.schedule(now) if not stats.stopped else None
+            queued = None
+            if plan:
+                queued = (self._step(plan, rows, sampler), plan.phase, sched.figures())
+            self._read(pending, sched, stats)
             pending = queued
+            if pending is None:
+                if stats.stopped or sched.idle:
+                    return sched
+                wait = sched.next_arrival_ms()
+                if wait is not None and sched.waiting == sched.running == []:  # idle until the next request
+                    time.sleep(max(0.0, wait - stats.now_ms()) / 1e3)
+
+    def _read(self, pending, sched: Scheduler, stats: RunStats) -> None:
+        if pending is None:
+            return
+        step, phase, figures = pending
+        stats.wave = max(seq.wave for subs, _ in step for seq in subs)  # the newest admission wave in the step
+        for seq in stats.record(step, phase, figures):
+            sched.retire(seq, stats.now_ms())
+        for subs, _ in step:
+            for seq in subs:
+                sched.index(seq)
+
+    def _step(self, plan: StepPlan, rows: Rows, sampler: Sampler) -> list[tuple[list[Sequence], Pending]]:
+        """Run one step's work: its prefill chunks in one forward pass, then its decode rows in another (the
+        torch and cupy backends take a batch of equal-length rows, so a mixed step is two sub-steps)."""
+        for seq in plan.admitted:
+            rows.start(seq.row, seq.known)
+        out = []
+        if plan.prefill:
+            out.append(self.prefill(plan.prefill, rows, sampler))
+        if plan.decode:
+            out.append(self.decode(plan.decode, rows, sampler))
+        return [o for o in out if o[0]]
 
     # -- the step functions ----------------------------------------------------------------------------
 
-    def prefill(self, batch: Batch, sampler: Sampler) -> Pending:
-        """Start a batch: free the cache, reserve its prompts, run them in one forward pass (logits only at each
-        prompt's last token) and queue the first tokens."""
-        lens = batch.lens
+    def prefill(self, chunks: list[tuple[Sequence, int, int]], rows: Rows,
+                sampler: Sampler) -> tuple[list[Sequence], Pending]:
+        """Prefill chunks (sequence, start, end) of prompt (+ recomputed) tokens in one forward pass; the
+        sequences whose chunk reaches their last known token get their next token, sampled and queued."""
+        starts = [a for _, a, _ in chunks]
+        lens = [b - a for _, a, b in chunks]
         T = max(lens)
-        self.cache.reset()
-        self.cache.reserve(lens)
-        ids = torch.zeros(len(batch), T, dtype=torch.long)
-        for b, seq in enumerate(batch.seqs):
-            ids[b, : len(seq.prompt)] = torch.tensor(seq.prompt)
+        ids = torch.zeros(len(chunks), T, dtype=torch.long)
+        for b, (seq, a, e) in enumerate(chunks):
+            ids[b, : e - a] = torch.tensor(seq.known[a:e])
+        row_t = torch.tensor([s.row for s, _, _ in chunks], device=self.device)
+        done = [b for b, (seq, _, e) in enumerate(chunks) if e == len(seq.known)]
         with op("prefill"):
-            logits = self.model.forward(ids.to(self.device), self._prefill_step(lens, T, write=True), self.cache,
-                                        torch_ops, last=batch.lens_t - 1)
-            pending = Pending.queue(self._sample(batch, logits, sampler))
+            step = self._prefill_step(lens, T, write=True, rows=row_t, starts=starts)
+            logits = self.model.forward(ids.to(self.device), step, self.cache, torch_ops,
+                                        last=torch.tensor(lens, device=self.device) - 1)
+            sampled = [chunks[b][0] for b in done]
+            pending = None
+            if done:
+                pick = torch.tensor(done, device=self.device)
+                pending = Pending.queue(self._sample(rows, row_t[pick], logits[pick], sampler))
             if self._cap is not None:
                 self._cap.sync()
+        for seq, _, e in chunks:
+            seq.cached = e
+        for seq in sampled:
+            seq.inflight += 1
         if self._cap is not None:
-            self._cap.step("prefill", [(n, 0) for n in lens], len(batch))
-        return pending
+            self._cap.step("prefill", [(n, a) for n, a in zip(lens, starts, strict=True)], len(chunks))
+        return sampled, pending
 
-    def decode(self, batch: Batch, sampler: Sampler) -> Pending:
+    def decode(self, seqs: list[Sequence], rows: Rows, sampler: Sampler) -> tuple[list[Sequence], Pending]:
         """One token per sequence: each newest token goes into the cache, and the next is sampled and queued."""
-        lens = batch.lens
-        logits = self._decode_logits(batch.last, batch.lens_t, lens)
-        tokens = self._sample(batch, logits, sampler)
+        lens = [s.cached for s in seqs]
+        row_t = torch.tensor([s.row for s in seqs], device=self.device)
+        lens_t = torch.tensor(lens, device=self.device)
+        with op("decode"):
+            logits = self._decode_logits(rows.last[row_t], lens_t, lens, row_t)
+            tokens = self._sample(rows, row_t, logits, sampler)
         if self._cap is not None:
-            self._cap.step("decode", [(1, n) for n in lens], len(batch))
-        batch.advance()
-        context = sum(batch.lens)  # keys each sequence attended to, summed
+            self._cap.step("decode", [(1, n) for n in lens], len(seqs))
+        for seq in seqs:
+            seq.cached += 1
+            seq.inflight += 1
+        context = sum(lens) + len(lens)  # keys each sequence attended to, summed
         flops, nbytes = cost.decode_step(self.args, self.decode_weight_bytes, self.cache.bytes_per_token,
-                                         len(batch), context)
-        return Pending.queue(tokens, flops, nbytes)
+                                         len(seqs), context)
+        return seqs, Pending.queue(tokens, flops, nbytes)
 
-    def _sample(self, batch: Batch, logits: torch.Tensor, sampler: Sampler) -> torch.Tensor:
+    def _sample(self, rows: Rows, row_t: torch.Tensor, logits: torch.Tensor, sampler: Sampler) -> torch.Tensor:
         with op("sampling"):
+            seen = rows.seen[row_t] if rows.seen is not None else None
             if self.ops is not torch_ops:  # the cupy backend's fused sampler
-                tokens = self.ops.sample(logits, sampler.params, sampler.rng, batch.seen)
+                tokens = self.ops.sample(logits, sampler.params, sampler.rng, seen)
             else:
-                tokens = sample(logits, sampler.params, sampler.generator, batch.seen)
-        batch.sampled(tokens)
+                tokens = sample(logits, sampler.params, sampler.generator, seen)
+            rows.sampled(row_t, tokens)
         return tokens
 
-    def _decode_logits(self, tokens: torch.Tensor, lens_t: torch.Tensor, lens: list[int]) -> torch.Tensor:
-        """Logits [B, V] of one decode step: `tokens` [B] go into the cache at positions `lens` and attend to it."""
-        self.cache.reserve([n + 1 for n in lens])
+    def _decode_logits(self, tokens: torch.Tensor, lens_t: torch.Tensor, lens: list[int],
+                       rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, V] of one decode step: `tokens` [B] go into the cache at positions `lens` of cache rows
+        `rows` (None: rows 0..B-1, reserved here; the scheduler reserves its rows' room itself) and attend to it."""
+        if rows is None:
+            self.cache.reserve([n + 1 for n in lens])
         if self.fixed_decode:
-            return self._fixed_decode(tokens, lens_t, lens)
-        return self.model.forward(tokens[:, None], self._decode_step(lens_t, lens), self.cache, torch_ops)[:, 0]
+            return self._fixed_decode(tokens, lens_t, lens, rows)
+        return self.model.forward(tokens[:, None], self._decode_step(lens_t, lens, rows), self.cache, torch_ops)[:, 0]
 
-    def _fixed_decode(self, tokens: torch.Tensor, lens_t: torch.Tensor, lens: list[int]) -> torch.Tensor:
+    def _fixed_decode(self, tokens: torch.Tensor, lens_t: torch.Tensor, lens: list[int],
+                      rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, V] of the fixed-shape decode step (replayed from a CUDA graph when cuda_graphs=True)."""
         B = len(lens)
+        tables = self.cache.decode_tables(B if rows is None else rows)
         if self.graphs is not None:
-            return self.graphs.run(tokens, lens_t, self.cache.decode_tables(B), max(lens) + 1)
+            return self.graphs.run(tokens, lens_t, tables, max(lens) + 1)
         positions = lens_t.to(torch.int32)
-        st = DecodeState(tokens, positions, positions + 1, self.cache.decode_tables(B), self.cache.block_len, self.cos,
+        st = DecodeState(tokens, positions, positions + 1, tables, self.cache.block_len, self.cos,
                          self.sin, self.plan(B, max(lens) + 1))
         return self.model.decode(st, self.cache, self.ops)
 
@@ -230,22 +292,35 @@ class Engine:
 
     # -- one forward pass -------------------------------------------------------------------------
 
-    def _prefill_step(self, lens: list[int], T: int, write: bool) -> Step:
-        """Step for prompts of `lens` right-padded to T, attending causally within themselves."""
+    def _prefill_step(self, lens: list[int], T: int, write: bool, rows: torch.Tensor | None = None,
+                      starts: list[int] | None = None) -> Step:
+        """Step for chunks of `lens` tokens right-padded to T, chunk b at positions starts[b].. of cache row
+        rows[b] (default: rows 0..B-1 from position 0). Chunks that start at 0 attend within themselves; later
+        chunks also attend to their rows' cached tokens."""
         B, dev = len(lens), self.device
-        positions = torch.arange(T, device=dev).expand(B, T)
+        starts = starts or [0] * B
+        start_t = torch.tensor(starts, device=dev)
+        positions = start_t[:, None] + torch.arange(T, device=dev)
         G = self.args.n_heads // self.args.n_kv_heads
         q_pos = torch.arange(T, device=dev).repeat(G)  # query rows are (group member, position)
-        mask = (torch.arange(T, device=dev)[None, :] <= q_pos[:, None])[None, None] if T > 1 else None
-        step = Step(positions, self.cos[positions][:, :, None], self.sin[positions][:, :, None], mask, None)
+        context = None
+        if max(starts) == 0:
+            mask = (torch.arange(T, device=dev)[None, :] <= q_pos[:, None])[None, None] if T > 1 else None
+        else:  # keys of the row's cache, up to each query's own position
+            context = max(a + n for a, n in zip(starts, lens, strict=True))
+            keys = torch.arange(self.cache.read_len(context), device=dev)
+            mask = (keys[None, None, :] <= (start_t[:, None] + q_pos[None, :])[:, :, None])[:, None]
+        step = Step(positions, self.cos[positions][:, :, None], self.sin[positions][:, :, None], mask, context,
+                    rows=rows)
         if write:
             valid = torch.tensor([b * T + t for b in range(B) for t in range(lens[b])], device=dev)
             index = None if min(lens) == T else valid
-            step.write = (index, self.cache.slots(valid // T, valid % T))
+            b_idx = valid // T
+            step.write = (index, self.cache.slots(b_idx if rows is None else rows[b_idx], start_t[b_idx] + valid % T))
         return step
 
-    def _decode_step(self, lens_t: torch.Tensor, lens: list[int]) -> Step:
-        """Step for one new token per sequence at position lens[b] (its current length)."""
+    def _decode_step(self, lens_t: torch.Tensor, lens: list[int], rows: torch.Tensor | None = None) -> Step:
+        """Step for one new token per sequence at position lens[b] (its current length) of cache row rows[b]."""
         B = len(lens)
         pos = lens_t[:, None]
         context = max(lens) + 1
@@ -253,8 +328,9 @@ class Engine:
         mask = None
         if key_len != context or min(lens) != max(lens):
             mask = (torch.arange(key_len, device=self.device)[None, :] <= pos)[:, None, None, :]
-        slots = self.cache.slots(torch.arange(B, device=self.device), lens_t)
-        return Step(pos, self.cos[pos][:, :, None], self.sin[pos][:, :, None], mask, context, write=(None, slots))
+        slots = self.cache.slots(torch.arange(B, device=self.device) if rows is None else rows, lens_t)
+        return Step(pos, self.cos[pos][:, :, None], self.sin[pos][:, :, None], mask, context, write=(None, slots),
+                    rows=rows)
 
     @torch.inference_mode()
     def logits(self, input_ids) -> torch.Tensor:
@@ -305,10 +381,10 @@ class Engine:
 
     def _record(self, stats: RunStats, requests, sampling, workload, hw, ops_records, profile_info, run_id,
                 rss_reset: bool) -> RunResult:
-        seqs = stats.seqs
+        seqs = [s for s in stats.seqs if s.admitted_ms is not None]  # a stopped run drops requests never started
         tokens = [s.tokens for s in seqs]
         metrics = {**compute_metrics([s.times_ms for s in seqs], [len(s.prompt) for s in seqs]),
-                   **stats.decode_metrics(hw)}
+                   **stats.decode_metrics(hw), "preemptions": sum(s.preemptions for s in seqs)}
         price = device_price(hw, self.config.price_per_hour)
         metrics.update(cost_metrics(metrics, price["price_per_hour"]))
         hw = {**hw, **price}

@@ -47,9 +47,10 @@ class KVCache:
         """Tokens per addressable block: the whole row of a contiguous cache."""
         return self.k.shape[3]
 
-    def decode_tables(self, batch: int) -> torch.Tensor:
-        """int32 [batch, blocks] block ids per sequence, as the fixed-shape decode step reads them."""
-        return torch.arange(batch, dtype=torch.int32, device=self.k.device)[:, None]
+    def decode_tables(self, rows: int | torch.Tensor) -> torch.Tensor:
+        """int32 [B, blocks] block ids of each sequence, as the fixed-shape decode step reads them; `rows`: the
+        cache rows (slots) of the B sequences, or B for rows 0..B-1."""
+        return _rows(rows, self.k.device).to(torch.int32)[:, None]
 
     @property
     def nbytes(self) -> int:
@@ -63,6 +64,24 @@ class KVCache:
         """Make room for sequence b to hold seq_lens[b] tokens."""
         if max(seq_lens) > self.max_seq_len:
             raise KVCacheFullError(f"a sequence needs {max(seq_lens)} tokens but max_seq_len={self.max_seq_len}")
+
+    # -- one sequence at a time, as the scheduler admits and retires them (engine/scheduler.py) ---------------
+
+    def blocks_to_grow(self, row: int, n_tokens: int) -> int:
+        """Blocks row `row` must take to hold n_tokens (a contiguous row holds max_seq_len: none)."""
+        return 0
+
+    @property
+    def free_blocks(self) -> int:
+        return 1 << 62
+
+    def grow(self, row: int, n_tokens: int) -> None:
+        """Make room for row `row` to hold n_tokens."""
+        if n_tokens > self.max_seq_len:
+            raise KVCacheFullError(f"a sequence needs {n_tokens} tokens but max_seq_len={self.max_seq_len}")
+
+    def free_row(self, row: int) -> None:
+        """Row `row`'s sequence has left: its blocks go back to the pool."""
 
     def slots(self, b: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return b, pos
@@ -82,12 +101,14 @@ class KVCache:
         self.k[layer][i0, :, i1] = k
         self.v[layer][i0, :, i1] = v
 
-    def read(self, layer: int, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K, V [batch, Hkv, read_len(length), D] in the model dtype (views where the cache is not quantized)."""
-        k, v = self.k[layer, :batch, :, :length], self.v[layer, :batch, :, :length]
+    def read(self, layer: int, rows: int | torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K, V [B, Hkv, read_len(length), D] in the model dtype of rows 0..B-1 (rows an int: views where the
+        cache is not quantized) or of the cache rows `rows` [B]."""
+        index = slice(None, rows) if isinstance(rows, int) else rows
+        k, v = self.k[layer, index, :, :length], self.v[layer, index, :, :length]
         if self.quantized:
-            k = self._dequantize(k, self.k_scale[layer, :batch, :, :length])
-            v = self._dequantize(v, self.v_scale[layer, :batch, :, :length])
+            k = self._dequantize(k, self.k_scale[layer, index, :, :length])
+            v = self._dequantize(v, self.v_scale[layer, index, :, :length])
         return k, v
 
     def gather(self, layer: int, tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,25 +132,72 @@ class KVCache:
 
 
 class BlockAllocator:
-    """A free list of block ids."""
+    """The pool's blocks: a free list, a reference count per block in use, and the prefix index.
+
+    With prefix caching, a full block of prompt tokens is known by the hash of its token chain (its tokens and
+    every token before it). Sequences with the same prefix share its blocks (one reference each); a block no
+    sequence holds stays cached under its hash until its room is needed, least recently used first.
+    """
 
     def __init__(self, num_blocks: int, block_size: int):
         self.num_blocks, self.block_size = num_blocks, block_size
         self.free = list(range(num_blocks - 1, -1, -1))
+        self.refs = [0] * num_blocks
+        self.hash_of: dict[int, int] = {}  # block -> its chain hash, for full blocks in the index
+        self.by_hash: dict[int, int] = {}  # chain hash -> block
+        self.unused: dict[int, None] = {}  # indexed blocks nobody holds, least recently used first
+
+    @property
+    def available(self) -> int:
+        return len(self.free) + len(self.unused)
 
     def allocate(self, n: int, tokens_needed: int) -> list[int]:
-        """n free blocks, or KVCacheFullError saying how many tokens and blocks were asked of what the pool holds."""
-        if n > len(self.free):
+        """n blocks (free ones first, then the least recently used cached ones), or KVCacheFullError saying how
+        many tokens and blocks were asked of what the pool holds."""
+        if n > self.available:
             raise KVCacheFullError(
                 f"paged KV cache is out of blocks: the batch needs {tokens_needed} tokens of KV but the pool holds "
                 f"{self.num_blocks} blocks x {self.block_size} = {self.num_blocks * self.block_size} tokens: "
-                f"it needs {n} more blocks (each sequence takes whole blocks) and {len(self.free)} are free; "
+                f"it needs {n} more blocks (each sequence takes whole blocks) and {self.available} are free; "
                 "raise num_blocks (0 sizes it for batch_size x max_seq_len) or lower batch_size or output length"
             )
-        return [self.free.pop() for _ in range(n)]
+        out = []
+        for _ in range(n):
+            if self.free:
+                block = self.free.pop()
+            else:  # evict the least recently used cached prefix block
+                block = next(iter(self.unused))
+                del self.unused[block], self.by_hash[self.hash_of.pop(block)]
+            self.refs[block] = 1
+            out.append(block)
+        return out
 
     def release(self, blocks: list[int]) -> None:
-        self.free.extend(reversed(blocks))
+        for block in reversed(blocks):
+            self.refs[block] -= 1
+            if self.refs[block] == 0:
+                if block in self.hash_of:
+                    self.unused[block] = None  # most recently used: the end of the eviction order
+                else:
+                    self.free.append(block)
+
+    def lookup(self, hashes: list[int]) -> list[int]:
+        """The cached blocks of the longest prefix of `hashes` in the index, each now held once more."""
+        hit = []
+        for h in hashes:
+            block = self.by_hash.get(h)
+            if block is None:
+                break
+            if self.refs[block] == 0:
+                del self.unused[block]
+            self.refs[block] += 1
+            hit.append(block)
+        return hit
+
+    def index(self, block: int, h: int) -> None:
+        """Block `block` is full and holds the chain `h`: later sequences with that prefix may share it."""
+        if h not in self.by_hash and block not in self.hash_of:
+            self.by_hash[h], self.hash_of[block] = block, h
 
 
 class PagedKVCache(KVCache):
@@ -149,9 +217,43 @@ class PagedKVCache(KVCache):
         self.block_tables = torch.zeros(batch_size, self.max_blocks, dtype=torch.long, device=device)
 
     def reset(self) -> None:
-        for table in self.tables:
-            self.allocator.release(table)
-            table.clear()
+        for row in range(len(self.tables)):
+            self.free_row(row)
+
+    def blocks_to_grow(self, row: int, n_tokens: int) -> int:
+        return max(0, -(-n_tokens // self.block_size) - len(self.tables[row]))
+
+    @property
+    def free_blocks(self) -> int:
+        return self.allocator.available
+
+    def grow(self, row: int, n_tokens: int) -> None:
+        KVCache.grow(self, row, n_tokens)
+        n = self.blocks_to_grow(row, n_tokens)
+        if n:
+            self._append(row, self.allocator.allocate(n, n_tokens))
+
+    def free_row(self, row: int) -> None:
+        self.allocator.release(self.tables[row])
+        self.tables[row].clear()
+
+    def share_prefix(self, row: int, hashes: list[int]) -> int:
+        """Give empty row `row` the cached blocks of the longest indexed prefix of `hashes` (chain hashes of its
+        full prompt blocks); the tokens they hold."""
+        blocks = self.allocator.lookup(hashes)
+        if blocks:
+            self._append(row, blocks)
+        return len(blocks) * self.block_size
+
+    def index_blocks(self, row: int, hashes: list[int], start: int) -> None:
+        """Row `row`'s full blocks start, start+1, ... hold the chains `hashes`: put them in the prefix index."""
+        for i, h in enumerate(hashes):
+            self.allocator.index(self.tables[row][start + i], h)
+
+    def _append(self, row: int, blocks: list[int]) -> None:
+        start = len(self.tables[row])
+        self.tables[row].extend(blocks)
+        self.block_tables[row, start:start + len(blocks)] = torch.tensor(blocks, dtype=torch.long)
 
     def reserve(self, seq_lens: list[int]) -> None:
         super().reserve(seq_lens)
@@ -167,14 +269,20 @@ class PagedKVCache(KVCache):
     def slots(self, b: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.block_tables[b, pos // self.block_size], pos % self.block_size
 
-    def decode_tables(self, batch: int) -> torch.Tensor:
-        return self.block_tables[:batch].to(torch.int32)
+    def decode_tables(self, rows: int | torch.Tensor) -> torch.Tensor:
+        return self.block_tables[_rows(rows, self.block_tables.device)].to(torch.int32)
 
     def read_len(self, length: int) -> int:
         return -(-length // self.block_size) * self.block_size
 
-    def read(self, layer: int, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.gather(layer, self.block_tables[:batch, : -(-length // self.block_size)])
+    def read(self, layer: int, rows: int | torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = slice(None, rows) if isinstance(rows, int) else rows
+        return self.gather(layer, self.block_tables[index, : -(-length // self.block_size)])
+
+
+def _rows(rows: int | torch.Tensor, device) -> torch.Tensor:
+    """Cache rows as a tensor: `rows` itself, or 0..rows-1."""
+    return torch.arange(rows, device=device) if isinstance(rows, int) else rows
 
 
 def gather_blocks(pool: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:

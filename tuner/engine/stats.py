@@ -1,12 +1,14 @@
 """What a run measures as it goes: each token's time, each step's wall time, and the FLOPs and bytes of each
-decode step (profile/cost.py), which give MBU and MFU. `on_step` hears of every step and may stop the run."""
+decode step (profile/cost.py), which give MBU and MFU; the running and waiting counts and KV blocks in use
+after each step. `on_step` hears of every step and may stop the run."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
-from .batch import Batch, Pending, Sequence
+from .batch import Pending
+from .scheduler import Sequence
 
 
 class RunStats:
@@ -15,43 +17,59 @@ class RunStats:
         self.n_batches, self.n_requests, self.max_new_tokens = n_batches, n_requests, max_new_tokens
         self.on_step = on_step
         self.t0 = self.last = time.perf_counter()
-        self.seqs: list[Sequence] = []  # every sequence of the batches started so far
-        self.batch_index = -1
-        self.prefill_ms: list[float] = []
-        self.decode_ms: list[float] = []
+        self.seqs: list[Sequence] = []  # every request of the run
+        self.wave = 0
+        self.prefill_ms: list[float] = []  # steps that only prefilled
+        self.decode_ms: list[float] = []  # steps that only decoded
+        self.mixed_ms: list[float] = []  # steps that did both (chunked prefill beside decodes)
         self.decode_flops: list[float] = []
         self.decode_bytes: list[float] = []
         self.decode_rows: list[int] = []  # sequences each decode step computed a token for
+        self.timeline: list[dict] = []  # after each step: time, running, waiting, KV blocks in use
         self.stopped = False
 
-    def start(self, batch: Batch) -> None:
-        self.batch_index += 1
-        self.seqs += batch.seqs
-        self.last = time.perf_counter()
+    def now_ms(self) -> float:
+        return (time.perf_counter() - self.t0) * 1e3
 
-    def record(self, batch: Batch, pending: Pending, phase: str) -> None:
-        """Wait for a step's tokens, give them to their sequences, and time the step (since the one before)."""
-        tokens = pending.wait()
+    def record(self, step: list[tuple[list[Sequence], Pending]], phase: str, queue: dict) -> list[Sequence]:
+        """Wait for a step's tokens, give them to their sequences, and time the step (since the one before);
+        the sequences that finished."""
+        finished, per_step = [], []
+        for seqs, pending in step:
+            tokens = pending.wait()
+            per_step.append((seqs, pending))
+            now = time.perf_counter()
+            for seq, token in zip(seqs, tokens, strict=True):
+                seq.inflight -= 1
+                if not seq.done:
+                    seq.add(token, (now - self.t0) * 1e3)
+                    if seq.done:
+                        finished.append(seq)
         now = time.perf_counter()
-        batch.add(tokens, (now - self.t0) * 1e3)
         step_ms, self.last = (now - self.last) * 1e3, now
         if phase == "prefill":
             self.prefill_ms.append(step_ms)
+        elif phase == "mixed":
+            self.mixed_ms.append(step_ms)
         else:
+            _, pending = per_step[-1]
             self.decode_ms.append(step_ms)
             self.decode_flops.append(pending.flops)
             self.decode_bytes.append(pending.nbytes)
-            self.decode_rows.append(len(batch))
-        if self.on_step is not None and self.on_step(self._event(batch, phase, step_ms, now)):
+            self.decode_rows.append(len(per_step[-1][0]))
+        self.timeline.append({"t_ms": round((now - self.t0) * 1e3, 3), "step_ms": round(step_ms, 3), **queue})
+        if self.on_step is not None and self.on_step(self._event(phase, step_ms, now)):
             self.stopped = True
+        return finished
 
-    def _event(self, batch: Batch, phase: str, step_ms: float, now: float) -> dict:
-        return {"phase": phase, "batch_index": self.batch_index, "n_batches": self.n_batches, "step_ms": step_ms,
-                "elapsed_s": now - self.t0, "tokens": sum(len(s.tokens) for s in batch.seqs),
-                "batch_tokens_max": len(batch) * self.max_new_tokens, "n_requests": self.n_requests,
+    def _event(self, phase: str, step_ms: float, now: float) -> dict:
+        wave = [s for s in self.seqs if s.wave == self.wave]
+        return {"phase": phase, "batch_index": self.wave, "n_batches": self.n_batches, "step_ms": step_ms,
+                "elapsed_s": now - self.t0, "tokens": sum(len(s.tokens) for s in wave),
+                "batch_tokens_max": len(wave) * self.max_new_tokens, "n_requests": self.n_requests,
                 # the whole run's progress, what a progress bar shows
                 "done_tokens": sum(len(s.tokens) for s in self.seqs),
-                "total_tokens": self.n_requests * self.max_new_tokens}
+                "total_tokens": sum(s.max_new_tokens for s in self.seqs)}
 
     def decode_metrics(self, hardware: dict) -> dict:
         """Decode bandwidth, MBU and MFU against the measured ceilings, the bytes a decode step moves per token it

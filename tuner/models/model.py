@@ -41,6 +41,7 @@ class Step:
     mask: torch.Tensor | None  # [B or 1, 1, G*T, key_len] bool, True attends; None: attend to all
     context_len: int | None  # longest sequence after this step; None: attend to this step's own keys only
     write: tuple | None = None  # (flat token index or None for all, cache slots) of tokens to store
+    rows: torch.Tensor | None = None  # [B] the cache row of each sequence; None: rows 0..B-1
 
 
 @dataclass
@@ -122,7 +123,7 @@ class Transformer:
                 if step.context_len is None:
                     k_all, v_all = k.transpose(1, 2), v.transpose(1, 2)
                 else:
-                    k_all, v_all = cache.read(i, B, step.context_len)
+                    k_all, v_all = cache.read(i, B if step.rows is None else step.rows, step.context_len)
                 att = ops.attention(q, k_all, v_all, step.mask)
             with op("o_proj"):
                 o = layer.wo(att)

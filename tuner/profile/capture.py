@@ -67,7 +67,7 @@ class Capture:
     def sync(self) -> None:
         """Wait for the device at the end of the prefill range, so the range's wall time covers its kernels
         (the step waits for its tokens right after anyway). A decode range needs none: it spans queueing one
-        step and waiting for the step before (Engine._run_batch)."""
+        step (Engine.decode)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
