@@ -24,6 +24,10 @@ _LAZY = {
     "SweepResult": "tuner.tune.result",
     "export": "tuner.tune.export",
     "load_config": "tuner.config",
+    "Traffic": "tuner.serve.traffic",
+    "serve_bench": "tuner.serve.bench",
+    "capacity": "tuner.serve.bench",
+    "ServeResult": "tuner.serve.result",
 }
 
 __all__ = ["__version__", "load_ipython_extension", "unload_ipython_extension", *_LAZY]

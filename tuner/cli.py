@@ -1,4 +1,4 @@
-"""The `tuner` command: run, presets, hw, sweep, export, demo, tensorboard (`tuner --help`).
+"""The `tuner` command: run, serve-bench, presets, hw, sweep, export, demo, quality, tensorboard (`tuner --help`).
 
 A thin shell: each subcommand parses its flags and calls one library function (tuner.actions). Engine,
 sampling and workload flags are generated from the knob registry, so `tuner run --help` lists every knob.
@@ -136,6 +136,43 @@ def _parser() -> argparse.ArgumentParser:
     ql.add_argument("--n-seqs", type=_positive_int, default=4, help="windows of text scored (default 4)")
     ql.add_argument("--seq-len", type=_positive_int, default=128, help="tokens per window (default 128)")
     ql.add_argument("--json", type=Path, default=None, help="write the rows (tuner.quality/1) to this file")
+    sb = sub.add_parser("serve-bench", help="serve requests arriving over time (continuous batching) and measure "
+                                            "TTFT/TPOT percentiles, goodput and capacity",
+                        description="Inject requests at their arrival times (Poisson or gamma arrivals at --rate, or a "
+                                    "JSONL trace) into the engine's scheduler and measure each request as vLLM's "
+                                    "serving benchmark does: TTFT, TPOT, ITL, e2e and queue time, their percentiles, "
+                                    "request and token throughput, and goodput under --slo. --capacity finds the "
+                                    "highest rate that meets the SLO instead.")
+    eng = sb.add_argument_group("engine and scheduler knobs")
+    for knob in ENGINE_KNOBS.values():
+        _add_knob(eng, knob, "engine_" + knob.name)
+    tr = sb.add_argument_group("traffic")
+    tr.add_argument("--rate", type=_rate, default=float("inf"), help="requests per second, or inf: all at once "
+                                                                     "(default inf)")
+    tr.add_argument("--num-prompts", type=_positive_int, default=64, help="requests (default 64)")
+    tr.add_argument("--prompt-len", type=_length, default=128, help="prompt tokens: N, or a range LOW-HIGH drawn "
+                                                                    "uniformly (default 128)")
+    tr.add_argument("--output-len", type=_length, default=64, help="output tokens: N or LOW-HIGH (default 64)")
+    tr.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of the gaps: 1 Poisson, < 1 burstier "
+                                                                  "(default 1)")
+    tr.add_argument("--max-concurrency", type=int, default=0, help="requests in flight at most; 0: no limit")
+    tr.add_argument("--prefix-len", type=int, default=0, help="tokens of a system prompt shared by --prefix-fraction "
+                                                              "of the requests")
+    tr.add_argument("--prefix-fraction", type=float, default=0.0, help="share of requests with the shared prefix")
+    tr.add_argument("--trace", default=None, help="a JSONL trace to replay (arrival_s, prompt_len or prompt, "
+                                                  "output_len per line)")
+    tr.add_argument("--traffic-seed", type=int, default=0, help="seed of the arrivals and prompts (default 0)")
+    out = sb.add_argument_group("SLO and output")
+    out.add_argument("--slo", action="append", default=None, metavar="KEY=MS",
+                     help="a per-request limit: ttft_ms=500, tpot_ms=50 or e2e_ms=... (repeat)")
+    out.add_argument("--capacity", action="store_true", help="find the highest rate meeting the SLO (a rate ladder "
+                                                             "from --rate, then bisection)")
+    out.add_argument("--attainment", type=float, default=0.9, help="with --capacity: the share of requests that "
+                                                                   "must meet the SLO (default 0.9)")
+    out.add_argument("--threads", type=_positive_int, default=None, help="CPU threads torch may use")
+    out.add_argument("--no-warmup", action="store_true", help="skip the short warm-up batch before the run")
+    out.add_argument("--json", type=Path, default=None, help="write the record (tuner.serve/1, or tuner.capacity/1) "
+                                                             "to this file")
     tb = sub.add_parser("tensorboard", help="serve the profiled runs in TensorBoard on 127.0.0.1",
                         description="Start TensorBoard with the PyTorch profiler plugin over a log dir; Ctrl-C stops.")
     tb.add_argument("--logdir", type=Path, default=None, help="default ~/.cache/tuner/runs")
@@ -147,6 +184,37 @@ def _positive_int(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return int(text)
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate: give requests per second, or inf") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: the rate must be > 0 (inf: all at once)")
+    return value
+
+
+def _length(text: str) -> int | tuple[int, int]:
+    parts = text.replace(",", "-").split("-")
+    if not all(p.strip().isdigit() for p in parts) or len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a length: give N or LOW-HIGH")
+    values = [int(p) for p in parts]
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def _slo(items: list[str] | None) -> dict:
+    slo = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        try:
+            slo[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--slo {item!r} is not allowed: write KEY=MS, e.g. ttft_ms=500")
+    return slo
 
 
 def _collect(args, prefix: str, knobs: dict[str, Knob]) -> dict:
@@ -295,6 +363,53 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve_bench(args) -> int:
+    import json
+
+    import torch
+
+    from .actions import TokenBar, load_progress
+    from .config import EngineConfig
+    from .engine.engine import Engine
+    from .serve.bench import capacity, serve_bench
+    from .serve.metrics import check_slo
+    from .serve.traffic import Traffic
+
+    if args.json is not None and args.json.is_dir():
+        raise ValueError(f"--json {args.json} is a directory: give the file to write the record to")
+    slo = check_slo(_slo(args.slo))
+    if args.capacity and not slo:
+        raise ValueError("--capacity needs an SLO: add --slo ttft_ms=500 (and/or tpot_ms=, e2e_ms=)")
+    traffic = Traffic(rate=args.rate, num_prompts=args.num_prompts, prompt_len=args.prompt_len,
+                      output_len=args.output_len, burstiness=args.burstiness, max_concurrency=args.max_concurrency,
+                      prefix_len=args.prefix_len, prefix_fraction=args.prefix_fraction, trace=args.trace,
+                      seed=args.traffic_seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = EngineConfig(**_collect(args, "engine_", ENGINE_KNOBS))
+    engine = Engine(cfg, progress=load_progress(f"loading {cfg.model}"))
+    if args.capacity:
+        def step(p):
+            print(f"  rate {p['rate']:.3g} req/s: {p['slo_attainment']:.0%} met the SLO", file=sys.stderr)
+
+        result = capacity(engine, traffic, slo, args.attainment, progress=step)
+        print(result.table())
+    else:
+        if not args.no_warmup:
+            engine.warmup()
+        bar = TokenBar(disable=None)
+        try:
+            result = serve_bench(engine, traffic, slo, on_step=bar, warmup=False)
+        finally:
+            bar.close()
+        print(result.table())
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.to_dict(), indent=1))
+        print(f"\nwrote {args.json}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .tune.demo import QUESTION, run_demo
 
@@ -317,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "presets": cmd_presets, "hw": cmd_hw, "tensorboard": cmd_tensorboard,
                 "sweep": cmd_sweep, "export": cmd_export, "demo": cmd_demo,
-                "quality": cmd_quality}[args.command](args)
+                "quality": cmd_quality, "serve-bench": cmd_serve_bench}[args.command](args)
     except (ValueError, OSError) as e:  # bad input, or a file that cannot be read or written
         parser.exit(2, f"tuner: error: {e}\n")
     except RuntimeError as e:

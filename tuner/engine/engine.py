@@ -136,6 +136,27 @@ class Engine:
             self._cap = None
         return self._record(stats, requests, sampling, workload, hw, ops_records, profile_info, run_id, rss_reset)
 
+    @torch.inference_mode()
+    def serve(self, seqs: list[Sequence], sampling: SamplingParams | None = None,
+              on_step: Callable[[dict], bool | None] | None = None,
+              max_concurrency: int = 0) -> tuple[RunStats, Scheduler]:
+        """Run timed requests (Sequence.arrival_ms since the call) through the decode loop in real time, as a
+        server sees them; their tokens and times land in the sequences. Ctrl-C (or on_step returning True)
+        stops the run and keeps what finished; `stats.interrupted` says Ctrl-C came. tuner.serve builds the
+        requests from traffic and turns the sequences into a tuner.serve/1 record."""
+        sampling = sampling if sampling is not None else SamplingParams()
+        for seq in seqs:
+            self._check_ids(seq.prompt)
+            self._check_length(len(seq.prompt), seq.max_new_tokens)
+        with self._busy:
+            stats = RunStats(0, len(seqs), sampling.max_new_tokens, on_step)
+            try:
+                sched = self._loop(seqs, sampling, stats, realtime=True, max_concurrency=max_concurrency)
+            except KeyboardInterrupt:
+                stats.stopped = stats.interrupted = True
+                sched = None
+            return stats, sched
+
     def scheduler(self) -> Scheduler:
         """A scheduler over this engine's KV cache, with its serving knobs (engine/scheduler.py)."""
         c = self.config
@@ -143,7 +164,7 @@ class Engine:
                          c.enable_prefix_caching, static=c.scheduling == "static")
 
     def _loop(self, seqs: list[Sequence], sampling: SamplingParams, stats: RunStats,
-              realtime: bool = False) -> Scheduler:
+              realtime: bool = False, max_concurrency: int = 0) -> Scheduler:
         """The decode loop: each step the scheduler picks prefill chunks and decode rows, the step functions run
         them, and their tokens go back to their sequences; until every sequence has finished.
 
@@ -153,6 +174,7 @@ class Engine:
         stops on a stop token has had one step queued past it, whose token is dropped.
         """
         sched = self.scheduler()
+        sched.max_concurrency = max_concurrency
         sched.add(seqs)
         stats.seqs = seqs
         self.cache.reset()
@@ -171,15 +193,18 @@ class Engine:
             if pending is None:
                 if stats.stopped or sched.idle:
                     return sched
+                if sched.waiting and not sched.running:  # nothing runs, and the queue's head cannot start
+                    raise RuntimeError(f"request {sched.waiting[0].id} cannot be scheduled on an empty engine "
+                                       "(its first chunk needs more KV blocks or tokens than there are)")
                 wait = sched.next_arrival_ms()
-                if wait is not None and sched.waiting == sched.running == []:  # idle until the next request
+                if wait is not None and not sched.waiting and not sched.running:  # idle until the next request
                     time.sleep(max(0.0, wait - stats.now_ms()) / 1e3)
 
     def _read(self, pending, sched: Scheduler, stats: RunStats) -> None:
         if pending is None:
             return
         step, phase, figures = pending
-        stats.wave = max(seq.wave for subs, _ in step for seq in subs)  # the newest admission wave in the step
+        stats.wave = max((seq.wave for subs, _ in step for seq in subs), default=stats.wave)  # the newest wave
         for seq in stats.record(step, phase, figures):
             sched.retire(seq, stats.now_ms())
         for subs, _ in step:
@@ -196,7 +221,7 @@ class Engine:
             out.append(self.prefill(plan.prefill, rows, sampler))
         if plan.decode:
             out.append(self.decode(plan.decode, rows, sampler))
-        return [o for o in out if o[0]]
+        return out
 
     # -- the step functions ----------------------------------------------------------------------------
 

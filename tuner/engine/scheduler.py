@@ -103,6 +103,8 @@ class Scheduler:
         self.free_rows = list(range(rows - 1, -1, -1))
         self.waves = 0
         self.preemptions = 0
+        self.max_concurrency = 0  # 0: no limit
+        self.last_finish_ms = 0.0
 
     # -- requests ---------------------------------------------------------------------------------------
 
@@ -110,8 +112,16 @@ class Scheduler:
         self.future.extend(sorted(seqs, key=lambda s: s.arrival_ms))
 
     def arrive(self, now_ms: float) -> None:
+        """Requests whose arrival time has come join the queue. With max_concurrency (a client that keeps at
+        most that many requests in flight, as vLLM's benchmark does) a request beyond it is sent, and so
+        arrives, only when one in flight has finished."""
         while self.future and self.future[0].arrival_ms <= now_ms:
-            self.waiting.append(self.future.popleft())
+            if self.max_concurrency and len(self.waiting) + len(self.running) >= self.max_concurrency:
+                return
+            seq = self.future.popleft()
+            if self.max_concurrency:
+                seq.arrival_ms = max(seq.arrival_ms, min(now_ms, self.last_finish_ms))
+            self.waiting.append(seq)
 
     def next_arrival_ms(self) -> float | None:
         return self.future[0].arrival_ms if self.future else None
@@ -129,7 +139,7 @@ class Scheduler:
 
     def retire(self, seq: Sequence, now_ms: float) -> None:
         """A running sequence finished: its row and blocks go back (its indexed blocks stay cached)."""
-        seq.finished_ms = now_ms
+        seq.finished_ms = self.last_finish_ms = now_ms
         if seq in self.running:
             self.running.remove(seq)
             self._free(seq)

@@ -27,6 +27,7 @@ class RunStats:
         self.decode_rows: list[int] = []  # sequences each decode step computed a token for
         self.timeline: list[dict] = []  # after each step: time, running, waiting, KV blocks in use
         self.stopped = False
+        self.interrupted = False  # Ctrl-C
 
     def now_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1e3
@@ -36,6 +37,8 @@ class RunStats:
         the sequences that finished."""
         finished, per_step = [], []
         for seqs, pending in step:
+            if pending is None:  # prefill chunks that end inside their prompts sample nothing
+                continue
             tokens = pending.wait()
             per_step.append((seqs, pending))
             now = time.perf_counter()
@@ -52,11 +55,11 @@ class RunStats:
         elif phase == "mixed":
             self.mixed_ms.append(step_ms)
         else:
-            _, pending = per_step[-1]
+            seqs, pending = per_step[-1]
             self.decode_ms.append(step_ms)
             self.decode_flops.append(pending.flops)
             self.decode_bytes.append(pending.nbytes)
-            self.decode_rows.append(len(per_step[-1][0]))
+            self.decode_rows.append(len(seqs))
         self.timeline.append({"t_ms": round((now - self.t0) * 1e3, 3), "step_ms": round(step_ms, 3), **queue})
         if self.on_step is not None and self.on_step(self._event(phase, step_ms, now)):
             self.stopped = True

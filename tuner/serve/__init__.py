@@ -1,0 +1,1 @@
+"""Serving under traffic: arrivals and traces, serving metrics and records, capacity."""
