@@ -24,6 +24,10 @@ BAD_ENGINE = {
     "cuda_graphs": ["yes", 1],
     "seed": [-1, 1.5],
     "price_per_hour": [-1.0, float("nan"), float("inf"), "cheap", True],
+    "scheduling": ["fcfs", "dynamic"],
+    "max_num_batched_tokens": [-1, 1.5, 1 << 25],
+    "enable_chunked_prefill": ["on", 1],
+    "enable_prefix_caching": ["yes", 0],
 }
 BAD_SAMPLING = {
     "max_new_tokens": [0, -5],
@@ -76,6 +80,10 @@ def test_range_errors_name_the_range():
     ({"kv_cache": "paged", "block_size": 16, "num_blocks": 10, "max_seq_len": 2048},
      "num_blocks=10 cannot hold one sequence of max_seq_len=2048"),
     ({"model": "llama-9b"}, "model='llama-9b' is neither a preset"),
+    ({"enable_prefix_caching": True}, "enable_prefix_caching=True shares KV blocks, which needs kv_cache='paged'"),
+    ({"enable_chunked_prefill": True}, "enable_chunked_prefill=True splits prompts by the token budget: set "
+                                       "max_num_batched_tokens"),
+    ({"batch_size": 8, "max_num_batched_tokens": 4}, "max_num_batched_tokens=4 is below batch_size=8"),
 ])
 def test_impossible_combinations_fail_in_the_config(knobs, message):
     with pytest.raises(ValueError, match=message):

@@ -188,12 +188,12 @@ class Engine:
             queued = None
             if plan:
                 queued = (self._step(plan, rows, sampler), plan.phase, sched.figures())
-            self._read(pending, sched, stats)
-            pending = queued
+            read, pending = pending, queued
+            self._read(read, sched, stats)
             if pending is None:
                 if stats.stopped or sched.idle:
                     return sched
-                if sched.waiting and not sched.running:  # nothing runs, and the queue's head cannot start
+                if read is None and sched.waiting and not sched.running:  # nothing ran, and nothing can start
                     raise RuntimeError(f"request {sched.waiting[0].id} cannot be scheduled on an empty engine "
                                        "(its first chunk needs more KV blocks or tokens than there are)")
                 wait = sched.next_arrival_ms()

@@ -43,7 +43,7 @@ def request_row(seq, rejected: str | None = None) -> dict:
     t = [x - seq.arrival_ms for x in seq.times_ms]
     row = {"id": seq.id, "arrival_s": round(seq.arrival_ms / 1e3, 6), "prompt_len": len(seq.prompt),
            "output_len": len(seq.tokens), "max_new_tokens": seq.max_new_tokens,
-           "finished": seq.finished_ms is not None and bool(seq.tokens) and seq.done,
+           "finished": seq.done and bool(seq.tokens),
            "ttft_ms": t[0] if t else None, "tpot_ms": (t[-1] - t[0]) / (len(t) - 1) if len(t) > 1 else None,
            "e2e_ms": t[-1] if t else None, "itl_ms": [round(b - a, 4) for a, b in zip(t, t[1:], strict=False)],
            "queue_ms": seq.admitted_ms - seq.arrival_ms if seq.admitted_ms is not None else None,

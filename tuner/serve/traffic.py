@@ -37,7 +37,9 @@ def _length(name: str, value) -> tuple[int, int]:
     if isinstance(value, bool):
         raise ValueError(f"{name}={value!r} is not allowed: give a whole number >= 1 or a range [low, high]")
     if isinstance(value, int):
-        value = (value, value)
+        if value < 1:
+            raise ValueError(f"{name}={value} is not allowed: a length is a whole number >= 1")
+        return value, value
     try:
         low, high = value
     except (TypeError, ValueError):
