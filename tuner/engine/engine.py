@@ -82,6 +82,7 @@ class Engine:
         self._plans: dict = {}
         self._cap: Capture | None = None
         self._busy = threading.Lock()  # one generate() at a time: runs share the KV cache
+        self._decode_rows = None  # the last decode step's rows and lengths, host and device (Engine.decode)
         self.graphs = CudaGraphs(self) if graphs else None
 
     @classmethod
@@ -178,16 +179,19 @@ class Engine:
         sched.add(seqs)
         stats.seqs = seqs
         self.cache.reset()
+        self._decode_rows = None
         rows = Rows(self.config.batch_size, self.device, self.args.vocab_size, sampling.repetition_penalty != 1.0)
         sampler = Sampler.seeded(sampling, self.device)
         pending = None  # the step queued ahead: (its sub-steps, phase, queue figures), read after the next is queued
         while True:
             now = stats.now_ms()
             sched.arrive(now if realtime else float("inf"))
+            t = time.perf_counter()
             plan = sched.schedule(now) if not stats.stopped else None
+            sched_ms = (time.perf_counter() - t) * 1e3  # the scheduler's host time for this step
             queued = None
             if plan:
-                queued = (self._step(plan, rows, sampler), plan.phase, sched.figures())
+                queued = (self._step(plan, rows, sampler), plan.phase, {**sched.figures(), "sched_ms": sched_ms})
             read, pending = pending, queued
             self._read(read, sched, stats)
             if pending is None:
@@ -259,8 +263,13 @@ class Engine:
     def decode(self, seqs: list[Sequence], rows: Rows, sampler: Sampler) -> tuple[list[Sequence], Pending]:
         """One token per sequence: each newest token goes into the cache, and the next is sampled and queued."""
         lens = [s.cached for s in seqs]
-        row_t = torch.tensor([s.row for s in seqs], device=self.device)
-        lens_t = torch.tensor(lens, device=self.device)
+        key = [s.row for s in seqs]
+        last = self._decode_rows
+        if last is not None and last[0] == key and last[1] == [n - 1 for n in lens]:  # the rows of the last step
+            row_t, lens_t = last[2], last[3].add_(1)  # one more token each, counted on the device: no copy
+        else:
+            row_t, lens_t = torch.tensor(key, device=self.device), torch.tensor(lens, device=self.device)
+        self._decode_rows = (key, lens, row_t, lens_t)
         with op("decode"):
             logits = self._decode_logits(rows.last[row_t], lens_t, lens, row_t)
             tokens = self._sample(rows, row_t, logits, sampler)

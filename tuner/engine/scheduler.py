@@ -21,7 +21,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the scheduler's lists hold the sequences themselves
 class Sequence:
     """One request: its prompt, when it stops, the tokens it made with their times (ms since the run began),
     and where it stands in the cache."""
@@ -55,6 +55,10 @@ class Sequence:
     def known(self) -> list[int]:
         """The tokens the host knows: the prompt, then what was generated."""
         return self.prompt + self.tokens
+
+    @property
+    def n_known(self) -> int:
+        return len(self.prompt) + len(self.tokens)
 
     @property
     def decoding(self) -> bool:
@@ -150,16 +154,16 @@ class Scheduler:
         budget = self.budget or 1 << 62
         decode = []
         for seq in list(self.running):  # oldest first: preemption takes the newest
-            if seq not in self.running or not (seq.decoding and seq.wants_token):
+            if seq.row is None or not (seq.decoding and seq.wants_token):  # row None: preempted just now
                 continue
             if not self._make_room(seq, seq.cached + 1):
                 continue  # it was preempted itself
             decode.append(seq)
-        decode = [s for s in decode if s in self.running]
+        decode = [s for s in decode if s.row is not None]
         budget -= len(decode)
         prefill = []
         for seq in self.running:  # prompts of sequences admitted earlier, still prefilling (chunked)
-            if budget > 0 and not seq.inflight and seq.cached < len(seq.known):
+            if budget > 0 and not seq.inflight and seq.cached < seq.n_known:
                 end = self._chunk_end(seq, budget)
                 if end is not None:
                     prefill.append((seq, seq.cached, end))
@@ -171,7 +175,7 @@ class Scheduler:
             seq.row = self.free_rows.pop()
             if self.prefix_caching:
                 seq.hashes = chain_hashes(seq.known, self.block_size, seq.hashes)
-                usable = (len(seq.known) - 1) // self.block_size  # at least one token is computed, for its logits
+                usable = (seq.n_known - 1) // self.block_size  # at least one token is computed, for its logits
                 seq.cached = self.cache.share_prefix(seq.row, seq.hashes[:usable])
                 seq.indexed = seq.cached // self.block_size
                 seq.prefix_hit_tokens += seq.cached
@@ -197,7 +201,7 @@ class Scheduler:
 
     def _chunk_end(self, seq: Sequence, budget: int) -> int | None:
         """Where this step's prefill chunk of `seq` ends (its blocks taken), or None if it cannot run now."""
-        todo = len(seq.known) - seq.cached
+        todo = seq.n_known - seq.cached
         n = min(todo, budget) if self.chunked else todo
         if n > budget:
             return None
@@ -238,9 +242,8 @@ class Scheduler:
         """Put the sequence's newly full, known blocks in the prefix index."""
         if not self.prefix_caching or seq.row is None:
             return
-        known = seq.known
-        seq.hashes = chain_hashes(known[:seq.cached], self.block_size, seq.hashes)
-        full = min(seq.cached, len(known)) // self.block_size
+        full = min(seq.cached, seq.n_known) // self.block_size
         if full > seq.indexed:
+            seq.hashes = chain_hashes(seq.known[:full * self.block_size], self.block_size, seq.hashes)
             self.cache.index_blocks(seq.row, seq.hashes[seq.indexed:full], seq.indexed)
             seq.indexed = full
