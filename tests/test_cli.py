@@ -54,3 +54,31 @@ def test_bad_values_are_one_line_errors_with_exit_code_2():
     res = tuner("run", "--model", "smollm2-135m", "--quant", "int4", check=False)
     assert res.returncode == 2 and "allowed for this model: [32, 64]" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_serve_bench_prints_the_serving_table_and_writes_the_record(tmp_path):
+    record = tmp_path / "serve.json"
+    out = tuner("serve-bench", "--model", "tiny", "--batch-size", "4", "--kv-cache", "paged", "--rate", "200",
+                "--num-prompts", "10", "--prompt-len", "8-32", "--output-len", "4", "--slo", "ttft_ms=100000",
+                "--max-num-batched-tokens", "32", "--enable-chunked-prefill", "--no-warmup", "--json",
+                str(record)).stdout
+    for label in ("TTFT ms", "TPOT ms", "queue ms", "goodput", "10 of 10 (0 rejected)", "prompt 8-32 tokens",
+                  "token budget 32", "chunked prefill"):
+        assert label in out
+    data = json.loads(record.read_text())
+    assert data["schema"] == "tuner.serve/1" and len(data["requests"]) == 10
+    assert data["traffic"]["rate"] == 200.0 and data["slo"] == {"ttft_ms": 100000.0}
+    assert data["metrics"]["slo_attainment"] == 1.0
+
+
+def test_serve_bench_mistakes_are_one_line_errors():
+    for args, message in ((["--rate", "0"], "the rate must be > 0"),
+                          (["--prompt-len", "5-x"], "is not a length: give N or LOW-HIGH"),
+                          (["--slo", "ttft=3"], "slo key 'ttft' is not allowed: use ttft_ms, tpot_ms, e2e_ms"),
+                          (["--slo", "ttft_ms"], "write KEY=MS"),
+                          (["--capacity"], "--capacity needs an SLO"),
+                          (["--burstiness", "0"], "burstiness=0.0 is not allowed"),
+                          (["--enable-chunked-prefill"], "set max_num_batched_tokens")):
+        res = tuner("serve-bench", "--model", "tiny", *args, check=False)
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr

@@ -52,7 +52,9 @@ def test_a_record_cannot_inject_keys_or_lines_into_an_exported_file(run, tmp_pat
     env = [line for line in paths["tgi"].read_text().splitlines() if line and not line.startswith("#")]
     assert {line.split("=", 1)[0] for line in env} <= {"MODEL_ID", "MAX_BATCH_SIZE", "MAX_TOTAL_TOKENS",
                                                           "MAX_CONCURRENT_REQUESTS", "MAX_INPUT_TOKENS",
-                                                          "CUDA_GRAPHS", "QUANTIZE", "DTYPE", "KV_CACHE_DTYPE"}
+                                                          "CUDA_GRAPHS", "QUANTIZE", "DTYPE", "KV_CACHE_DTYPE",
+                                                          "MAX_BATCH_PREFILL_TOKENS", "MAX_BATCH_TOTAL_TOKENS",
+                                                          "PREFIX_CACHING"}
     assert "abc\\ntrust-remote-code: true" in paths["vllm"].read_text()  # kept, escaped, in the provenance
     # a value that would break a .env line is refused, not written
     broken = tuner.RunResult.from_dict({**run.to_dict(), "config": {**run.config, "model": "/m\nHF_TOKEN=x"}})
@@ -149,9 +151,13 @@ def test_two_runs_on_one_engine_at_once_each_give_their_own_tokens(checkpoint):
 
 def test_the_paged_pool_says_how_many_blocks_it_needs_and_has():
     e = tuner.Engine(model="tiny", batch_size=2, kv_cache="paged", block_size=16, num_blocks=4, max_seq_len=64)
-    # two sequences of 17 tokens: 34 tokens fit 64, but each takes 2 whole blocks once it grows past 32
-    with pytest.raises(tuner.KVCacheFullError, match="it needs 2 more blocks .* and 0 are free"):
-        e.generate([[1] * 30, [2] * 30], tuner.SamplingParams(max_new_tokens=20, ignore_eos=True))
+    # two sequences of 33 tokens: 66 tokens are about the 64 the pool holds, but each takes 3 whole blocks
+    with pytest.raises(tuner.KVCacheFullError, match="the batch needs 66 tokens of KV but the pool holds 4 blocks x "
+                                                     "16 = 64 tokens: it needs 6 more blocks .* and 4 are free"):
+        e.cache.reserve([33, 33])
+    # generate() preempts instead (the scheduler gives a sequence's blocks back and recomputes it later)
+    r = e.generate([[1] * 30, [2] * 30], tuner.SamplingParams(max_new_tokens=20, ignore_eos=True))
+    assert [len(t) for t in r.tokens] == [20, 20] and r.metrics["preemptions"] >= 1
 
 
 def test_export_to_a_missing_folder_given_with_a_slash_writes_into_it(run, tmp_path):
@@ -350,7 +356,8 @@ def test_crafted_records_are_refused_in_one_line(run, tmp_path):
         res = cli("export", str(tmp_path / name), "--out", str(tmp_path / "out"))
         assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
         assert ("not a complete tuner run record" in res.stderr if name != "list.json" else
-                "is neither a run record (tuner.run/1) nor a sweep record" in res.stderr), res.stderr
+                "is neither a run record (tuner.run/1), a serve record (tuner.serve/1) nor a sweep record"
+                in res.stderr), res.stderr
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     res = cli("export", str(tmp_path / "deep.json"))
     assert res.returncode == 2 and "is not a readable JSON record" in res.stderr and "Traceback" not in res.stderr

@@ -32,7 +32,7 @@ def magics(shell):
 
 def test_help_documents_every_subcommand_and_knob(ip):
     doc = ip.magics_manager.magics["line"]["tuner"].__doc__
-    for sub in ("load", "run", "panel", "hw", "history", "compare", "tensorboard"):
+    for sub in ("load", "run", "serve", "panel", "hw", "history", "compare", "tensorboard"):
         assert f"%tuner {sub}" in doc
     assert "batch_size" in doc and "--profile" in doc and "sampling_seed" in doc
 
@@ -72,10 +72,23 @@ def test_load_run_reuses_weights_until_a_weight_knob_changes(ip, tmp_path, capsy
     ("load", "the following arguments are required: model"),
     ("compare -1 -2", "no runs yet"),
     ("load smollm2-135m temperature=0.5", "engine knobs only"),
+    ("serve --slo ttft=5", "slo key 'ttft' is not allowed"),
+    ("serve temperature=0.5", "takes engine and scheduler knobs"),
+    ("serve --capacity", "--capacity needs an SLO"),
 ])
 def test_mistakes_are_one_line_usage_errors(ip, line, message):
     with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("]", r"\]")):
         ip.run_line_magic("tuner", line)
+
+
+def test_serve_magic_serves_traffic_on_the_session_engine_and_keeps_the_record(ip, tmp_path):
+    r = ip.run_cell_magic("tuner", "serve --rate 100 --num-prompts 6 --prompt-len 4-12 --output-len 3 -o",
+                          "model=tiny\nbatch_size=2\nkv_cache=paged\n--slo ttft_ms=1e5")
+    assert isinstance(r, tuner.ServeResult) and r.config["batch_size"] == 2 and r.metrics["finished"] == 6
+    assert r.slo == {"ttft_ms": 1e5} and r.metrics["slo_attainment"] == 1.0
+    s = magics(ip).session
+    assert s.serves == [r] and (tmp_path / "tuner-runs" / "serve" / f"{r.run_id}.json").exists()
+    assert "goodput" in r._repr_mimebundle_()["text/plain"]
 
 
 def test_hw_history_and_panel_fallback_outside_a_kernel(ip, capsys):

@@ -140,7 +140,7 @@ def test_goodput_and_percentiles_of_a_hand_made_record():
     assert m["slo_attainment"] == pytest.approx(2 / 4)
     assert m["request_throughput"] == pytest.approx(4 / 1.6)
     assert m["output_tokens"] == 44 and m["output_tok_s"] == pytest.approx(44 / 1.6)
-    assert m["ttft_ms_mean"] == pytest.approx(150.0)
+    assert m["ttft_ms"] == pytest.approx(150.0)
     assert m["ttft_ms_p50"] == pytest.approx(np.percentile([100, 300, 150, 50], 50))
     assert m["tpot_ms_p99"] == pytest.approx(np.percentile([10, 10, 30, 5], 99))
     assert m["itl_ms_samples"] == 40 and m["itl_ms_p50"] == pytest.approx(10.0)
@@ -276,3 +276,44 @@ def test_capacity_climbs_a_rate_ladder_and_bisects(checkpoint):
     assert hard._repr_mimebundle_()["text/html"].count("data:image/png;base64,") == 1
     with pytest.raises(ValueError, match="capacity needs an SLO"):
         tuner.capacity(engine, traffic, {})
+
+
+def test_a_sweep_of_serving_knobs_measures_goodput_under_traffic_and_exports_it_as_served(tmp_path):
+    from tuner.tune.export import export
+
+    r = tuner.sweep({"enable_chunked_prefill": [False, True]}, objectives=["max:goodput_req_s"],
+                    constraints=["slo_attainment >= 0.5"],
+                    base={"model": "tiny", "batch_size": 4, "max_seq_len": 128, "kv_cache": "paged",
+                          "max_num_batched_tokens": 64},
+                    traffic={"rate": 200.0, "num_prompts": 8, "prompt_len": [8, 40], "output_len": 4},
+                    slo={"ttft_ms": 1e5}, sampler="grid", storage=None, runs_dir=tmp_path, progress=False,
+                    warmup=False)
+    assert r.serving == {"traffic": Traffic(rate=200.0, num_prompts=8, prompt_len=(8, 40), output_len=4).to_dict(),
+                         "slo": {"ttft_ms": 1e5}}
+    assert sorted(t["params"]["enable_chunked_prefill"] for t in r.trials) == [False, True]
+    assert all(t["feasible"] and t["metrics"]["goodput_req_s"] > 0 and t["metrics"]["slo_attainment"] == 1.0
+               for t in r.trials)
+    records = [json.loads(p.read_text()) for p in (tmp_path / "sweeps" / r.study_name).glob("*.json")]
+    assert sorted(d["schema"] for d in records) == ["tuner.serve/1"] * 2
+    text = export(r, "vllm", tmp_path / "v.yaml").read_text()
+    assert "static batch" not in text and "max-num-batched-tokens: 64" in text
+    assert tuner.SweepResult.load(tmp_path / "sweeps" / f"{r.study_name}.json").serving == r.serving
+    with pytest.raises(ValueError, match="goodput_req_s, slo_attainment, .* are serving metrics"):
+        tuner.sweep({"batch_size": [1]}, objectives=["max:goodput_req_s"], storage=None, runs_dir=tmp_path)
+    with pytest.raises(ValueError, match="capacity_req_s needs traffic and an slo"):
+        tuner.sweep({"batch_size": [1]}, objectives=["max:capacity_req_s"], traffic={"num_prompts": 2},
+                    storage=None, runs_dir=tmp_path)
+
+
+@pytest.mark.parametrize("kv_cache", ["contiguous", "paged"])
+def test_the_fixed_shape_decode_step_serves_scattered_rows_with_the_solo_tokens(checkpoint, kv_cache):
+    # the cupy backend's decode path (here through the kernels' torch twins) reads each row's blocks through the
+    # tables of the rows the scheduler picked, which are not rows 0..B-1 once requests come and go
+    path, _ = checkpoint("qwen3")
+    prompts = _prompts([9, 21, 5, 14, 30], seed=8)
+    outs = [3, 15, 8, 12, 5]
+    engine = tuner.Engine(model=str(path), batch_size=3, max_seq_len=128, kv_cache=kv_cache, block_size=8)
+    engine.fixed_decode = True
+    seqs, _, _ = _serve(engine, prompts, outs, arrivals_ms=[0, 0, 0, 20, 40])
+    assert [s.tokens for s in seqs] == _solo(path, prompts, outs)
+    assert sorted({s.wave for s in seqs}) == list(range(max(s.wave for s in seqs) + 1))

@@ -20,7 +20,7 @@ import tuner
 from conftest import real_file, save_checkpoint
 from tuner.config import load_config
 from tuner.tune import Space, SweepResult, sweep
-from tuner.tune.export import FORMATS, export, export_all
+from tuner.tune.export import FORMATS, export, export_all, load_record
 from tuner.tune.space import parse_constraint, parse_objective
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,20 +235,53 @@ def test_every_format_writes_its_target_names(run, tmp_path):
     assert vllm["block-size"] == 32 and vllm["max-model-len"] == 64 and vllm["enforce-eager"] is True
     assert set(vllm) <= {"model", "dtype", "max-model-len", "max-num-seqs", "max-num-batched-tokens", "block-size",
                          "kv-cache-dtype", "quantization", "enforce-eager", "seed", "generation-config",
-                         "override-generation-config"}
+                         "override-generation-config", "enable-chunked-prefill", "enable-prefix-caching"}
+    assert vllm["enable-chunked-prefill"] is False and vllm["enable-prefix-caching"] is False
+    text = paths["vllm"].read_text()
+    assert "batch_size=2 was measured as a static batch" in text and "dtype=float32: measured in float32" in text
     assert json.loads(vllm["override-generation-config"])["top_p"] == 0.9
     assert "int8 weight-only" in paths["vllm"].read_text()  # no equivalent: said, not guessed
     env = dict(line.split("=", 1) for line in paths["tgi"].read_text().splitlines() if line and line[0] != "#")
     assert env["MAX_BATCH_SIZE"] == "2" and env["MAX_TOTAL_TOKENS"] == "64" and env["QUANTIZE"] == "eetq"
     assert env["CUDA_GRAPHS"] == "0" and "DTYPE" not in env  # TGI refuses DTYPE with QUANTIZE
     trt = yaml.safe_load(paths["trtllm"].read_text())
-    assert trt["max_batch_size"] == 2 and trt["max_seq_len"] == 64 and trt["backend"] == "pytorch"
-    assert trt["cuda_graph_config"] is None and trt["kv_cache_config"] == {"enable_block_reuse": False}
+    assert trt["max_batch_size"] == 2 and trt["max_seq_len"] == 64 and "backend" not in trt  # deprecated key
+    assert trt["cuda_graph_config"] is None and trt["enable_chunked_prefill"] is False
+    assert trt["kv_cache_config"] == {"enable_block_reuse": False, "tokens_per_block": 32}
+    assert env["PREFIX_CACHING"] == "0" and int(env["MAX_BATCH_PREFILL_TOKENS"]) >= 2 * 16
     from transformers import GenerationConfig
 
     g = GenerationConfig.from_pretrained(tmp_path)
-    assert (g.do_sample, g.temperature, g.top_p, g.top_k, g.max_new_tokens) == (True, 0.7, 0.9, 40, 4)
+    assert (g.do_sample, g.temperature, g.top_p, g.top_k) == (True, 0.7, 0.9, 40)
+    # the workload forced 4 output tokens: that is no reply length, and vLLM would read it as a cap on every reply
+    assert g.max_new_tokens is None and "max_new_tokens left out" in g.tuner_provenance["note"]
     assert g.cache_implementation == "dynamic"
+
+
+def test_serving_knobs_export_under_each_target_s_own_names(tmp_path):
+    engine = tuner.Engine(model="tiny", batch_size=6, max_seq_len=128, kv_cache="paged", block_size=8,
+                          num_blocks=96, max_num_batched_tokens=64, enable_chunked_prefill=True,
+                          enable_prefix_caching=True)
+    served = tuner.serve_bench(engine, tuner.Traffic(num_prompts=4, prompt_len=16, output_len=4),
+                               slo={"ttft_ms": 1e5}, warmup=False)
+    paths = export_all(served, tmp_path)
+    vllm = yaml.safe_load(paths["vllm"].read_text())
+    assert (vllm["max-num-seqs"], vllm["max-num-batched-tokens"], vllm["enable-chunked-prefill"],
+            vllm["enable-prefix-caching"], vllm["block-size"]) == (6, 64, True, True, 8)
+    text = paths["vllm"].read_text()
+    assert "FlashAttention backend takes multiples of 16" in text and "static batch" not in text
+    assert "goodput_req_s=" in text and f"serve-bench run {served.run_id}" in text
+    env = dict(line.split("=", 1) for line in paths["tgi"].read_text().splitlines() if line and line[0] != "#")
+    assert (env["MAX_BATCH_SIZE"], env["MAX_BATCH_PREFILL_TOKENS"], env["MAX_BATCH_TOTAL_TOKENS"],
+            env["PREFIX_CACHING"]) == ("6", "64", str(96 * 8), "1")
+    trt = yaml.safe_load(paths["trtllm"].read_text())
+    assert trt["max_num_tokens"] == 64 and trt["enable_chunked_prefill"] is True
+    assert trt["kv_cache_config"] == {"enable_block_reuse": True, "tokens_per_block": 8}
+    assert load_record(served.save(tmp_path / "serve.json")).to_dict() == served.to_dict()
+    # CUDA graphs for every batch up to the first power of two at or above the tuned batch (6 -> 1, 2, 4, 8)
+    graphs = export({"model": "tiny", "device": "cuda", "batch_size": 6, "cuda_graphs": True}, "tgi",
+                    tmp_path / "g.env").read_text()
+    assert "CUDA_GRAPHS=1,2,4,8\n" in graphs
 
 
 def test_tuner_yaml_round_trips_exactly(run, tmp_path):

@@ -11,6 +11,7 @@ tuner.tune.sweep.sweep_from_spec, and an export in one format or all tuner.tune.
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import sys
 from collections.abc import Callable
@@ -85,3 +86,72 @@ class TokenBar:
 
     def close(self) -> None:
         self.bar.close()
+
+
+# -- serving flags, shared by `tuner serve-bench` and `%tuner serve` ---------------------------------------
+
+def rate_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate: give requests per second, or inf") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: the rate must be > 0 (inf: all at once)")
+    return value
+
+
+def length_arg(text: str) -> int | tuple[int, int]:
+    parts = text.replace(",", "-").split("-")
+    if not all(p.strip().isdigit() for p in parts) or len(parts) > 2:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a length: give N or LOW-HIGH")
+    values = [int(p) for p in parts]
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def parse_slo(items: list[str] | None) -> dict:
+    """--slo KEY=MS flags -> {key: ms} (checked by tuner.serve.metrics.check_slo)."""
+    slo = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        try:
+            slo[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"--slo {item!r} is not allowed: write KEY=MS, e.g. ttft_ms=500")
+    return slo
+
+
+def add_traffic_flags(group) -> None:
+    """The traffic, SLO and capacity flags of a serving benchmark (tuner.Traffic's fields)."""
+    group.add_argument("--rate", type=rate_arg, default=float("inf"),
+                       help="requests per second, or inf: all at once (default inf)")
+    group.add_argument("--num-prompts", type=int, default=64, help="requests (default 64)")
+    group.add_argument("--prompt-len", type=length_arg, default=128,
+                       help="prompt tokens: N, or a range LOW-HIGH drawn uniformly (default 128)")
+    group.add_argument("--output-len", type=length_arg, default=64, help="output tokens: N or LOW-HIGH (default 64)")
+    group.add_argument("--burstiness", type=float, default=1.0,
+                       help="gamma shape of the gaps between arrivals: 1 Poisson, < 1 burstier (default 1)")
+    group.add_argument("--max-concurrency", type=int, default=0, help="requests in flight at most; 0: no limit")
+    group.add_argument("--prefix-len", type=int, default=0,
+                       help="tokens of a system prompt shared by --prefix-fraction of the requests")
+    group.add_argument("--prefix-fraction", type=float, default=0.0, help="share of requests with the shared prefix")
+    group.add_argument("--trace", default=None,
+                       help="a JSONL trace to replay (arrival_s, prompt_len or prompt, output_len per line)")
+    group.add_argument("--traffic-seed", type=int, default=0, help="seed of the arrivals and prompts (default 0)")
+    group.add_argument("--slo", action="append", default=None, metavar="KEY=MS",
+                       help="a per-request limit: ttft_ms=500, tpot_ms=50 or e2e_ms=... (repeat)")
+    group.add_argument("--capacity", action="store_true",
+                       help="find the highest rate meeting the SLO (a rate ladder from --rate, then bisection)")
+    group.add_argument("--attainment", type=float, default=0.9,
+                       help="with --capacity: the share of requests that must meet the SLO (default 0.9)")
+
+
+def traffic_of(args):
+    """The tuner.Traffic of parsed add_traffic_flags flags."""
+    from .serve.traffic import Traffic
+
+    return Traffic(rate=args.rate, num_prompts=args.num_prompts, prompt_len=args.prompt_len,
+                   output_len=args.output_len, burstiness=args.burstiness, max_concurrency=args.max_concurrency,
+                   prefix_len=args.prefix_len, prefix_fraction=args.prefix_fraction, trace=args.trace,
+                   seed=args.traffic_seed)

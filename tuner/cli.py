@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .actions import add_traffic_flags, parse_slo, traffic_of
 from .knobs import ENGINE_KNOBS, SAMPLING_KNOBS, WORKLOAD_KNOBS, Knob
 from .tune.export import FORMATS
 from .tune.sweep import SAMPLERS
@@ -146,29 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     eng = sb.add_argument_group("engine and scheduler knobs")
     for knob in ENGINE_KNOBS.values():
         _add_knob(eng, knob, "engine_" + knob.name)
-    tr = sb.add_argument_group("traffic")
-    tr.add_argument("--rate", type=_rate, default=float("inf"), help="requests per second, or inf: all at once "
-                                                                     "(default inf)")
-    tr.add_argument("--num-prompts", type=_positive_int, default=64, help="requests (default 64)")
-    tr.add_argument("--prompt-len", type=_length, default=128, help="prompt tokens: N, or a range LOW-HIGH drawn "
-                                                                    "uniformly (default 128)")
-    tr.add_argument("--output-len", type=_length, default=64, help="output tokens: N or LOW-HIGH (default 64)")
-    tr.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of the gaps: 1 Poisson, < 1 burstier "
-                                                                  "(default 1)")
-    tr.add_argument("--max-concurrency", type=int, default=0, help="requests in flight at most; 0: no limit")
-    tr.add_argument("--prefix-len", type=int, default=0, help="tokens of a system prompt shared by --prefix-fraction "
-                                                              "of the requests")
-    tr.add_argument("--prefix-fraction", type=float, default=0.0, help="share of requests with the shared prefix")
-    tr.add_argument("--trace", default=None, help="a JSONL trace to replay (arrival_s, prompt_len or prompt, "
-                                                  "output_len per line)")
-    tr.add_argument("--traffic-seed", type=int, default=0, help="seed of the arrivals and prompts (default 0)")
+    add_traffic_flags(sb.add_argument_group("traffic"))
     out = sb.add_argument_group("SLO and output")
-    out.add_argument("--slo", action="append", default=None, metavar="KEY=MS",
-                     help="a per-request limit: ttft_ms=500, tpot_ms=50 or e2e_ms=... (repeat)")
-    out.add_argument("--capacity", action="store_true", help="find the highest rate meeting the SLO (a rate ladder "
-                                                             "from --rate, then bisection)")
-    out.add_argument("--attainment", type=float, default=0.9, help="with --capacity: the share of requests that "
-                                                                   "must meet the SLO (default 0.9)")
     out.add_argument("--threads", type=_positive_int, default=None, help="CPU threads torch may use")
     out.add_argument("--no-warmup", action="store_true", help="skip the short warm-up batch before the run")
     out.add_argument("--json", type=Path, default=None, help="write the record (tuner.serve/1, or tuner.capacity/1) "
@@ -184,37 +164,6 @@ def _positive_int(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return int(text)
-
-
-def _rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a rate: give requests per second, or inf") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: the rate must be > 0 (inf: all at once)")
-    return value
-
-
-def _length(text: str) -> int | tuple[int, int]:
-    parts = text.replace(",", "-").split("-")
-    if not all(p.strip().isdigit() for p in parts) or len(parts) > 2:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a length: give N or LOW-HIGH")
-    values = [int(p) for p in parts]
-    return values[0] if len(values) == 1 else (values[0], values[1])
-
-
-def _slo(items: list[str] | None) -> dict:
-    slo = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        try:
-            slo[key.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise ValueError(f"--slo {item!r} is not allowed: write KEY=MS, e.g. ttft_ms=500")
-    return slo
 
 
 def _collect(args, prefix: str, knobs: dict[str, Knob]) -> dict:
@@ -373,17 +322,13 @@ def cmd_serve_bench(args) -> int:
     from .engine.engine import Engine
     from .serve.bench import capacity, serve_bench
     from .serve.metrics import check_slo
-    from .serve.traffic import Traffic
 
     if args.json is not None and args.json.is_dir():
         raise ValueError(f"--json {args.json} is a directory: give the file to write the record to")
-    slo = check_slo(_slo(args.slo))
+    slo = check_slo(parse_slo(args.slo))
     if args.capacity and not slo:
         raise ValueError("--capacity needs an SLO: add --slo ttft_ms=500 (and/or tpot_ms=, e2e_ms=)")
-    traffic = Traffic(rate=args.rate, num_prompts=args.num_prompts, prompt_len=args.prompt_len,
-                      output_len=args.output_len, burstiness=args.burstiness, max_concurrency=args.max_concurrency,
-                      prefix_len=args.prefix_len, prefix_fraction=args.prefix_fraction, trace=args.trace,
-                      seed=args.traffic_seed)
+    traffic = traffic_of(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = EngineConfig(**_collect(args, "engine_", ENGINE_KNOBS))

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
-from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
 
-from ..actions import TokenBar, load_progress, parse_knobs
+from ..actions import TokenBar, add_traffic_flags, load_progress, parse_knobs, parse_slo, traffic_of
 from ..knobs import ENGINE_KNOBS, WORKLOAD_KNOBS, shared_names
 from ..tune.export import FORMATS
 from ..tune.sweep import SAMPLERS
@@ -101,12 +101,26 @@ def _export_args(line):
     generation_config.json, TGI .env or TensorRT-LLM YAML (each with its provenance)."""
 
 
+def _serve_args(line):
+    """Serve requests arriving over time (continuous batching) and show TTFT/TPOT percentiles, goodput under
+    --slo and the queue over time; --capacity finds the highest rate that meets the SLO."""
+
+
+_serve_args.parser = MagicArgumentParser(prog="%tuner serve", description=_serve_args.__doc__)
+_serve_args.parser.add_argument("knobs", nargs="*", help="engine and scheduler knobs as key=value (batch_size=8 "
+                                                         "enable_chunked_prefill=true ...)")
+add_traffic_flags(_serve_args.parser)
+_serve_args.parser.add_argument("-o", "--output", action="store_true", help="return the record instead of showing it")
+_serve_args.__doc__ = _serve_args.parser.format_help()  # as magic_arguments writes the others' help
+
+
 @magic_arguments(name="%tuner panel")
 def _panel_args(line):
     """The control panel: knobs as widgets, Run and Stop, live progress and charts, run history."""
 
 
-PARSERS = {"load": _load_args, "run": _run_args, "panel": _panel_args, "hw": _hw_args, "history": _history_args,
+PARSERS = {"load": _load_args, "run": _run_args, "serve": _serve_args, "panel": _panel_args, "hw": _hw_args,
+           "history": _history_args,
            "compare": _compare_args, "tensorboard": _tensorboard_args, "sweep": _sweep_args, "export": _export_args}
 
 
@@ -181,6 +195,39 @@ class TunerMagics(Magics):
                                       on_step=bar, progress=load_progress("loading"))
         finally:
             bar.close()
+        if args.output:
+            return result
+        from IPython.display import display
+
+        display(result)
+
+    def _serve(self, args):
+        from ..serve.bench import capacity, serve_bench
+        from ..serve.metrics import check_slo
+
+        engine_knobs, sampling, workload = parse_knobs(args.knobs)
+        if sampling or workload:
+            raise ValueError(f"%tuner serve takes engine and scheduler knobs; {', '.join([*sampling, *workload])} "
+                             "are not: lengths come from --prompt-len and --output-len")
+        slo = check_slo(parse_slo(args.slo))
+        traffic = traffic_of(args)
+        if self.session.engine is None and "model" not in engine_knobs:
+            engine_knobs["model"] = DEFAULT_MODEL
+            print(f"no model loaded: using {DEFAULT_MODEL} (dummy weights); %tuner load MODEL picks another")
+        engine = self.session.load(progress=load_progress("loading"), **engine_knobs)
+        if args.capacity:
+            if not slo:
+                raise ValueError("--capacity needs an SLO: add --slo ttft_ms=500 (and/or tpot_ms=, e2e_ms=)")
+            result = capacity(engine, traffic, slo, args.attainment,
+                              progress=lambda p: print(f"rate {p['rate']:.3g} req/s: {p['slo_attainment']:.0%} met "
+                                                       "the SLO"))
+        else:
+            bar = TokenBar()
+            try:
+                result = serve_bench(engine, traffic, slo, on_step=bar)
+            finally:
+                bar.close()
+            self.session.record_serve(result)
         if args.output:
             return result
         from IPython.display import display

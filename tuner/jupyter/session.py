@@ -23,6 +23,7 @@ class Session:
         self.engine = None
         self.history: list = []  # RunResult, oldest first
         self.sweeps: list = []  # SweepResult, oldest first
+        self.serves: list = []  # ServeResult, oldest first
 
     def load(self, progress: Callable[[int, int], None] | None = None, **knobs):
         """Load (or reconfigure) the engine with these engine knobs; returns it."""
@@ -49,6 +50,11 @@ class Session:
         path = self.runs_dir / f"{result.run_id}.json"
         path.write_text(result.to_json(indent=1))
         return path
+
+    def record_serve(self, result) -> Path:
+        """Keep a serving benchmark's record and write it (tuner.serve/1) to runs_dir/serve/."""
+        self.serves.append(result)
+        return result.save(self.runs_dir / "serve" / f"{result.run_id}.json")
 
     def get(self, ref: str):
         """A run by id (or a unique prefix of one) or by history index (-1 is the latest)."""

@@ -190,11 +190,13 @@ def _f(x) -> str:
 
 def capacity(config=None, traffic: Traffic | dict | None = None, slo: dict | None = None, attainment: float = 0.9,
              start_rate: float | None = None, max_rungs: int = 6, bisections: int = 3, sampling=None,
-             progress: Callable[[dict], None] | None = None) -> CapacityResult:
+             duration_s: float | None = None, progress: Callable[[dict], None] | None = None) -> CapacityResult:
     """The highest request rate at which at least `attainment` of the requests meet `slo`: a ladder of rates
     (doubling from start_rate, default the traffic's rate or 1 req/s, halving if that already fails), then
     `bisections` halvings of the interval between the last rate that held and the first that did not. Every
-    point is a full serve_bench run of the same traffic at that rate on one engine."""
+    point is a full serve_bench run of the same traffic at that rate on one engine; with duration_s, a point
+    serves about duration_s seconds of arrivals (at least 8 requests, at most the traffic's num_prompts), so low
+    rates do not take minutes."""
     slo = check_slo(slo)
     if not slo:
         raise ValueError("capacity needs an SLO, e.g. slo={'ttft_ms': 500, 'tpot_ms': 50}")
@@ -207,9 +209,11 @@ def capacity(config=None, traffic: Traffic | dict | None = None, slo: dict | Non
     points: list[dict] = []
 
     def run(r: float) -> bool:
-        res = serve_bench(engine, traffic.replace(rate=r), slo, sampling, warmup=False)
+        n = traffic.num_prompts if duration_s is None else min(traffic.num_prompts, max(8, round(r * duration_s)))
+        res = serve_bench(engine, traffic.replace(rate=r, num_prompts=n), slo, sampling, warmup=False)
         m = res.metrics
-        point = {"rate": r, "slo_attainment": m["slo_attainment"] or 0.0, "goodput_req_s": m["goodput_req_s"],
+        point = {"rate": r, "requests": n, "slo_attainment": m["slo_attainment"] or 0.0,
+                 "goodput_req_s": m["goodput_req_s"],
                  "ttft_ms_p99": m["ttft_ms_p99"], "tpot_ms_p99": m["tpot_ms_p99"],
                  "request_throughput": m["request_throughput"], "preemptions": m["preemptions"]}
         points.append(point)

@@ -68,7 +68,7 @@ def summarize(rows: list[dict], slo: dict[str, float]) -> dict:
             values = np.array([x for r in done for x in r["itl_ms"]])
         else:
             values = np.array([r[name] for r in done if r[name] is not None])
-        out[f"{name}_mean"] = float(values.mean()) if values.size else None
+        out[name] = float(values.mean()) if values.size else None  # the mean, named as in tuner.run/1
         for p in PERCENTILES:
             out[f"{name}_p{p}"] = float(np.percentile(values, p)) if values.size else None
         out[f"{name}_samples"] = int(values.size)

@@ -73,9 +73,9 @@ class ServeResult:
             if not n:
                 continue
             if n == 1:
-                rows.append((label, f"{_ms(m[key + '_mean'])} (1 sample)"))
+                rows.append((label, f"{_ms(m[key])} (1 sample)"))
             else:
-                rows.append((label, f"mean {_ms(m[key + '_mean'])}  p50 {_ms(m[key + '_p50'])}  "
+                rows.append((label, f"mean {_ms(m[key])}  p50 {_ms(m[key + '_p50'])}  "
                                     f"p90 {_ms(m[key + '_p90'])}  p99 {_ms(m[key + '_p99'])}"))
         rows.append(("throughput", f"{_rate(m.get('request_throughput'))} req/s, "
                                    f"{_rate(m.get('output_tok_s'))} output tok/s"))

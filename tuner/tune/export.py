@@ -25,21 +25,24 @@ from ..knobs import ENGINE_KNOBS, SAMPLING_KNOBS, lookup
 FORMATS = {"tuner": "tuner.yaml", "vllm": "vllm-config.yaml", "hf": "generation_config.json", "tgi": "tgi.env",
            "trtllm": "trtllm-llm-api.yaml"}
 _HEADLINE = ("output_tok_s", "ttft_ms_p99", "tpot_ms_p99", "itl_ms_p99", "mbu", "usd_per_1m_output_tokens",
-             "usd_per_1m_tokens", "top1_agreement", "kl_mean")
+             "usd_per_1m_tokens", "top1_agreement", "kl_mean", "goodput_req_s", "slo_attainment", "request_throughput")
 
 
 class Choice:
     """What an export writes: the engine and sampling configuration, and where they came from."""
 
     def __init__(self, engine: EngineConfig, sampling: SamplingParams, workload: dict | None = None,
-                 metrics: dict | None = None, hardware: dict | None = None, chosen_by: str = "given"):
+                 metrics: dict | None = None, hardware: dict | None = None, chosen_by: str = "given",
+                 measured_as: str = "given"):
         self.engine, self.sampling = engine, sampling
         self.workload, self.metrics, self.hardware = workload or {}, metrics or {}, hardware or {}
         self.chosen_by = chosen_by
+        self.measured_as = measured_as  # "static batch", "serving" (timed arrivals) or "given" (not measured)
 
     @classmethod
     def of(cls, source, objective: str | None = None) -> Choice:
         from ..result import RunResult
+        from ..serve.result import ServeResult
         from .result import SweepResult
 
         if isinstance(source, Choice):
@@ -47,15 +50,26 @@ class Choice:
         if isinstance(source, RunResult):
             sampling = {k: v for k, v in source.sampling.items() if k in SAMPLING_KNOBS}
             return cls(EngineConfig.from_dict(source.config), SamplingParams.from_dict(sampling), source.workload,
-                       source.metrics, source.hardware, f"run {source.run_id}")
+                       source.metrics, source.hardware, f"run {source.run_id}", "static batch")
+        if isinstance(source, ServeResult):
+            sampling = {k: v for k, v in source.sampling.items() if k in SAMPLING_KNOBS}
+            t = source.traffic
+            workload = {"kind": "serving", "rate": t.get("rate") or "inf", "num_prompts": t.get("num_prompts"),
+                        "prompt_len": str(t.get("prompt_len")), "output_len": str(t.get("output_len"))}
+            metrics = {k: v for k, v in source.metrics.items() if not isinstance(v, (list, dict))}
+            return cls(EngineConfig.from_dict(source.config), SamplingParams.from_dict(sampling), workload, metrics,
+                       source.hardware, f"serve-bench run {source.run_id}", "serving")
         if isinstance(source, SweepResult):
             t = source.best_trial(objective)
             engine, sampling = split_knobs(source.best_config(objective))
             w = source.workload
             sampling.setdefault("max_new_tokens", w.get("output_len", 128))
             key = objective or str(source.objectives[0])
+            if source.serving:
+                w = {"kind": "serving", **{k: v for k, v in source.serving["traffic"].items() if v is not None}}
             return cls(EngineConfig(**engine), SamplingParams(**sampling), w, t["metrics"], source.hardware,
-                       f"sweep {source.study_name} trial {t['number']} (best {key})")
+                       f"sweep {source.study_name} trial {t['number']} (best {key})",
+                       "serving" if source.serving else "static batch")
         if isinstance(source, EngineConfig):
             return cls(source, SamplingParams())
         if isinstance(source, dict):
@@ -85,9 +99,9 @@ def split_knobs(knobs: dict[str, Any]) -> tuple[dict, dict]:
 
 
 def export(source, format: str = "tuner", path: str | Path | None = None, objective: str | None = None) -> Path:
-    """Write `source` (a RunResult, a SweepResult's best trial, an EngineConfig or a dict of knobs) in `format`
-    to `path` (a file, or a directory that gets FORMATS[format]; hf writes generation_config.json into a
-    directory). Returns the path written."""
+    """Write `source` (a RunResult, a ServeResult, a SweepResult's best trial, an EngineConfig or a dict of knobs)
+    in `format` to `path` (a file, or a directory that gets FORMATS[format]; hf writes generation_config.json into
+    a directory). Returns the path written."""
     if format not in FORMATS:
         raise ValueError(f"format={format!r} is not allowed: use one of {', '.join(FORMATS)}")
     choice = Choice.of(source, objective)
@@ -120,9 +134,12 @@ def export_formats(source, format: str, path: str | Path | None = None,
 
 
 def load_record(path: str | Path):
-    """The RunResult (tuner.run/1) or SweepResult (tuner.sweep/1) saved at `path`, from any machine."""
+    """The RunResult (tuner.run/1), ServeResult (tuner.serve/1) or SweepResult (tuner.sweep/1) saved at `path`,
+    from any machine."""
     from ..result import SCHEMA as RUN
     from ..result import RunResult
+    from ..serve.result import SCHEMA as SERVE
+    from ..serve.result import ServeResult
     from .result import SCHEMA as SWEEP
     from .result import SweepResult
 
@@ -136,7 +153,9 @@ def load_record(path: str | Path):
         return SweepResult.from_dict(data)
     if schema == RUN:
         return RunResult.from_dict(data)
-    raise ValueError(f"{path} is neither a run record ({RUN}) nor a sweep record ({SWEEP})")
+    if schema == SERVE:
+        return ServeResult.from_dict(data)
+    raise ValueError(f"{path} is neither a run record ({RUN}), a serve record ({SERVE}) nor a sweep record ({SWEEP})")
 
 
 # -- formats -----------------------------------------------------------------------------------------
@@ -208,16 +227,34 @@ def _sampling_overrides(s: SamplingParams) -> dict:
             "repetition_penalty": s.repetition_penalty}
 
 
+def _server_notes(choice: Choice) -> list[str]:
+    """What a GPU server should know about how the choice was measured."""
+    e, notes = choice.engine, []
+    if choice.measured_as == "static batch":
+        notes.append(f"batch_size={e.batch_size} was measured as a static batch (every request at once, a new "
+                     "batch when the last finished); as the cap on running sequences under traffic it is untested: "
+                     "measure it with tuner serve-bench")
+    if e.dtype == "float32":
+        notes.append("dtype=float32: measured in float32 (a CPU run, most likely); GPU servers serve bfloat16 or "
+                     "float16, which halves the weight bytes each decode step reads: set dtype")
+    return notes
+
+
 def _vllm(choice: Choice) -> str:
     e, s = choice.engine, choice.sampling
     model, why = _model_id(e)
     notes = [f"model: {why}"] if why else []
-    d: dict[str, Any] = {"model": model, "dtype": {"float32": "float32"}.get(e.dtype, e.dtype),
-                         "max-model-len": e.max_seq_len, "max-num-seqs": e.batch_size}
-    prompt = choice.workload.get("prompt_len") or choice.workload.get("prompt_len_mean")
-    d["max-num-batched-tokens"] = max(int(e.batch_size * (prompt or 0)), 2048, 0) if prompt else 8192
+    notes += _server_notes(choice)
+    d: dict[str, Any] = {"model": model, "dtype": e.dtype, "max-model-len": e.max_seq_len,
+                         "max-num-seqs": e.batch_size}
+    d["max-num-batched-tokens"] = _token_budget(choice)
+    d["enable-chunked-prefill"] = e.enable_chunked_prefill
+    d["enable-prefix-caching"] = e.enable_prefix_caching
     if e.kv_cache == "paged":
         d["block-size"] = e.block_size
+        if e.block_size % 16:
+            notes.append(f"block-size {e.block_size}: vLLM's FlashAttention backend takes multiples of 16 only; "
+                         "use 16, or another attention backend")
     else:
         notes.append("kv_cache=contiguous: vLLM's KV cache is always paged; block-size left at vLLM's default 16")
     if e.kv_dtype == "fp8":
@@ -242,14 +279,27 @@ def _vllm(choice: Choice) -> str:
     return head + _comments(f"note: {n}" for n in notes) + _yaml(d)
 
 
+def _token_budget(choice: Choice) -> int:
+    """The tokens one step may compute: the measured budget, or enough for a batch of the workload's prompts."""
+    e = choice.engine
+    if e.max_num_batched_tokens:
+        return e.max_num_batched_tokens
+    prompt = choice.workload.get("prompt_len") or choice.workload.get("prompt_len_mean")
+    return max(int(e.batch_size * prompt), 2048) if isinstance(prompt, (int, float)) else 8192
+
+
 def _hf(choice: Choice, directory: Path) -> Path:
     from transformers import GenerationConfig
 
     s, e = choice.sampling, choice.engine
     greedy = s.temperature == 0
-    kw: dict[str, Any] = dict(do_sample=not greedy, max_new_tokens=s.max_new_tokens,
-                              repetition_penalty=s.repetition_penalty,
+    kw: dict[str, Any] = dict(do_sample=not greedy, repetition_penalty=s.repetition_penalty,
                               cache_implementation="static" if e.kv_cache == "contiguous" else "dynamic")
+    # an output length a benchmark forced is no reply length: vLLM's default --generation-config auto would read
+    # max_new_tokens as a cap on every reply of the server
+    forced = choice.workload.get("kind") in ("synthetic", "serving") or "output_len" in choice.workload
+    if not forced:
+        kw["max_new_tokens"] = s.max_new_tokens
     if not greedy:
         kw.update(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
         if s.min_p:
@@ -258,6 +308,9 @@ def _hf(choice: Choice, directory: Path) -> Path:
         kw["eos_token_id"] = list(s.stop_token_ids)
     cfg = GenerationConfig(**kw)
     cfg.tuner_provenance = choice.provenance()  # kept in the JSON beside the transformers fields
+    if forced:
+        cfg.tuner_provenance["note"] = (f"max_new_tokens left out: the benchmark forced every output to "
+                                        f"{s.max_new_tokens} tokens, which says nothing of the replies you want")
     directory.mkdir(parents=True, exist_ok=True)
     cfg.save_pretrained(str(directory))
     return directory / "generation_config.json"
@@ -267,12 +320,18 @@ def _tgi(choice: Choice) -> str:
     e = choice.engine
     model, why = _model_id(e)
     notes = [f"MODEL_ID: {why}"] if why else []
+    notes += _server_notes(choice)
     env: dict[str, Any] = {"MODEL_ID": model, "MAX_BATCH_SIZE": e.batch_size, "MAX_TOTAL_TOKENS": e.max_seq_len,
                            "MAX_CONCURRENT_REQUESTS": max(128, e.batch_size)}
     out_len = choice.sampling.max_new_tokens
     env["MAX_INPUT_TOKENS"] = max(1, e.max_seq_len - out_len)
-    env["CUDA_GRAPHS"] = ",".join(str(1 << i) for i in range(e.batch_size.bit_length())
-                                  if 1 << i <= e.batch_size) if e.cuda_graphs else "0"
+    env["MAX_BATCH_PREFILL_TOKENS"] = _token_budget(choice)
+    if e.kv_cache == "paged" and e.num_blocks:
+        env["MAX_BATCH_TOTAL_TOKENS"] = e.num_blocks * e.block_size  # the KV pool tuner measured
+    env["PREFIX_CACHING"] = int(e.enable_prefix_caching)
+    # graph sizes up to the first power of two at or above the batch: a running batch always finds one
+    env["CUDA_GRAPHS"] = ",".join(str(1 << i) for i in range((e.batch_size - 1).bit_length() + 1)) \
+        if e.cuda_graphs else "0"
     if e.quant == "fp8":
         env["QUANTIZE"] = "fp8"
     elif e.quant == "int8":
@@ -299,12 +358,13 @@ def _tgi(choice: Choice) -> str:
 def _trtllm(choice: Choice) -> str:
     e = choice.engine
     model, why = _model_id(e)
-    notes = [f"serve {model} ({why})" if why else f"serve {model}"]
-    prompt = choice.workload.get("prompt_len") or choice.workload.get("prompt_len_mean")
-    d: dict[str, Any] = {"backend": "pytorch", "dtype": e.dtype, "max_batch_size": e.batch_size,
-                         "max_seq_len": e.max_seq_len,
-                         "max_num_tokens": max(int(e.batch_size * (prompt or 0)), 2048) if prompt else 8192}
-    kv: dict[str, Any] = {"enable_block_reuse": False}
+    notes = [f"serve {model} ({why})" if why else f"serve {model}"] + _server_notes(choice)
+    # (the PyTorch backend is trtllm-serve's default: its deprecated `backend` key is not written)
+    d: dict[str, Any] = {"dtype": e.dtype, "max_batch_size": e.batch_size, "max_seq_len": e.max_seq_len,
+                         "max_num_tokens": _token_budget(choice), "enable_chunked_prefill": e.enable_chunked_prefill}
+    kv: dict[str, Any] = {"enable_block_reuse": e.enable_prefix_caching}
+    if e.kv_cache == "paged":
+        kv["tokens_per_block"] = e.block_size
     if e.kv_dtype == "fp8":
         kv["dtype"] = "fp8"
     elif e.kv_dtype == "int8":

@@ -52,6 +52,7 @@ class SweepResult:
     hardware: dict = field(default_factory=dict)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     tuner_version: str = ""
+    serving: dict | None = None  # {"traffic", "slo"} when every trial was a serving benchmark
 
     # -- building ------------------------------------------------------------------------------------
 
@@ -148,7 +149,7 @@ class SweepResult:
                 "objectives": [str(o) for o in self.objectives], "constraints": [str(c) for c in self.constraints],
                 "trials": self.trials, "pareto": [t["number"] for t in self.pareto],
                 "best": {k: t["number"] for k, t in self.best.items()}, "repeats": self.repeats,
-                "notes": self.notes, "seconds": self.seconds, "hardware": self.hardware}
+                "notes": self.notes, "seconds": self.seconds, "hardware": self.hardware, "serving": self.serving}
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(_finite(self.to_dict()), indent=indent)
@@ -166,7 +167,7 @@ class SweepResult:
                    constraints=[parse_constraint(c) for c in d["constraints"]], trials=d["trials"],
                    sampler=d.get("sampler", "tpe"), repeats=d.get("repeats", []), notes=d.get("notes", []),
                    seconds=d.get("seconds", 0.0), hardware=d.get("hardware", {}), created=d["created"],
-                   tuner_version=d.get("tuner_version", ""))
+                   tuner_version=d.get("tuner_version", ""), serving=d.get("serving"))
 
     @classmethod
     def load(cls, path: str | Path) -> SweepResult:

@@ -33,6 +33,10 @@ METRICS: dict[str, str] = {
     "usd_per_1m_output_tokens": "min", "usd_per_1m_tokens": "min",  # at the device's price (profile/prices.py)
     # quality against the float32 reference with the same weights, through the KV cache (quality.py)
     "kl_mean": "min", "kl_p99": "min", "top1_agreement": "max", "perplexity": "min", "greedy_match": "max",
+    # serving trials (sweep(traffic=..., slo=...): tuner/serve/metrics.py), with p95 and the queue time besides
+    **{f"{m}_p95": "min" for m in (*_LATENCY, "queue_ms")}, "queue_ms": "min", "queue_ms_p99": "min",
+    "goodput_req_s": "max", "slo_attainment": "max", "request_throughput": "max", "capacity_req_s": "max",
+    "preemptions": "min",
 }
 QUALITY_METRICS = ("kl_mean", "kl_p99", "top1_agreement", "perplexity", "greedy_match")
 

@@ -34,7 +34,7 @@ STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # it names a file 
 DEFAULT_STORAGE = "sqlite:///tuner-runs/sweeps.db"
 # what every trial keeps from its run record, besides the objectives' and constraints' metrics
 HEADLINE = ("ttft_ms", "ttft_ms_p99", "tpot_ms", "tpot_ms_p99", "itl_ms_p99", "e2e_ms_p99", "output_tok_s", "mbu",
-            "usd_per_1m_output_tokens")
+            "usd_per_1m_output_tokens", "goodput_req_s", "slo_attainment")
 _WORST = {"max": 0.0, "min": 1e12}  # placeholder objective values of a failed trial (it is infeasible anyway)
 
 
@@ -47,13 +47,15 @@ class Runner:
     and the run record written to `runs_dir`."""
 
     def __init__(self, base: dict[str, Any], workload: Workload, runs_dir: Path, warmup: bool = True,
-                 quality: Callable | None = None):
+                 quality: Callable | None = None, traffic=None, slo: dict | None = None,
+                 capacity: bool = False):
         self.base_engine, self.base_sampling = {}, {}
         for name, value in (base or {}).items():
             group, reg, knob = _knob(name)
             (self.base_engine if group == "engine" else self.base_sampling)[reg] = knob.check(
                 knob.parse(value) if isinstance(value, str) and knob.type is not str else value)
         self.workload, self.runs_dir, self.warmup, self.quality = workload, runs_dir, warmup, quality
+        self.traffic, self.slo, self.capacity = traffic, slo or {}, capacity  # serving trials (tuner/serve)
         self.engine = None
         self.hardware: dict = {}
 
@@ -77,13 +79,22 @@ class Runner:
                                      "max_new_tokens": self.workload.output_len})
         if self.warmup:
             engine.warmup()
-        result = engine.generate(self.workload, sampling)
+        if self.traffic is not None:  # a serving trial: the traffic through the scheduler, against the SLO
+            from ..serve.bench import capacity, serve_bench
+
+            result = serve_bench(engine, self.traffic, self.slo, sampling, warmup=False)
+            metrics = dict(result.metrics)
+            if self.capacity:
+                metrics["capacity_req_s"] = capacity(engine, self.traffic, self.slo, sampling=sampling,
+                                                     duration_s=20).capacity_req_s or 0.0
+        else:
+            result = engine.generate(self.workload, sampling)
+            metrics = dict(result.metrics)
         self.hardware = result.hardware
-        metrics = dict(result.metrics)
         if self.quality is not None:
             metrics.update(self.quality(engine))
         self.runs_dir.mkdir(parents=True, exist_ok=True)
-        (self.runs_dir / f"{result.run_id}.json").write_text(result.to_json(indent=1))
+        (self.runs_dir / f"{result.run_id}.json").write_text(json.dumps(result.to_dict(), indent=1))
         return result, metrics
 
     def release(self) -> None:
@@ -117,11 +128,14 @@ def _workload(w: Workload | dict | None) -> Workload:
     raise ValueError("workload must be a tuner.Workload or a dict of batch, prompt_len, output_len, seed")
 
 
-def default_study_name(space: Space, workload: Workload, objectives, constraints, base: dict) -> str:
+def default_study_name(space: Space, workload: Workload, objectives, constraints, base: dict,
+                       serving: dict | None = None) -> str:
     """The same sweep asked again gets the same name, so it resumes."""
-    key = json.dumps({"space": space.to_spec(), "workload": workload.to_dict(), "base": base,
-                      "objectives": [str(o) for o in objectives], "constraints": [str(c) for c in constraints]},
-                     sort_keys=True, default=str)
+    spec = {"space": space.to_spec(), "workload": workload.to_dict(), "base": base,
+            "objectives": [str(o) for o in objectives], "constraints": [str(c) for c in constraints]}
+    if serving:
+        spec["serving"] = serving
+    key = json.dumps(spec, sort_keys=True, default=str)
     return "tuner-" + hashlib.sha1(key.encode()).hexdigest()[:10]
 
 
@@ -241,7 +255,7 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
           study_name: str | None = None, repeats: int = 0, top_k: int = 3, base: dict | None = None,
           seed: int | None = 0, runs_dir: str | Path = "tuner-runs", warmup: bool = True,
           quality_prompts: int = 4, quality_text: str | Path | None = None, measure_quality: bool | None = None,
-          progress: bool = True, timeout_s: float | None = None) -> SweepResult:
+          progress: bool = True, timeout_s: float | None = None, traffic=None, slo: dict | None = None) -> SweepResult:
     """Search `space` (knob -> values) for the best configurations on `workload`.
 
     objectives: metrics to optimize ("max:output_tok_s", "min:tpot_ms_p99"; several give a Pareto front).
@@ -259,6 +273,10 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
         reference, through the KV cache.
     measure_quality: score every trial's quality (None: when an objective or constraint names a quality metric,
         or the model has real weights, so the sweep shows the speed / cost / quality triangle).
+    traffic / slo: make every trial a serving benchmark (tuner.serve_bench) of this traffic (a tuner.Traffic or
+        a dict of its fields) under these per-request limits ({"ttft_ms": 500, "tpot_ms": 50}) instead of a
+        static run of `workload`: objectives and constraints then read its metrics (goodput_req_s,
+        slo_attainment, ttft_ms_p99, ...); the objective capacity_req_s runs tuner.capacity per trial.
     """
     import optuna
 
@@ -277,7 +295,23 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
         n_trials = space.size() if sampler == "grid" else 20
     if n_trials is None:
         raise ValueError("n_trials is needed: a space with ranges has no size to take it from")
-    study_name = study_name or default_study_name(space, workload, objectives, constraints, base)
+    serving = None
+    if traffic is not None or slo is not None:
+        from ..serve.bench import _traffic
+        from ..serve.metrics import check_slo
+
+        traffic, slo = _traffic(traffic), check_slo(slo)
+        serving = {"traffic": traffic.to_dict(), "slo": slo}
+    wants_capacity = any(o.metric == "capacity_req_s" for o in [*objectives, *constraints])
+    if wants_capacity and not (serving and serving["slo"]):
+        raise ValueError("capacity_req_s needs traffic and an slo: the highest rate meeting the SLO is measured by "
+                         "serving that traffic")
+    serving_only = {"goodput_req_s", "slo_attainment", "request_throughput", "queue_ms", "queue_ms_p99",
+                    "capacity_req_s"}
+    if serving is None and any(o.metric in serving_only for o in [*objectives, *constraints]):
+        raise ValueError("goodput_req_s, slo_attainment, request_throughput, queue_ms and capacity_req_s are serving "
+                         "metrics: give the sweep traffic (and an slo)")
+    study_name = study_name or default_study_name(space, workload, objectives, constraints, base, serving)
     if not isinstance(study_name, str) or not STUDY_NAME.fullmatch(study_name):
         raise ValueError(f"study_name={short_repr(study_name)} is not allowed: it names files under "
                          f"{Path(runs_dir) / 'sweeps'}, so use 1-128 letters, digits, '.', '_' or '-', starting "
@@ -290,7 +324,8 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
     needs_quality = named or measure_quality or (measure_quality is None and _real_weights(base))
 
     quality = None
-    runner = Runner(base, workload, runs_dir / "sweeps" / study_name, warmup)
+    runner = Runner(base, workload, runs_dir / "sweeps" / study_name, warmup, traffic=traffic, slo=slo,
+                    capacity=wants_capacity)
     if needs_quality:
         from .quality import Quality
 
@@ -304,7 +339,7 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
     fail_interrupted(study)  # trials a killed process of this machine left RUNNING
     study.set_user_attr("tuner_sweep", {"space": space.to_spec(), "workload": workload.to_dict(), "base": base,
                                         "objectives": [str(o) for o in objectives],
-                                        "constraints": [str(c) for c in constraints]})
+                                        "constraints": [str(c) for c in constraints], "serving": serving})
 
     def n_complete() -> int:
         """Completed trials that measured something (a re-proposed point reuses a measurement, uncounted)."""
@@ -367,6 +402,7 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
                                f"{record}; run the sweep again to resume it")
     if runner.hardware:
         result.hardware = runner.hardware
+    result.serving = serving
     if quality is not None and quality.dummy:
         result.notes.append("dummy weights: the quality figures (kl_mean, top1_agreement, ...) compare random "
                             "models and say nothing about the quality of a real one")
@@ -489,7 +525,8 @@ def _ci(xs: list[float]) -> dict[str, float]:
 
 
 SPEC_KEYS = ("space", "base", "workload", "objectives", "constraints", "n_trials", "sampler", "storage",
-             "study_name", "repeats", "top_k", "seed", "quality_prompts", "quality_text", "measure_quality")
+             "study_name", "repeats", "top_k", "seed", "quality_prompts", "quality_text", "measure_quality",
+             "traffic", "slo")
 
 
 def sweep_spec(source: dict | str | Path) -> dict:
