@@ -155,6 +155,33 @@ def test_panel_run_button_runs_the_engine_and_fills_the_outputs(tmp_path):
     assert p.history.value.count("<tr") == 3  # header + two runs
 
 
+def test_panel_serve_button_serves_traffic_with_live_charts(tmp_path):
+    p = _panel(tmp_path)
+    p.engine_controls["model"].value = "tiny"
+    p.engine_controls["batch_size"].value = 4
+    t = p.traffic_controls
+    t["rate"].value, t["num_prompts"].value = 100.0, 12
+    t["prompt_len_min"].value, t["prompt_len_max"].value = 8, 24
+    t["output_len_min"].value, t["output_len_max"].value = 4, 4
+    t["ttft_ms"].value = 1e5
+    p.serve_button.click()
+    assert p.serve_button.disabled and p.run_button.disabled and not p.stop_button.disabled
+    p.wait(300)
+    assert p.status.value == "done", p.errors.value
+    served = p.session.serves[-1]
+    assert served.metrics["finished"] == 12 and served.slo == {"ttft_ms": 1e5}
+    assert served.traffic["prompt_len"] == [8, 24] and served.traffic["output_len"] == 4
+    assert "goodput" in p.metrics.value and p.progress.value == p.progress.max == 48
+    for image in (p.live, p.roofline):
+        assert image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not p.serve_button.disabled and p.stop_button.disabled
+    p.engine_controls["enable_chunked_prefill"].value = True  # without a token budget: refused, in the panel
+    p.serve_button.click()
+    p.wait(60)
+    assert p.status.value == "failed" and "set max_num_batched_tokens" in p.errors.value
+    assert len(p.session.serves) == 1
+
+
 def test_panel_stop_interrupts_a_long_run_and_keeps_what_finished(tmp_path):
     p = _panel(tmp_path)
     p.workload_controls["output_len"].value = 1500

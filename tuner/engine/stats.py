@@ -61,8 +61,12 @@ class RunStats:
             self.decode_bytes.append(pending.nbytes)
             self.decode_rows.append(len(seqs))
         self.timeline.append({"t_ms": round((now - self.t0) * 1e3, 3), "step_ms": round(step_ms, 3), **queue})
-        if self.on_step is not None and self.on_step(self._event(phase, step_ms, now)):
-            self.stopped = True
+        if self.on_step is not None:
+            event = self._event(phase, step_ms, now)
+            # where the queue stands, and the requests this step finished: (arrival, TTFT) each, in ms
+            event.update(queue, finished=[(s.arrival_ms, s.times_ms[0] - s.arrival_ms) for s in finished])
+            if self.on_step(event):
+                self.stopped = True
         return finished
 
     def _event(self, phase: str, step_ms: float, now: float) -> dict:

@@ -202,7 +202,7 @@ class TunerMagics(Magics):
         display(result)
 
     def _serve(self, args):
-        from ..serve.bench import capacity, serve_bench
+        from ..serve.bench import capacity
         from ..serve.metrics import check_slo
 
         engine_knobs, sampling, workload = parse_knobs(args.knobs)
@@ -224,10 +224,9 @@ class TunerMagics(Magics):
         else:
             bar = TokenBar()
             try:
-                result = serve_bench(engine, traffic, slo, on_step=bar)
+                result = self.session.serve({}, traffic, slo, on_step=bar)
             finally:
                 bar.close()
-            self.session.record_serve(result)
         if args.output:
             return result
         from IPython.display import display

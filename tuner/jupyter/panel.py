@@ -1,6 +1,7 @@
 """`%tuner panel`: the knobs as widgets (generated from the registry), Run and Stop, live progress and a
 per-step latency chart while the engine runs, then metrics, roofline and time-breakdown charts, and the
-history of runs.
+history of runs. Its serving tab sets traffic and an SLO; Serve runs them through the scheduler
+(tuner.serve_bench) with live charts of the running and waiting requests and the TTFT of finished ones.
 
 The run happens on a worker thread, so the kernel stays free to receive the Stop click; the thread
 carries the cell's parent header (ipykernel 7 routes thread output by it). The thread only sets widget
@@ -70,6 +71,9 @@ class Panel:
                                   if n != "max_new_tokens"}  # the workload's output_len sets it
         self.workload_controls = {n: _widget(k, k.default, n) for n, k in WORKLOAD_KNOBS.items()}
         self.profile = w.Checkbox(value=False, description="profile (per-op roofline)", indent=False)
+        self.traffic_controls = _traffic_widgets()
+        self.serve_button = w.Button(description="Serve", button_style="info", icon="random",
+                                     tooltip="serve the serving tab's traffic through the scheduler")
         self.run_button = w.Button(description="Run", button_style="primary", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.progress = w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="240px"))
@@ -86,15 +90,18 @@ class Panel:
             return w.GridBox(list(controls), layout=w.Layout(grid_template_columns="repeat(3, 270px)"))
 
         tabs = w.Tab(children=[grid(self.engine_controls.values()), grid(self.sampling_controls.values()),
-                               grid([*self.workload_controls.values(), self.profile])])
-        for i, title in enumerate(("engine", "sampling", "workload")):
+                               grid([*self.workload_controls.values(), self.profile]),
+                               grid(self.traffic_controls.values())])
+        for i, title in enumerate(("engine", "sampling", "workload", "serving")):
             tabs.set_title(i, title)
         self.widget = w.VBox([
             w.HTML("<b>tuner</b>: set knobs, then Run. Changing model, dtype or quant reloads weights; "
                    "other knobs reuse them."),
-            tabs, w.HBox([self.run_button, self.stop_button, self.progress, self.status]), self.errors,
+            tabs, w.HBox([self.run_button, self.serve_button, self.stop_button, self.progress, self.status]),
+            self.errors,
             self.live, self.metrics, w.HBox([self.roofline, self.breakdown]), self.history])
         self.run_button.on_click(lambda _: self.start())
+        self.serve_button.on_click(lambda _: self.start(serve=True))
         self.stop_button.on_click(lambda _: self.stop())
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -114,21 +121,37 @@ class Panel:
         v = control.value
         return knob.parse(v) if isinstance(v, str) and knob.type is not str else knob.check(v)
 
-    def start(self) -> None:
-        """Run button: start a run on a worker thread (ignored while one is running)."""
+    def traffic(self):
+        """(tuner.Traffic, SLO) of the serving tab; ValueError names a bad field."""
+        from ..serve.metrics import check_slo
+        from ..serve.traffic import Traffic
+
+        v = {k: c.value for k, c in self.traffic_controls.items()}
+        slo = check_slo({k: v[k] for k in ("ttft_ms", "tpot_ms") if v[k]})
+        span = {k: (v[f"{k}_min"], v[f"{k}_max"]) if v[f"{k}_max"] > v[f"{k}_min"] else v[f"{k}_min"]
+                for k in ("prompt_len", "output_len")}
+        return Traffic(rate=v["rate"] or float("inf"), num_prompts=v["num_prompts"], burstiness=v["burstiness"],
+                       max_concurrency=v["max_concurrency"], prefix_len=v["prefix_len"],
+                       prefix_fraction=v["prefix_fraction"], **span), slo
+
+    def start(self, serve: bool = False) -> None:
+        """Run button (or Serve, serve=True): start on a worker thread (ignored while one is running)."""
         if self.thread is not None and self.thread.is_alive():
             return
         self.errors.value = ""
         try:
             values = self.values()
+            traffic = self.traffic() if serve else None
         except ValueError as e:
             self._error(str(e))
             return
         parent = _parent()
         self._stop.clear()
-        self.run_button.disabled, self.stop_button.disabled = True, False
+        self.run_button.disabled = self.serve_button.disabled = True
+        self.stop_button.disabled = False
         self.status.value = "starting"
-        self.thread = threading.Thread(target=self._work, args=(values, parent), daemon=True, name="tuner-run")
+        target, args = (self._serve, (values, traffic, parent)) if serve else (self._work, (values, parent))
+        self.thread = threading.Thread(target=target, args=args, daemon=True, name="tuner-run")
         self.thread.start()
 
     def stop(self) -> None:
@@ -172,7 +195,46 @@ class Panel:
             self._error(f"{type(e).__name__}: {e}", traceback.format_exc())
             self.status.value = "failed"
         finally:
-            self.run_button.disabled, self.stop_button.disabled = False, True
+            self.run_button.disabled = self.serve_button.disabled = False
+            self.stop_button.disabled = True
+
+    def _serve(self, values, traffic, parent) -> None:
+        _set_parent(parent)
+        engine = values[0]
+        (traffic, slo) = traffic
+        queue: list[tuple[float, int, int]] = []  # (s, running, waiting) after each step
+        ttft: list[tuple[float, float]] = []  # (arrival s, TTFT ms) of each finished request
+        last = [0.0]
+
+        def on_step(event: dict) -> bool:
+            self.progress.max = max(1, event["total_tokens"])
+            self.progress.value = min(self.progress.max, event["done_tokens"])
+            queue.append((event["elapsed_s"], event["running"], event["waiting"]))
+            ttft.extend((a / 1e3, t) for a, t in event["finished"])
+            now = time.monotonic()
+            if now - last[0] >= LIVE_INTERVAL_S:
+                last[0] = now
+                _set_image(self.live, _serving_chart(queue, ttft, slo))
+                self.status.value = (f"{len(ttft)} of {traffic.num_prompts} requests done, {event['running']} "
+                                     f"running, {event['waiting']} waiting")
+            return self._stop.is_set()
+
+        try:
+            result = self.session.serve(engine, traffic, slo, on_step=on_step,
+                                        progress=lambda d, t: setattr(self.status, "value", f"loading {d}/{t}"))
+            _set_image(self.live, _serving_chart(queue, ttft, slo))
+            self.metrics.value = f"<pre>{html.escape(result.table())}</pre>"
+            from ..profile.plots import png
+
+            _set_image(self.roofline, png(result.plot(), dpi=72))
+            self.breakdown.layout.display = "none"
+            self.status.value = "stopped: kept what finished" if result.stopped else "done"
+        except Exception as e:  # noqa: BLE001 - shown in the panel, never lost to the log console
+            self._error(f"{type(e).__name__}: {e}", traceback.format_exc())
+            self.status.value = "failed"
+        finally:
+            self.run_button.disabled = self.serve_button.disabled = False
+            self.stop_button.disabled = True
 
     # -- output -------------------------------------------------------------------------------------
 
@@ -208,6 +270,54 @@ def _live_chart(steps: list[float]) -> bytes:
     ax = fig.subplots()
     ax.plot(range(1, len(steps) + 1), steps, lw=1.2, color="#1f77b4")
     ax.set(xlabel="decode step", ylabel="ms", ylim=(0, max(steps) * 1.15), title="step latency (live)")
+    fig.tight_layout()
+    return png(fig, dpi=80)
+
+
+def _traffic_widgets() -> dict:
+    """The serving tab: tuner.Traffic's fields and the SLO (0: no limit), with the Traffic defaults."""
+    import ipywidgets as w
+
+    kw = dict(style={"description_width": "initial"}, layout=w.Layout(width="260px"))
+    return {
+        "rate": w.BoundedFloatText(value=4.0, min=0.0, max=1e6, step=0.5, description="rate req/s (0: all at once)",
+                                   **kw),
+        "num_prompts": w.BoundedIntText(value=32, min=1, max=1 << 20, description="requests", **kw),
+        "burstiness": w.BoundedFloatText(value=1.0, min=0.01, max=100.0, step=0.25,
+                                         description="burstiness (1: Poisson)", **kw),
+        "prompt_len_min": w.BoundedIntText(value=64, min=1, max=1 << 20, description="prompt tokens from", **kw),
+        "prompt_len_max": w.BoundedIntText(value=256, min=1, max=1 << 20, description="prompt tokens to", **kw),
+        "max_concurrency": w.BoundedIntText(value=0, min=0, max=1 << 20, description="max in flight (0: any)",
+                                            **kw),
+        "output_len_min": w.BoundedIntText(value=16, min=1, max=1 << 20, description="output tokens from", **kw),
+        "output_len_max": w.BoundedIntText(value=64, min=1, max=1 << 20, description="output tokens to", **kw),
+        "prefix_len": w.BoundedIntText(value=0, min=0, max=1 << 20, description="shared prefix tokens", **kw),
+        "prefix_fraction": w.BoundedFloatText(value=0.0, min=0.0, max=1.0, step=0.1,
+                                              description="share with the prefix", **kw),
+        "ttft_ms": w.BoundedFloatText(value=0.0, min=0.0, max=1e9, description="SLO: TTFT ms (0: none)", **kw),
+        "tpot_ms": w.BoundedFloatText(value=0.0, min=0.0, max=1e9, description="SLO: TPOT ms (0: none)", **kw),
+    }
+
+
+def _serving_chart(queue: list, ttft: list, slo: dict) -> bytes:
+    """Live: running and waiting requests over time; the TTFT of each finished request by its arrival."""
+    from matplotlib.figure import Figure
+
+    from ..profile.plots import png
+
+    fig = Figure(figsize=(9, 2.4))
+    a, b = fig.subplots(1, 2)
+    if queue:
+        t, running, waiting = zip(*queue, strict=True)
+        a.step(t, running, where="post", label="running")
+        a.step(t, waiting, where="post", label="waiting")
+        a.legend(fontsize=7)
+    a.set(xlabel="s", ylabel="requests", title="queue and batch (live)")
+    if ttft:
+        b.scatter(*zip(*ttft, strict=True), s=8)
+    if "ttft_ms" in slo:
+        b.axhline(slo["ttft_ms"], color="#d62728", ls="--", lw=1)
+    b.set(xlabel="arrival (s)", ylabel="TTFT ms", title="TTFT of finished requests")
     fig.tight_layout()
     return png(fig, dpi=80)
 

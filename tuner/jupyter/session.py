@@ -51,6 +51,17 @@ class Session:
         path.write_text(result.to_json(indent=1))
         return path
 
+    def serve(self, engine_knobs: dict | None = None, traffic=None, slo: dict | None = None,
+              on_step: Callable[[dict], bool | None] | None = None, progress=None):
+        """Apply the engine knobs, serve `traffic` under `slo` (tuner.serve_bench), keep the record; returns the
+        ServeResult."""
+        from ..serve.bench import serve_bench
+
+        engine = self.load(progress=progress, **(engine_knobs or {}))
+        result = serve_bench(engine, traffic, slo, on_step=on_step)
+        self.record_serve(result)
+        return result
+
     def record_serve(self, result) -> Path:
         """Keep a serving benchmark's record and write it (tuner.serve/1) to runs_dir/serve/."""
         self.serves.append(result)
