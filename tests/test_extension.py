@@ -51,7 +51,7 @@ def test_renderer_unit_tests():
           "Node and extension/node_modules are needed (npm install in extension/)")
     r = subprocess.run(["npm", "test"], cwd=EXT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert "# pass 5" in r.stdout and "# fail 0" in r.stdout
+    assert "# pass 6" in r.stdout and "# fail 0" in r.stdout
 
 
 def test_the_wheel_ships_the_prebuilt_renderer_and_jupyterlab_lists_it(tmp_path, labext_path):
@@ -81,28 +81,32 @@ def test_jupyterlab_browser_check_passes_with_the_renderer(labext_path, tmp_path
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
 
 
-def _saved_notebook(path: Path) -> tuple[int, int]:
-    """A notebook whose outputs are a profiled run and a sweep, as a kernel would have saved them; returns the
-    roofline points (ops with FLOPs) and the measured trials it should show."""
+def _saved_notebook(path: Path) -> tuple[int, int, int]:
+    """A notebook whose outputs are a profiled run, a sweep and a serving benchmark, as a kernel would have saved
+    them; returns the roofline points (ops with FLOPs), the measured trials and the finished requests it should
+    show."""
     e = tuner.Engine(model="smollm2-135m", batch_size=2, max_seq_len=64)
     run = e.generate(tuner.Workload(prompt_len=16, output_len=4), profile=True, logdir=str(path.parent / "traces"))
     sweep = tuner.sweep({"batch_size": [1, 2, 4]}, workload={"prompt_len": 16, "output_len": 4},
                         base={"model": "smollm2-135m", "max_seq_len": 64}, sampler="grid", storage=None,
                         runs_dir=path.parent / "runs", progress=False, warmup=False)
+    served = tuner.serve_bench(e, tuner.Traffic(rate=50.0, num_prompts=6, prompt_len=(4, 16), output_len=3),
+                               slo={"ttft_ms": 1e5}, warmup=False)
     nb = nbformat.v4.new_notebook()
-    for code, obj in (("run = engine.generate(w, profile=True)\nrun", run), ("tuner.sweep(space, ...)", sweep)):
+    for code, obj in (("run = engine.generate(w, profile=True)\nrun", run), ("tuner.sweep(space, ...)", sweep),
+                      ("tuner.serve_bench(engine, traffic, slo)", served)):
         bundle = obj._repr_mimebundle_()
         cell = nbformat.v4.new_code_cell(code, execution_count=1)
         cell.outputs = [nbformat.v4.new_output("execute_result", data=bundle, execution_count=1)]
         nb.cells.append(cell)
     nbformat.write(nb, path)  # no kernelspec: JupyterLab asks, and the test answers "No Kernel"
     points = sum(1 for o in run.ops_records if o["flops"] > 0 and o["time_ms"] > 0 and o["bytes"] > 0)
-    return points, len(sweep.trials)
+    return points, len(sweep.trials), served.metrics["finished"]
 
 
 def test_a_saved_notebook_renders_in_chromium_with_no_kernel(labext_path, tmp_path):
     need_chromium()
-    points, trials = _saved_notebook(tmp_path / "saved.ipynb")
+    points, trials, finished = _saved_notebook(tmp_path / "saved.ipynb")
     ext = f"--LabApp.extra_labextensions_path={labext_path}"
     with jupyterlab(tmp_path, ext) as url, chromium((1400, 1400)) as page:
         page.goto(url + "lab/tree/saved.ipynb")
@@ -117,6 +121,13 @@ def test_a_saved_notebook_renders_in_chromium_with_no_kernel(labext_path, tmp_pa
         assert page.locator(".tuner-breakdown .tuner-bar").count() > 0
         assert page.locator(".tuner-sweep .tuner-pareto .tuner-point[data-trial]").count() == trials
         assert page.locator(".tuner-sweep .tuner-trials tbody tr").count() == trials
+        page.wait_for_selector(".tuner-serve .tuner-queue")
+        assert page.locator(".tuner-serve .tuner-metrics tr").count() >= 8  # model, ..., goodput, scheduler did
+        assert page.locator(".tuner-serve .tuner-queue path[data-series]").count() == 2  # running, waiting
+        cdf = page.locator(".tuner-serve .tuner-cdf-ttft_ms path[data-points]")
+        assert cdf.get_attribute("data-points") == str(finished)
+        assert page.locator(".tuner-serve .tuner-cdf-ttft_ms .tuner-slo").count() == 1
+        assert "met the SLO" in page.locator(".tuner-serve .tuner-metrics").text_content()
         hover = page.locator(".tuner-roofline .tuner-point[data-op] title").first.text_content()
         assert "-bound" in hover and "of peak" in hover
         kernels = json.loads(urllib.request.urlopen(url + "api/kernels", timeout=5).read())
@@ -124,6 +135,7 @@ def test_a_saved_notebook_renders_in_chromium_with_no_kernel(labext_path, tmp_pa
         ARTIFACTS.mkdir(exist_ok=True)
         page.locator(".tuner-run").first.screenshot(path=str(ARTIFACTS / "renderer-run.png"))
         page.locator(".tuner-sweep").first.screenshot(path=str(ARTIFACTS / "renderer-sweep.png"))
+        page.locator(".tuner-serve").first.screenshot(path=str(ARTIFACTS / "renderer-serve.png"))
         # the charts follow JupyterLab's theme
         background = ("() => getComputedStyle(document.querySelector('.tuner-roofline'))"
                       ".backgroundColor.match(/\\d+/g).slice(0, 3).map(Number)")

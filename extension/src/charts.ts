@@ -3,6 +3,7 @@
 
 import {
   breakdown,
+  cdf,
   fmt,
   linearScale,
   logScale,
@@ -14,6 +15,8 @@ import {
   rooflinePoints,
   RunRecord,
   Scale,
+  serveRows,
+  ServeRecord,
   SweepRecord,
   trialKind,
   trialMetric
@@ -183,4 +186,51 @@ export function trialsTable(sweep: SweepRecord): HTMLTableElement {
     t.error ?? t.violated.join(', ')
   ]);
   return table(['trial', ...knobs, ...objs, 'feasible', 'why not'], rows, 'tuner-trials');
+}
+
+/** Running and waiting requests after each step, over the run. */
+export function queueChart(s: ServeRecord): SVGSVGElement {
+  const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: 'tuner-chart tuner-queue' });
+  const t = s.timeline.map(p => p.t_ms / 1e3);
+  const x = linearScale([0, ...t], M.left, W - M.right);
+  const y = linearScale([0, ...s.timeline.map(p => Math.max(p.running, p.waiting))], H - M.bottom, M.top, true);
+  axes(svg, x, y, 'time (s)', 'requests', 'Queue and batch over time', false);
+  for (const [key, cls] of [['running', 'tuner-running'], ['waiting', 'tuner-waiting']] as const) {
+    let d = '';
+    s.timeline.forEach((p, i) => {
+      const px = x(p.t_ms / 1e3);
+      const py = y(p[key]);
+      d += i === 0 ? `M${px},${py}` : ` H${px} V${py}`;
+    });
+    if (d) {
+      el('path', { d, class: `tuner-line ${cls}`, 'data-series': key }, svg);
+    }
+  }
+  legend(svg, [['tuner-running', 'running'], ['tuner-waiting', 'waiting']]);
+  return svg;
+}
+
+/** The CDF of a per-request latency, with its SLO limit where there is one. */
+export function cdfChart(s: ServeRecord, key: 'ttft_ms' | 'tpot_ms', label: string): SVGSVGElement {
+  const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: `tuner-chart tuner-cdf tuner-cdf-${key}` });
+  const pts = cdf(s.requests.filter(r => r.finished).map(r => r[key]));
+  const limit = s.slo[key];
+  const x = linearScale([0, ...pts.map(p => p.x), ...(limit ? [limit] : [])], M.left, W - M.right);
+  const y = linearScale([0, 1], H - M.bottom, M.top);
+  axes(svg, x, y, `${label} (ms)`, 'share of requests', `${label} CDF`, false);
+  if (pts.length) {
+    let d = `M${x(pts[0].x)},${y(0)}`;
+    for (const p of pts) {
+      d += ` V${y(p.p)} H${x(p.x)}`;
+    }
+    el('path', { d, class: 'tuner-line tuner-running', 'data-points': pts.length }, svg);
+  }
+  if (limit) {
+    el('line', { x1: x(limit), x2: x(limit), y1: M.top, y2: H - M.bottom, class: 'tuner-slo' }, svg);
+  }
+  return svg;
+}
+
+export function serveTable(s: ServeRecord): HTMLTableElement {
+  return table(['', ''], serveRows(s), 'tuner-metrics');
 }

@@ -249,3 +249,94 @@ export function trialKind(t: Trial): TrialKind {
 export function measuredTrials(sweep: SweepRecord): Trial[] {
   return sweep.trials.filter(t => t.duplicate_of === null || t.duplicate_of === undefined);
 }
+
+// -- serving benchmarks (tuner.serve/1) ----------------------------------------------------------------
+
+export const SERVE_MIME = 'application/vnd.tuner.serve+json';
+
+export interface ServeRequest {
+  id: number;
+  arrival_s: number;
+  prompt_len: number;
+  output_len: number;
+  finished: boolean;
+  ttft_ms: number | null;
+  tpot_ms: number | null;
+  e2e_ms: number | null;
+  queue_ms: number | null;
+  rejected: string | null;
+}
+
+export interface ServeRecord {
+  schema: string;
+  run_id: string;
+  config: Record<string, unknown>;
+  traffic: Record<string, unknown>;
+  slo: Record<string, number>;
+  hardware: Record<string, unknown>;
+  metrics: Record<string, number | null>;
+  requests: ServeRequest[];
+  timeline: { t_ms: number; running: number; waiting: number; kv_blocks_used: number | null }[];
+}
+
+export function parseServe(data: unknown): ServeRecord {
+  const s = data as ServeRecord;
+  if (!s || typeof s !== 'object' || s.schema !== 'tuner.serve/1') {
+    throw new Error(
+      `not a tuner serve record (schema ${JSON.stringify((s as any)?.schema)}, expected "tuner.serve/1")`
+    );
+  }
+  return {
+    ...s,
+    requests: Array.isArray(s.requests) ? s.requests : [],
+    timeline: Array.isArray(s.timeline) ? s.timeline : [],
+    slo: s.slo ?? {}
+  };
+}
+
+function span(v: unknown): string {
+  return Array.isArray(v) ? `${v[0]}-${v[1]}` : String(v);
+}
+
+/** The serving table as [label, text] rows, as ServeResult.table() prints them. */
+export function serveRows(s: ServeRecord): [string, string][] {
+  const m = s.metrics;
+  const c = s.config;
+  const t = s.traffic;
+  const rate = t.trace ? `trace ${t.trace}` : t.rate === null || t.rate === undefined ? 'inf (all at once)' : `${t.rate} req/s`;
+  const rows: [string, string][] = [
+    ['model', `${c.model} (${c.dtype}, quant=${c.quant}, kv=${c.kv_cache}/${c.kv_dtype})`],
+    ['scheduler', `${c.scheduling}, max ${c.batch_size} running, token budget ${c.max_num_batched_tokens || 'none'}`],
+    ['traffic', `${m.requests} requests at ${rate}, prompt ${span(t.prompt_len)} tokens, output ${span(t.output_len)}`],
+    ['finished', `${m.finished} of ${m.requests} (${m.rejected} rejected) in ${fmt(m.duration_s)} s`]
+  ];
+  for (const [key, label] of [
+    ['ttft_ms', 'TTFT ms'],
+    ['tpot_ms', 'TPOT ms'],
+    ['itl_ms', 'ITL ms'],
+    ['e2e_ms', 'e2e ms'],
+    ['queue_ms', 'queue ms']
+  ]) {
+    const n = m[`${key}_samples`] ?? 0;
+    if (!n) {
+      continue;
+    }
+    rows.push([
+      label,
+      n === 1 ? `${fmt(m[key])} (1 sample)` : `mean ${fmt(m[key])}  ` + [50, 90, 99].map(p => `p${p} ${fmt(m[`${key}_p${p}`])}`).join('  ')
+    ]);
+  }
+  rows.push(['throughput', `${fmt(m.request_throughput)} req/s, ${fmt(m.output_tok_s)} output tok/s`]);
+  const limits = Object.entries(s.slo).map(([k, v]) => `${k} <= ${v}`);
+  if (limits.length) {
+    rows.push(['goodput', `${fmt(m.goodput_req_s)} req/s met the SLO (${limits.join(', ')}): ${pct(m.slo_attainment)} of requests`]);
+  }
+  rows.push(['scheduler did', `${m.preemptions} preemptions, prefix-cache hits ${pct(m.prefix_hit_rate ?? 0)} of prompt tokens`]);
+  return rows;
+}
+
+/** The empirical CDF of the non-null values: sorted x with the share of values at or below each. */
+export function cdf(values: (number | null)[]): { x: number; p: number }[] {
+  const xs = values.filter((v): v is number => v !== null && isFinite(v)).sort((a, b) => a - b);
+  return xs.map((x, i) => ({ x, p: (i + 1) / xs.length }));
+}

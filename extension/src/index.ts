@@ -1,12 +1,22 @@
 // tuner's JupyterLab MIME renderers: a run (application/vnd.tuner.run+json) as its metrics table,
 // roofline and time breakdown; a sweep (application/vnd.tuner.sweep+json) as its summary, Pareto chart
-// and trials table. They read only the saved output, so a notebook shows them with no kernel.
+// and trials table; a serving benchmark (application/vnd.tuner.serve+json) as its table, the queue over
+// time and the TTFT / TPOT CDFs. They read only the saved output, so a notebook shows them with no kernel.
 
 import { IRenderMime } from '@jupyterlab/rendermime-interfaces';
 import { Widget } from '@lumino/widgets';
 
-import { breakdownChart, metricsTable, paretoChart, rooflineChart, trialsTable } from './charts';
-import { measuredTrials, parseRun, parseSweep, RUN_MIME, SWEEP_MIME } from './data';
+import {
+  breakdownChart,
+  cdfChart,
+  metricsTable,
+  paretoChart,
+  queueChart,
+  rooflineChart,
+  serveTable,
+  trialsTable
+} from './charts';
+import { measuredTrials, parseRun, parseServe, parseSweep, RUN_MIME, SERVE_MIME, SWEEP_MIME } from './data';
 
 function heading(s: string): HTMLElement {
   const h = document.createElement('div');
@@ -72,6 +82,18 @@ function drawSweep(node: HTMLElement, data: unknown): void {
   node.appendChild(trialsTable(sweep));
 }
 
+function drawServe(node: HTMLElement, data: unknown): void {
+  const s = parseServe(data);
+  node.appendChild(heading(`tuner serve-bench ${s.run_id}`));
+  node.appendChild(serveTable(s));
+  const charts = document.createElement('div');
+  charts.className = 'tuner-charts';
+  charts.appendChild(queueChart(s));
+  charts.appendChild(cdfChart(s, 'ttft_ms', 'TTFT'));
+  charts.appendChild(cdfChart(s, 'tpot_ms', 'TPOT'));
+  node.appendChild(charts);
+}
+
 const extensions: IRenderMime.IExtension[] = [
   {
     id: 'tuner-jupyterlab:run',
@@ -89,6 +111,16 @@ const extensions: IRenderMime.IExtension[] = [
       safe: true,
       mimeTypes: [SWEEP_MIME],
       createRenderer: () => new TunerRenderer(SWEEP_MIME, 'sweep', drawSweep)
+    },
+    rank: 0,
+    dataType: 'json'
+  },
+  {
+    id: 'tuner-jupyterlab:serve',
+    rendererFactory: {
+      safe: true,
+      mimeTypes: [SERVE_MIME],
+      createRenderer: () => new TunerRenderer(SERVE_MIME, 'serve', drawServe)
     },
     rank: 0,
     dataType: 'json'

@@ -4,15 +4,18 @@ import { test } from 'node:test';
 
 import {
   breakdown,
+  cdf,
   linearScale,
   logScale,
   measuredTrials,
   metricRows,
   paretoAxes,
   parseRun,
+  parseServe,
   parseSweep,
   roof,
   rooflinePoints,
+  serveRows,
   trialKind,
   trialMetric
 } from '../data';
@@ -108,4 +111,37 @@ test('a sweep record: its axes, trial kinds and metrics; re-proposed points left
   assert.equal(trialMetric(s, s.trials[0], 'mbu'), 0.4);
   assert.equal(trialMetric(s, s.trials[2], 'output_tok_s'), null); // a failed trial's placeholder is not data
   assert.deepEqual(paretoAxes({ ...s, objectives: ['max:output_tok_s'] }), { x: 'tpot_ms_p99', y: 'output_tok_s' });
+});
+
+const SERVE = {
+  schema: 'tuner.serve/1', run_id: 'srv',
+  config: { model: 'tiny', dtype: 'float32', quant: 'none', kv_cache: 'paged', kv_dtype: 'auto', scheduling: 'continuous',
+            batch_size: 4, max_num_batched_tokens: 64 },
+  traffic: { rate: 2, prompt_len: [8, 32], output_len: 4 }, slo: { ttft_ms: 100 }, hardware: {},
+  metrics: { requests: 3, finished: 2, rejected: 1, duration_s: 1.5, ttft_ms: 30, ttft_ms_p50: 30, ttft_ms_p90: 46,
+             ttft_ms_p99: 49.6, ttft_ms_samples: 2, tpot_ms: 5, tpot_ms_samples: 1, request_throughput: 1.333,
+             output_tok_s: 5.333, goodput_req_s: 0.6667, slo_attainment: 0.5, preemptions: 1, prefix_hit_rate: 0.25 },
+  requests: [
+    { id: 0, arrival_s: 0, prompt_len: 8, output_len: 4, finished: true, ttft_ms: 10, tpot_ms: 5, e2e_ms: 25,
+      queue_ms: 1, rejected: null },
+    { id: 1, arrival_s: 0.5, prompt_len: 30, output_len: 4, finished: true, ttft_ms: 50, tpot_ms: null, e2e_ms: 60,
+      queue_ms: 2, rejected: null },
+    { id: 2, arrival_s: 1, prompt_len: 500, output_len: 0, finished: false, ttft_ms: null, tpot_ms: null,
+      e2e_ms: null, queue_ms: null, rejected: 'too long' }
+  ],
+  timeline: [{ t_ms: 5, running: 1, waiting: 0, kv_blocks_used: 1 }]
+};
+
+test('a serve record: its table rows, one sample said as such, and latency CDFs', () => {
+  assert.throws(() => parseServe(RUN), /expected "tuner.serve\/1"/);
+  const s = parseServe(SERVE);
+  const rows = Object.fromEntries(serveRows(s));
+  assert.equal(rows.traffic, '3 requests at 2 req/s, prompt 8-32 tokens, output 4');
+  assert.equal(rows.finished, '2 of 3 (1 rejected) in 1.5 s');
+  assert.equal(rows['TTFT ms'], 'mean 30  p50 30  p90 46  p99 49.6');
+  assert.equal(rows['TPOT ms'], '5 (1 sample)');
+  assert.equal(rows.goodput, '0.6667 req/s met the SLO (ttft_ms <= 100): 50.0% of requests');
+  assert.equal(rows['queue ms'], undefined);
+  assert.deepEqual(cdf([30, null, 10, 20]), [{ x: 10, p: 1 / 3 }, { x: 20, p: 2 / 3 }, { x: 30, p: 1 }]);
+  assert.deepEqual(parseServe({ ...SERVE, timeline: undefined }).timeline, []);
 });
