@@ -10,7 +10,8 @@ EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.ipynb"))
 
 
 def test_the_examples_exist():
-    assert {p.name for p in EXAMPLES} >= {"quickstart.ipynb", "roofline.ipynb", "sweep_and_export.ipynb"}
+    assert {p.name for p in EXAMPLES} >= {"quickstart.ipynb", "roofline.ipynb", "sweep_and_export.ipynb",
+                                          "serving.ipynb"}
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
@@ -29,6 +30,10 @@ def test_example_notebook_runs(path, tmp_path):
         assert (tmp_path / "tuner-runs").is_dir() and len(list((tmp_path / "tuner-runs").glob("*.json"))) == 4
         texts = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []) if o.output_type == "stream")
         assert "Paris" in texts  # the real model's reply
+    if path.stem == "serving":
+        assert {"application/vnd.tuner.serve+json", "application/vnd.tuner.capacity+json"} <= kinds
+        assert len(list((tmp_path / "tuner-runs" / "serve").glob("*.json"))) == 1  # the magic's record
+        assert "max-num-batched-tokens: 128" in (tmp_path / "exports" / "vllm-config.yaml").read_text()
     if path.stem == "sweep_and_export":
         assert "application/vnd.tuner.sweep+json" in kinds
         assert {p.name for p in (tmp_path / "exports").iterdir()} >= {"tuner.yaml", "vllm-config.yaml", "tgi.env"}
