@@ -8,7 +8,8 @@ step, prompts prefill in chunks of the 128-token budget beside the decodes). The
 TTFT at most 8x and TPOT at most 3x a lone request's. For each scheduler, `tuner.capacity` finds the highest rate
 at which 90% of the requests meet it (a doubling ladder, then bisection); then both run at 70% of continuous
 batching's capacity, for their p99 TTFT. The scheduler's host time per step is the share of the step's wall time
-spent in `Scheduler.schedule`, from the runs' timelines.
+spent in `Scheduler.schedule`, from the runs' timelines, which also give the mean time of prefill-only,
+decode-only and mixed steps (a mixed step is one forward pass over the chunks' and the decode rows' tokens).
 
     PYTHONPATH=. python benchmarks/serving_cpu.py        # writes benchmarks/results/serving_cpu-<date>.json
 """
@@ -77,9 +78,12 @@ def main() -> None:
             r = tuner.serve_bench(e, traffic.replace(rate=0.7 * cont, num_prompts=n), slo, warmup=False)
             steps = r.timeline
             host[kind] = sum(p["sched_ms"] for p in steps) / sum(p["step_ms"] for p in steps)
+            step_ms = {ph: [p["step_ms"] for p in steps if p["phase"] == ph] for ph in ("prefill", "decode", "mixed")}
             at70[kind] = {"ttft_ms_p99": r.metrics["ttft_ms_p99"], "tpot_ms_p99": r.metrics["tpot_ms_p99"],
                           "slo_attainment": r.metrics["slo_attainment"], "goodput_req_s": r.metrics["goodput_req_s"],
-                          "mixed_steps": r.metrics["mixed_steps"], "scheduler_host_share": host[kind]}
+                          "scheduler_host_share": host[kind],
+                          "steps": {ph: len(v) for ph, v in step_ms.items()},
+                          "step_ms_mean": {ph: sum(v) / len(v) if v else None for ph, v in step_ms.items()}}
             print(f"at 70% of capacity ({0.7 * cont:.3g} req/s), {kind}: TTFT p99 {r.metrics['ttft_ms_p99']:.0f} ms, "
                   f"scheduler {host[kind]:.2%} of the step", flush=True)
     static_cap = caps["static"].capacity_req_s

@@ -256,7 +256,8 @@ def test_the_serve_record_round_trips_and_displays(checkpoint, tmp_path):
     bundle = r._repr_mimebundle_()
     assert "goodput" in bundle["text/plain"] and "data:image/png;base64," in bundle["text/html"]
     assert bundle[tuner.ServeResult.MIME]["requests"] == r.requests
-    assert r.timeline and {"t_ms", "step_ms", "running", "waiting", "kv_blocks_used"} <= set(r.timeline[0])
+    assert r.timeline and {"t_ms", "step_ms", "phase", "running", "waiting", "kv_blocks_used",
+                           "sched_ms"} <= set(r.timeline[0])
     assert all(p["kv_blocks_used"] >= 0 for p in r.timeline)
     with pytest.raises(ValueError, match="not a tuner serve record"):
         tuner.ServeResult.from_dict({"schema": "tuner.run/1"})
@@ -317,3 +318,19 @@ def test_the_fixed_shape_decode_step_serves_scattered_rows_with_the_solo_tokens(
     seqs, _, _ = _serve(engine, prompts, outs, arrivals_ms=[0, 0, 0, 20, 40])
     assert [s.tokens for s in seqs] == _solo(path, prompts, outs)
     assert sorted({s.wave for s in seqs}) == list(range(max(s.wave for s in seqs) + 1))
+
+
+def test_a_mixed_step_is_one_forward_pass_over_the_chunks_and_the_decode_rows(checkpoint):
+    path, _ = checkpoint("llama")
+    prompts, outs = _prompts([40, 37, 45], seed=11), [12, 12, 12]
+    engine = tuner.Engine(model=str(path), batch_size=3, max_seq_len=128, max_num_batched_tokens=16,
+                          enable_chunked_prefill=True)
+    passes = []
+    forward = engine.model.forward
+    engine.model.forward = lambda tokens, step, *a, **k: passes.append(step.packed is not None) or forward(
+        tokens, step, *a, **k)
+    seqs, stats, _ = _serve(engine, prompts, outs, arrivals_ms=[0, 0, 0])
+    steps = len(stats.prefill_ms) + len(stats.decode_ms) + len(stats.mixed_ms)
+    assert stats.mixed_ms and len(passes) == steps  # one pass per step, mixed steps included
+    assert sum(passes) == len(stats.prefill_ms) + len(stats.mixed_ms)  # prefill and mixed passes are packed
+    assert [s.tokens for s in seqs] == _solo(path, prompts, outs)

@@ -216,10 +216,13 @@ class Engine:
                 sched.index(seq)
 
     def _step(self, plan: StepPlan, rows: Rows, sampler: Sampler) -> list[tuple[list[Sequence], Pending]]:
-        """Run one step's work: its prefill chunks in one forward pass, then its decode rows in another (the
-        torch and cupy backends take a batch of equal-length rows, so a mixed step is two sub-steps)."""
+        """Run one step's work. Prefill chunks and decode rows share one forward pass (their tokens packed, so the
+        weights are read once); on the fixed-shape decode path (cupy kernels, CUDA graphs) decode rows run there
+        and the chunks in a pass of their own."""
         for seq in plan.admitted:
             rows.start(seq.row, seq.known)
+        if plan.prefill and plan.decode and not self.fixed_decode:
+            return [self.prefill(plan.prefill, rows, sampler, decode=plan.decode)]
         out = []
         if plan.prefill:
             out.append(self.prefill(plan.prefill, rows, sampler))
@@ -229,35 +232,38 @@ class Engine:
 
     # -- the step functions ----------------------------------------------------------------------------
 
-    def prefill(self, chunks: list[tuple[Sequence, int, int]], rows: Rows,
-                sampler: Sampler) -> tuple[list[Sequence], Pending]:
-        """Prefill chunks (sequence, start, end) of prompt (+ recomputed) tokens in one forward pass; the
-        sequences whose chunk reaches their last known token get their next token, sampled and queued."""
-        starts = [a for _, a, _ in chunks]
-        lens = [b - a for _, a, b in chunks]
-        T = max(lens)
-        ids = torch.zeros(len(chunks), T, dtype=torch.long)
-        for b, (seq, a, e) in enumerate(chunks):
-            ids[b, : e - a] = torch.tensor(seq.known[a:e])
-        row_t = torch.tensor([s.row for s, _, _ in chunks], device=self.device)
-        done = [b for b, (seq, _, e) in enumerate(chunks) if e == len(seq.known)]
+    def prefill(self, chunks: list[tuple[Sequence, int, int]], rows: Rows, sampler: Sampler,
+                decode: list[Sequence] = ()) -> tuple[list[Sequence], Pending]:
+        """Prefill chunks (sequence, start, end) of prompt (+ recomputed) tokens, and one token of each `decode`
+        sequence, in one forward pass over their tokens packed end to end. The sequences whose chunk reaches their
+        last known token, and the decode sequences, get their next token, sampled and queued."""
+        work = list(chunks) + [(seq, seq.cached, seq.cached + 1) for seq in decode]
+        starts = [a for _, a, _ in work]
+        lens = [e - a for _, a, e in work]
+        ids = [t for seq, a, e in chunks for t in seq.known[a:e]]
+        row_t = torch.tensor([s.row for s, _, _ in work], device=self.device)
+        tokens = torch.tensor(ids, dtype=torch.long).to(self.device)
+        if decode:  # their newest tokens are on the device, sampled by the step before
+            tokens = torch.cat([tokens, rows.last[row_t[len(chunks):]]])
+        done = [b for b, (seq, _, e) in enumerate(chunks) if e == len(seq.known)] + list(
+            range(len(chunks), len(work)))
+        ends = torch.tensor(lens, device=self.device).cumsum(0) - 1  # each sequence's last token, packed
         with op("prefill"):
-            step = self._prefill_step(lens, T, write=True, rows=row_t, starts=starts)
-            logits = self.model.forward(ids.to(self.device), step, self.cache, torch_ops,
-                                        last=torch.tensor(lens, device=self.device) - 1)
-            sampled = [chunks[b][0] for b in done]
+            step = self._prefill_step(lens, max(lens), write=True, rows=row_t, starts=starts, packed=True)
+            logits = self.model.forward(tokens, step, self.cache, torch_ops, last=ends)
+            sampled = [work[b][0] for b in done]
             pending = None
             if done:
                 pick = torch.tensor(done, device=self.device)
                 pending = Pending.queue(self._sample(rows, row_t[pick], logits[pick], sampler))
             if self._cap is not None:
                 self._cap.sync()
-        for seq, _, e in chunks:
+        for seq, _, e in work:
             seq.cached = e
         for seq in sampled:
             seq.inflight += 1
         if self._cap is not None:
-            self._cap.step("prefill", [(n, a) for n, a in zip(lens, starts, strict=True)], len(chunks))
+            self._cap.step("prefill", [(n, a) for n, a in zip(lens, starts, strict=True)], len(done))
         return sampled, pending
 
     def decode(self, seqs: list[Sequence], rows: Rows, sampler: Sampler) -> tuple[list[Sequence], Pending]:
@@ -327,14 +333,16 @@ class Engine:
     # -- one forward pass -------------------------------------------------------------------------
 
     def _prefill_step(self, lens: list[int], T: int, write: bool, rows: torch.Tensor | None = None,
-                      starts: list[int] | None = None) -> Step:
-        """Step for chunks of `lens` tokens right-padded to T, chunk b at positions starts[b].. of cache row
-        rows[b] (default: rows 0..B-1 from position 0). Chunks that start at 0 attend within themselves; later
-        chunks also attend to their rows' cached tokens."""
+                      starts: list[int] | None = None, packed: bool = False) -> Step:
+        """Step for chunks of `lens` tokens right-padded to T (packed: end to end, no padding), chunk b at positions
+        starts[b].. of cache row rows[b] (default: rows 0..B-1 from position 0). Chunks that start at 0 attend
+        within themselves; later chunks also attend to their rows' cached tokens."""
         B, dev = len(lens), self.device
         starts = starts or [0] * B
         start_t = torch.tensor(starts, device=dev)
-        positions = start_t[:, None] + torch.arange(T, device=dev)
+        valid = torch.tensor([b * T + t for b in range(B) for t in range(lens[b])], device=dev)
+        b_idx = valid // T
+        positions = start_t[b_idx] + valid % T if packed else start_t[:, None] + torch.arange(T, device=dev)
         G = self.args.n_heads // self.args.n_kv_heads
         q_pos = torch.arange(T, device=dev).repeat(G)  # query rows are (group member, position)
         context = None
@@ -344,12 +352,10 @@ class Engine:
             context = max(a + n for a, n in zip(starts, lens, strict=True))
             keys = torch.arange(self.cache.read_len(context), device=dev)
             mask = (keys[None, None, :] <= (start_t[:, None] + q_pos[None, :])[:, :, None])[:, None]
-        step = Step(positions, self.cos[positions][:, :, None], self.sin[positions][:, :, None], mask, context,
-                    rows=rows)
+        cos, sin = self.cos[positions].unsqueeze(-2), self.sin[positions].unsqueeze(-2)
+        step = Step(positions, cos, sin, mask, context, rows=rows, packed=(B, T, valid) if packed else None)
         if write:
-            valid = torch.tensor([b * T + t for b in range(B) for t in range(lens[b])], device=dev)
-            index = None if min(lens) == T else valid
-            b_idx = valid // T
+            index = None if packed or min(lens) == T else valid  # a packed pass holds only real tokens
             step.write = (index, self.cache.slots(b_idx if rows is None else rows[b_idx], start_t[b_idx] + valid % T))
         return step
 

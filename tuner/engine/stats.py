@@ -60,7 +60,8 @@ class RunStats:
             self.decode_flops.append(pending.flops)
             self.decode_bytes.append(pending.nbytes)
             self.decode_rows.append(len(seqs))
-        self.timeline.append({"t_ms": round((now - self.t0) * 1e3, 3), "step_ms": round(step_ms, 3), **queue})
+        self.timeline.append({"t_ms": round((now - self.t0) * 1e3, 3), "step_ms": round(step_ms, 3), "phase": phase,
+                              **queue})
         if self.on_step is not None:
             event = self._event(phase, step_ms, now)
             # where the queue stands, and the requests this step finished: (arrival, TTFT) each, in ms

@@ -42,6 +42,9 @@ class Step:
     context_len: int | None  # longest sequence after this step; None: attend to this step's own keys only
     write: tuple | None = None  # (flat token index or None for all, cache slots) of tokens to store
     rows: torch.Tensor | None = None  # [B] the cache row of each sequence; None: rows 0..B-1
+    # packed: (B, T, index) when the pass's tokens are packed, [N] with no padding, and `index` [N] places each in
+    # the B x T grid of sequences and positions that attention uses (positions, cos, sin are then [N, ...])
+    packed: tuple | None = None
 
 
 @dataclass
@@ -57,6 +60,14 @@ class DecodeState:
     cos: torch.Tensor  # [max_seq_len, D] rope tables
     sin: torch.Tensor
     plan: object = None  # the backend's attention plan for this batch shape
+
+
+def _grid(x: torch.Tensor, packed: tuple) -> torch.Tensor:
+    """Packed tokens x [N, heads, D] -> [B, T, heads, D], zeros where a sequence is shorter than T."""
+    B, T, index = packed
+    out = x.new_zeros(B * T, *x.shape[1:])
+    out[index] = x
+    return out.view(B, T, *x.shape[1:])
 
 
 def rope_tables(args: ModelArgs, length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,9 +104,15 @@ class Transformer:
 
     def forward(self, tokens: torch.Tensor, step: Step, cache, ops, last: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, T] -> float32 logits [B, T, V], or [B, V] at index `last` [B] of each row. `cache` (None:
-        attend within this step only) takes the step's K/V where step.write says."""
+        attend within this step only) takes the step's K/V where step.write says.
+
+        With step.packed the tokens are [N], several sequences' chunks one after another with no padding (the
+        linear layers see only real tokens); attention unpacks them into the B x T grid. `last` then indexes
+        the N tokens: logits [len(last), V]."""
         a = self.args
-        B, T = tokens.shape
+        packed = step.packed
+        B, T = packed[:2] if packed is not None else tokens.shape
+        lead = tokens.shape  # (N,) packed, else (B, T)
         H, Hkv, D = a.n_heads, a.n_kv_heads, a.head_dim
         with op("embedding"):
             x = self.embed(tokens)
@@ -104,27 +121,32 @@ class Transformer:
                 h = ops.rms_norm(x, layer.attn_norm, a.norm_eps)
             with op("qkv_proj"):
                 qkv = layer.wqkv(h)
-            qk = qkv[..., : (H + Hkv) * D].view(B, T, H + Hkv, D)
-            v = qkv[..., (H + Hkv) * D :].view(B, T, Hkv, D)
+            qk = qkv[..., : (H + Hkv) * D].view(*lead, H + Hkv, D)
+            v = qkv[..., (H + Hkv) * D :].view(*lead, Hkv, D)
             if layer.qk_norm is not None:
                 with op("qk_norm"):
                     qk = ops.head_rms_norm(qk, layer.qk_norm, a.norm_eps)
             with op("rope"):
                 qk = ops.rope(qk, step.cos, step.sin)
-            q, k = qk[:, :, :H], qk[:, :, H:]
+            q, k = qk[..., :H, :], qk[..., H:, :]
             if step.write is not None:
                 with op("kv_write"):
                     index, slots = step.write
-                    k_new, v_new = k.reshape(B * T, Hkv, D), v.reshape(B * T, Hkv, D)
+                    k_new, v_new = k.reshape(-1, Hkv, D), v.reshape(-1, Hkv, D)
                     if index is not None:
                         k_new, v_new = k_new[index], v_new[index]
                     cache.write(i, k_new, v_new, slots)
             with op("attention"):
+                if packed is not None:  # into the B x T grid of sequences and positions
+                    q = _grid(q, packed)
                 if step.context_len is None:
+                    k, v = (_grid(k, packed), _grid(v, packed)) if packed is not None else (k, v)
                     k_all, v_all = k.transpose(1, 2), v.transpose(1, 2)
                 else:
                     k_all, v_all = cache.read(i, B if step.rows is None else step.rows, step.context_len)
                 att = ops.attention(q, k_all, v_all, step.mask)
+                if packed is not None:
+                    att = att.reshape(B * T, -1)[packed[2]]
             with op("o_proj"):
                 o = layer.wo(att)
             with op("residual"):
@@ -141,7 +163,7 @@ class Transformer:
                 x = x + d
         with op("final_norm"):
             if last is not None:
-                x = x[torch.arange(B, device=x.device), last]
+                x = x[last] if packed is not None else x[torch.arange(B, device=x.device), last]
             h = ops.rms_norm(x, self.norm, a.norm_eps)
         with op("lm_head"):
             return self.lm_head(h).float()
