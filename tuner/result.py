@@ -212,8 +212,7 @@ class RunResult:
         rows.append(("memory", memory))
         if self.stopped:
             rows.append(("stopped", "yes: the run was stopped early; metrics cover what finished"))
-        width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+        return aligned(rows)
 
     def __repr__(self) -> str:
         m = self.metrics
@@ -234,6 +233,12 @@ def check_record(d, schema: str | None, what: str, fields: dict[str, type]) -> N
         if not isinstance(d.get(key), kind):
             got = "missing" if d.get(key) is None else f"a {type(d[key]).__name__}"
             raise ValueError(f"not a complete tuner {what} record: {key} is {got}, not a {kind.__name__}")
+
+
+def aligned(rows: list[tuple[str, str]]) -> str:
+    """(label, value) rows as text, the values lined up: what the records' table() methods print."""
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def _split_table(text: str) -> list[str]:

@@ -184,12 +184,21 @@ class Panel:
                 self.status.value = f"{event['tokens']} tokens, {event['step_ms']:.1f} ms/step"
             return self._stop.is_set()
 
-        try:
+        def go():
             result = self.session.run(engine, sampling, workload, profile=profile, on_step=on_step,
                                       progress=loading)
             if len(steps) > 1:
                 _set_image(self.live, _live_chart(steps))
             self._show(result)
+            return result
+
+        self._attempt(go)
+
+    def _attempt(self, go) -> None:
+        """Run go() (it returns the record) on the worker thread: the status says how it ended, an error lands in
+        the panel, and the buttons come back."""
+        try:
+            result = go()
             self.status.value = "stopped: kept what finished" if result.stopped else "done"
         except Exception as e:  # noqa: BLE001 - shown in the panel, never lost to the log console
             self._error(f"{type(e).__name__}: {e}", traceback.format_exc())
@@ -219,22 +228,18 @@ class Panel:
                                      f"running, {event['waiting']} waiting")
             return self._stop.is_set()
 
-        try:
+        def go():
+            from ..profile.plots import png
+
             result = self.session.serve(engine, traffic, slo, on_step=on_step,
                                         progress=lambda d, t: setattr(self.status, "value", f"loading {d}/{t}"))
             _set_image(self.live, _serving_chart(queue, ttft, slo))
             self.metrics.value = f"<pre>{html.escape(result.table())}</pre>"
-            from ..profile.plots import png
-
             _set_image(self.roofline, png(result.plot(), dpi=72))
             self.breakdown.layout.display = "none"
-            self.status.value = "stopped: kept what finished" if result.stopped else "done"
-        except Exception as e:  # noqa: BLE001 - shown in the panel, never lost to the log console
-            self._error(f"{type(e).__name__}: {e}", traceback.format_exc())
-            self.status.value = "failed"
-        finally:
-            self.run_button.disabled = self.serve_button.disabled = False
-            self.stop_button.disabled = True
+            return result
+
+        self._attempt(go)
 
     # -- output -------------------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..result import check_record
+from ..result import aligned, check_record
 
 SCHEMA = "tuner.serve/1"
 
@@ -90,8 +90,7 @@ class ServeResult:
             rows.append(("stopped", "yes: the run was stopped early; the rows are the requests that finished"))
         for note in self.notes:
             rows.append(("note", note))
-        width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+        return aligned(rows)
 
     def __repr__(self) -> str:
         m = self.metrics
