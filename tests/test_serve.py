@@ -334,3 +334,12 @@ def test_a_mixed_step_is_one_forward_pass_over_the_chunks_and_the_decode_rows(ch
     assert stats.mixed_ms and len(passes) == steps  # one pass per step, mixed steps included
     assert sum(passes) == len(stats.prefill_ms) + len(stats.mixed_ms)  # prefill and mixed passes are packed
     assert [s.tokens for s in seqs] == _solo(path, prompts, outs)
+
+
+def test_a_step_after_an_idle_wait_is_timed_from_when_it_started(checkpoint):
+    path, _ = checkpoint("llama")
+    engine = tuner.Engine(model=str(path), batch_size=2, max_seq_len=128)
+    seqs, stats, _ = _serve(engine, _prompts([6, 6], seed=12), [3, 3], arrivals_ms=[0, 400])
+    assert [len(s.tokens) for s in seqs] == [3, 3]
+    assert max(stats.prefill_ms) < 300  # the 400 ms the engine sat idle before the second request is no step's
+    assert sum(p["step_ms"] for p in stats.timeline) < stats.timeline[-1]["t_ms"] - 300

@@ -203,6 +203,7 @@ class Engine:
                 wait = sched.next_arrival_ms()
                 if wait is not None and not sched.waiting and not sched.running:  # idle until the next request
                     time.sleep(max(0.0, wait - stats.now_ms()) / 1e3)
+                    stats.last = time.perf_counter()  # the next step's time starts now, not at the last step
 
     def _read(self, pending, sched: Scheduler, stats: RunStats) -> None:
         if pending is None:
