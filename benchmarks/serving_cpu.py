@@ -6,7 +6,8 @@ drawn from 32-192 tokens and outputs from 8-48 tokens, twice per rate: with `sch
 when the last has finished, prompts prefill whole) and `scheduling="continuous"` (requests join and leave every
 step, prompts prefill in chunks of the 128-token budget beside the decodes). The SLO comes from this machine:
 TTFT at most 8x and TPOT at most 3x a lone request's. For each scheduler, `tuner.capacity` finds the highest rate
-at which 90% of the requests meet it (a doubling ladder, then bisection); then both run at 70% of continuous
+at which 90% of the requests meet it (a doubling ladder, then bisection; each rate serves about 40 s of
+arrivals, at most 96 requests); then both run at 70% of continuous
 batching's capacity, for their p99 TTFT. The scheduler's host time per step is the share of the step's wall time
 spent in `Scheduler.schedule`, from the runs' timelines, which also give the mean time of prefill-only,
 decode-only and mixed steps (a mixed step is one forward pass over the chunks' and the decode rows' tokens).
@@ -43,7 +44,8 @@ def model() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--num-prompts", type=int, default=48, help="requests per rate at most (about 20 s of arrivals)")
+    ap.add_argument("--num-prompts", type=int, default=96, help="requests per rate at most")
+    ap.add_argument("--duration", type=float, default=40.0, help="seconds of arrivals per rate (at least 8 requests)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -53,7 +55,7 @@ def main() -> None:
     engine = tuner.Engine(**base)
     engine.warmup()
     # a lone request of the mean lengths: what the SLO is a multiple of
-    lone = tuner.Traffic(num_prompts=3, rate=0.5, prompt_len=112, output_len=28)
+    lone = tuner.Traffic(num_prompts=5, rate=0.5, prompt_len=112, output_len=28)
     solo = tuner.serve_bench(engine, lone, warmup=False).metrics
     slo = {"ttft_ms": round(8 * solo["ttft_ms_p50"], 1), "tpot_ms": round(3 * solo["tpot_ms_p50"], 1)}
     print(f"lone request: TTFT {solo['ttft_ms_p50']:.1f} ms, TPOT {solo['tpot_ms_p50']:.1f} ms; SLO {slo}", flush=True)
@@ -66,15 +68,15 @@ def main() -> None:
             print(f"  {kind:10s} rate {p['rate']:6.3g} req/s: {p['slo_attainment']:.0%} met the SLO, TTFT p99 "
                   f"{p['ttft_ms_p99']:.0f} ms, TPOT p99 {p['tpot_ms_p99']:.0f} ms", flush=True)
 
-        caps[kind] = tuner.capacity(e, traffic, slo, 0.9, start_rate=1.0, max_rungs=5, bisections=2, duration_s=20,
-                                    progress=show)
+        caps[kind] = tuner.capacity(e, traffic, slo, 0.9, start_rate=1.0, max_rungs=5, bisections=2,
+                                    duration_s=args.duration, progress=show)
         print(caps[kind].table(), flush=True)
     cont = caps["continuous"].capacity_req_s
     at70 = {}
     host = {}
     if cont:
         for kind, e in engines.items():
-            n = min(traffic.num_prompts, max(8, round(0.7 * cont * 20)))
+            n = min(traffic.num_prompts, max(8, round(0.7 * cont * args.duration)))
             r = tuner.serve_bench(e, traffic.replace(rate=0.7 * cont, num_prompts=n), slo, warmup=False)
             steps = r.timeline
             host[kind] = sum(p["sched_ms"] for p in steps) / sum(p["step_ms"] for p in steps)
@@ -93,7 +95,7 @@ def main() -> None:
                                  text=True).stdout.strip(),
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                     "torch": torch.__version__},
-        "model": name, "engine": base, "traffic": traffic.to_dict(), "slo": slo,
+        "model": name, "engine": base, "traffic": traffic.to_dict(), "slo": slo, "duration_s": args.duration,
         "lone_request": {"ttft_ms": solo["ttft_ms_p50"], "tpot_ms": solo["tpot_ms_p50"]},
         "capacity": {k: c.to_dict() for k, c in caps.items()},
         "capacity_req_s": {k: c.capacity_req_s for k, c in caps.items()},
