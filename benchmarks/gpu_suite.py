@@ -1,5 +1,6 @@
 # ruff: noqa: B023  (each timed closure runs inside the loop iteration that defines it)
-"""The GPU suite (how GPU work is proven here): environment, GPU tests, kernel microbenchmarks, end-to-end decode.
+"""The GPU suite (how GPU work is proven here): environment, GPU tests, kernel microbenchmarks, end-to-end decode,
+serving under traffic.
 
     PYTHONPATH=. python3 benchmarks/gpu_suite.py --out DIR [--quick]
 
@@ -316,6 +317,46 @@ def bench_e2e(bw: float, quick: bool, out: Path, device: str = "cuda", models=No
     return rows
 
 
+def bench_serve(device: str = "cuda", model: str = "llama-3.2-1b", rates=(8.0, 16.0), num_prompts: int = 96,
+                backend: str = "cupy", graphs: bool = True, dtype: str = "bfloat16", batch: int = 32) -> list[dict]:
+    """Serving under Poisson traffic (issue 17): static against continuous batching with chunked prefill on the
+    same traffic, per rate: goodput, p99 TTFT / TPOT, the mean time of decode-only and mixed steps, and the
+    scheduler's host share of the step. Decode-only steps replay the CUDA graphs of the running rows' bucket;
+    prefill chunks (and, on this fixed-shape path, a mixed step's chunks) run through torch."""
+    import tuner
+
+    rows = []
+    e = tuner.Engine(model=model, weights="dummy", device=device, dtype=dtype, max_seq_len=1024, kv_cache="paged",
+                     block_size=16, batch_size=batch, backend=backend, cuda_graphs=graphs)
+    e.warmup()
+    slo = {"ttft_ms": 500.0, "tpot_ms": 50.0}
+    kinds = {"static": e.replace(scheduling="static"),
+             "continuous": e.replace(max_num_batched_tokens=2048, enable_chunked_prefill=True)}
+    for rate in rates:
+        traffic = tuner.Traffic(rate=rate, num_prompts=num_prompts, prompt_len=(128, 768), output_len=(32, 256),
+                                seed=0)
+        for kind, eng in kinds.items():
+            t = time.time()
+            try:
+                r = tuner.serve_bench(eng, traffic, slo, warmup=False)
+                m, tl = r.metrics, r.timeline
+                step = {ph: [p["step_ms"] for p in tl if p["phase"] == ph] for ph in ("prefill", "decode", "mixed")}
+                rows.append({"model": model, "batch": batch, "backend": backend, "cuda_graphs": graphs,
+                             "scheduling": kind, "rate": rate, "slo": slo,
+                             **{k: m[k] for k in ("finished", "goodput_req_s", "slo_attainment", "ttft_ms_p99",
+                                                  "tpot_ms_p99", "request_throughput", "output_tok_s",
+                                                  "preemptions")},
+                             "steps": {ph: len(v) for ph, v in step.items()},
+                             "step_ms_mean": {ph: sum(v) / len(v) if v else None for ph, v in step.items()},
+                             "scheduler_host_share": sum(p["sched_ms"] for p in tl) / sum(p["step_ms"] for p in tl),
+                             "seconds": round(time.time() - t, 1)})
+            except Exception as ex:  # noqa: BLE001 - recorded, the table goes on
+                rows.append({"model": model, "scheduling": kind, "rate": rate,
+                             "error": f"{type(ex).__name__}: {ex}"[:400]})
+            print("serve", json.dumps(rows[-1])[:600], flush=True)
+    return rows
+
+
 def profile_decode(model: str = "llama-3.2-1b") -> dict:
     """Where a CUDA-graph decode step's time goes: device time per kernel (torch.profiler, CUPTI)."""
     from torch.profiler import ProfilerActivity, profile
@@ -345,7 +386,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--quick", action="store_true", help="end to end: cupy + CUDA graphs at batch 1 and 8 only")
     ap.add_argument("--skip-tests", action="store_true")
-    ap.add_argument("--only", default="attention,gemv,sampling,e2e,profile", help="benchmarks to run, comma-separated")
+    ap.add_argument("--only", default="attention,gemv,sampling,e2e,serve,profile",
+                    help="benchmarks to run, comma-separated")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -361,7 +403,7 @@ def main() -> None:
         print("tests", {k: v for k, v in result["tests"].items() if k != "failed"}, flush=True)
     for name, fn in (("attention", lambda: bench_attention(bw)), ("gemv", lambda: bench_gemv(bw)),
                      ("sampling", bench_sampling), ("e2e", lambda: bench_e2e(bw, args.quick, out)),
-                     ("profile", profile_decode)):
+                     ("serve", bench_serve), ("profile", profile_decode)):
         if name not in args.only.split(","):
             continue
         t = time.time()
@@ -382,7 +424,7 @@ def main() -> None:
     prof = result.get("profile", {})
     for k in prof.get("kernels", [])[:12] if isinstance(prof, dict) else []:
         print("profile", k)
-    for name in ("attention", "gemv", "sampling", "e2e"):
+    for name in ("attention", "gemv", "sampling", "e2e", "serve"):
         rows = result.get(name, [])
         if isinstance(rows, dict) and "error" in rows:
             print(name, "ERROR", rows["error"][:300])
