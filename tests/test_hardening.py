@@ -492,3 +492,24 @@ def test_broken_tokenizer_and_generation_config_files_are_named(checkpoint, tmp_
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(ValueError, match=f"the tokenizer files in {tmp_path} cannot be read"):
         tuner.Engine(model=str(tmp_path))
+
+
+def test_ctrl_c_in_a_sweep_waits_for_a_safe_point_outside_a_measurement():
+    import signal
+    import threading
+
+    from tuner.tune.workers import CtrlC
+
+    with CtrlC() as ctrl_c:
+        os.kill(os.getpid(), signal.SIGINT)  # during Optuna's bookkeeping: held back, not raised mid-commit
+        time.sleep(0.05)
+        assert ctrl_c.pending
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.check()  # the next safe point
+        ctrl_c.pending = False
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+        t = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            ctrl_c.run(time.sleep, 30)  # inside a measurement: at once
+        assert time.monotonic() - t < 10
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back

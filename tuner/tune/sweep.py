@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..knobs import short_repr
 from .result import SweepResult, pareto_front, redact
 from .space import QUALITY_METRICS, Constraint, Objective, Space, _knob, parse_constraint, parse_objective
-from .workers import claim, fail_interrupted, worker_id
+from .workers import POLL_S, CtrlC, claim, fail_interrupted, worker_id
 
 if TYPE_CHECKING:
     from ..engine.workload import Workload
@@ -145,6 +145,7 @@ def _head(path: Path) -> bytes:
 
 
 CONNECT_TIMEOUT_S = 10  # a database server that accepts and never answers is given up on after this
+SQLITE_BUSY_S = 60  # how long a SQLite write waits for another connection's lock
 
 
 def _storage(url: str | None):
@@ -171,6 +172,8 @@ def _storage(url: str | None):
             raise ValueError(f"storage={shown!r}: the folder {path.parent} does not exist")
         if path.is_dir() or (path.is_file() and path.stat().st_size and _head(path) != b"SQLite format 3\0"):
             raise ValueError(f"storage={shown!r}: {path} is not a SQLite database")
+        # workers and the heartbeat thread write to one file: wait for its lock rather than fail after 5 s
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": SQLITE_BUSY_S}}
     elif parsed.get_backend_name() == "postgresql":
         kwargs["engine_kwargs"] = {"connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
     # heartbeats let a later run (or another worker) fail the trial a killed process left RUNNING
@@ -356,12 +359,16 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
 
         bar = tqdm(total=target, initial=min(done_before, target), desc=f"sweep {study_name}", unit="trial")
 
+    ctrl_c = CtrlC()
+
     def objective(trial: optuna.Trial) -> list[float]:
+        ctrl_c.check()
         trial.set_user_attr("worker", worker_id())  # first, so a later run can tell whether this process died
         params = {d.name: d.suggest(trial) for d in space.dims}
         # TPE re-proposes points on small categorical spaces, and workers sharing the study can propose the same
         # point at once: reuse a finished measurement, or the one another worker is making
-        twin = _same_params(study, params) or claim(study, trial, params)
+        twin = _same_params(study, params) or claim(study, trial, params,
+                                                    wait=lambda: ctrl_c.run(time.sleep, POLL_S))
         if twin is not None:
             for k, v in twin.user_attrs.items():
                 if k not in ("constraints", "worker"):
@@ -369,9 +376,10 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
             trial.set_user_attr("duplicate_of", twin.number)
             _constrain(trial, twin.user_attrs["constraints"])
             return list(twin.values)
-        return _evaluate(trial, params, space, runner, objectives, constraints)
+        return _evaluate(trial, params, space, runner, objectives, constraints, ctrl_c.run)
 
     def tick(study_, trial) -> None:
+        ctrl_c.check()
         if n_complete() >= target:  # counted over every process sharing the study
             study_.stop()
         if bar is not None:
@@ -387,8 +395,9 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
     if remaining > 0:
         # re-proposed points cost no run but take an attempt: allow a few per trial still to run
         try:
-            study.optimize(objective, n_trials=4 * remaining + 8, callbacks=[tick], timeout=timeout_s,
-                           catch=(Exception,))
+            with ctrl_c:
+                study.optimize(objective, n_trials=4 * remaining + 8, callbacks=[tick], timeout=timeout_s,
+                               catch=(Exception,))
         except KeyboardInterrupt:  # Ctrl-C: keep what finished; the cut trial is FAILed and runs again on resume
             interrupted = True
     if bar is not None:
@@ -460,11 +469,12 @@ def _same_params(study, params: dict):
 
 
 def _evaluate(trial, params: dict, space: Space, runner: Runner, objectives: list[Objective],
-              constraints: list[Constraint]) -> list[float]:
-    """One trial: run, then hand Optuna its objective values; store metrics, constraint values and the run."""
+              constraints: list[Constraint], guard=lambda fn, *a: fn(*a)) -> list[float]:
+    """One trial: run (through `guard`, where Ctrl-C may land), then hand Optuna its objective values; store
+    metrics, constraint values and the run."""
     engine_knobs, sampling_knobs = space.split(params)
     try:
-        result, metrics = runner.run(engine_knobs, sampling_knobs)
+        result, metrics = guard(runner.run, engine_knobs, sampling_knobs)
     except Exception as e:  # noqa: BLE001 - an OOM or a refused combination is an infeasible trial, not a crash
         reason = f"{type(e).__name__}: {e}".splitlines()[0][:400]
         if _is_oom(e):

@@ -71,15 +71,21 @@ def _point(params: dict) -> str:
     return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()
 
 
+_MADE: set[str] = set()  # databases whose claims table this process has made (or found)
+
+
 def _create_table(engine) -> None:
     from sqlalchemy import text
 
+    if str(engine.url) in _MADE:
+        return
     for attempt in range(5):  # workers starting together race to create it (PostgreSQL's catalog can refuse one)
         try:
             with engine.begin() as c:
                 c.execute(text(f"CREATE TABLE IF NOT EXISTS {CLAIMS_TABLE} (study_id INTEGER NOT NULL, "
                                "point VARCHAR(40) NOT NULL, trial_number INTEGER NOT NULL, "
                                "PRIMARY KEY (study_id, point))"))
+            _MADE.add(str(engine.url))
             return
         except Exception:  # noqa: BLE001 - IntegrityError / ProgrammingError of the race, per driver
             if attempt == 4:
@@ -87,9 +93,9 @@ def _create_table(engine) -> None:
             time.sleep(0.2 * (attempt + 1))
 
 
-def claim(study, trial, params: dict):
+def claim(study, trial, params: dict, wait=lambda: time.sleep(POLL_S)):
     """Claim `params` for `trial`. None: this trial measures it. Otherwise the FrozenTrial, COMPLETE, of the
-    worker that measured it, after waiting for that worker to finish."""
+    worker that measured it, after waiting for that worker to finish (`wait()` between looks)."""
     import optuna
     from sqlalchemy import text
     from sqlalchemy.exc import IntegrityError
@@ -119,7 +125,7 @@ def claim(study, trial, params: dict):
         if t.state == optuna.trial.TrialState.COMPLETE:
             return t
         if t.state == optuna.trial.TrialState.RUNNING and _alive_here(t.user_attrs.get("worker")) is not False:
-            time.sleep(POLL_S)  # in flight elsewhere: its measurement is coming
+            wait()  # in flight elsewhere: its measurement is coming
             continue
         # the holder died (FAIL, or RUNNING in a dead process of this machine): take its claim over
         if t.state == optuna.trial.TrialState.RUNNING:
@@ -129,3 +135,47 @@ def claim(study, trial, params: dict):
                                   "AND trial_number = :old"), {**key, "old": holder}).rowcount
         if took == 1:
             return None
+
+
+class CtrlC:
+    """Ctrl-C during a sweep, let in only where it is safe. Inside a measurement (or a wait for another worker's) it
+    interrupts at once; during Optuna's own storage writes it is held until the next safe point, because an
+    interrupt inside a database commit breaks Optuna's trial bookkeeping (its "Should not reach" assertion, and
+    a traceback instead of the one line). Only the main thread can take signals: elsewhere this does nothing."""
+
+    def __init__(self):
+        self.pending = self.safe = False
+        self.previous = None
+
+    def __enter__(self) -> CtrlC:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+    def _handle(self, signum, frame) -> None:
+        if self.safe:
+            raise KeyboardInterrupt
+        self.pending = True
+
+    def check(self) -> None:
+        """A safe point: a Ctrl-C held back interrupts here."""
+        if self.pending:
+            raise KeyboardInterrupt
+
+    def run(self, fn, *args):
+        """fn(*args) where Ctrl-C interrupts at once."""
+        self.check()
+        self.safe = True
+        try:
+            return fn(*args)
+        finally:
+            self.safe = False
