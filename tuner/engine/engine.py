@@ -469,7 +469,9 @@ class Engine:
                 raise ValueError("every prompt needs at least one token")
             self._check_length(len(r), sampling.max_new_tokens)
             self._check_ids(r)
-        check_prefill(self.config, self.args, min(len(requests), self.config.batch_size), max(map(len, requests)))
+        if workload["kind"] != "synthetic":  # a Workload's prefill was checked before its prompts were built
+            check_prefill(self.config, self.args, min(len(requests), self.config.batch_size),
+                          max(map(len, requests)))
         return requests, sampling, workload
 
     @property

@@ -104,7 +104,7 @@ class KVCache:
     def read(self, layer: int, rows: int | torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K, V [B, Hkv, read_len(length), D] in the model dtype of rows 0..B-1 (rows an int: views where the
         cache is not quantized) or of the cache rows `rows` [B]."""
-        index = slice(None, rows) if isinstance(rows, int) else rows
+        index = _index(rows)
         k, v = self.k[layer, index, :, :length], self.v[layer, index, :, :length]
         if self.quantized:
             k = self._dequantize(k, self.k_scale[layer, index, :, :length])
@@ -257,14 +257,11 @@ class PagedKVCache(KVCache):
 
     def reserve(self, seq_lens: list[int]) -> None:
         super().reserve(seq_lens)
-        needed = [max(0, -(-n // self.block_size) - len(t)) for n, t in zip(seq_lens, self.tables, strict=False)]
+        needed = [self.blocks_to_grow(b, n) for b, n in enumerate(seq_lens)]
         new = iter(self.allocator.allocate(sum(needed), sum(seq_lens)))  # all or nothing
         for b, n in enumerate(needed):
             if n:
-                start = len(self.tables[b])
-                blocks = [next(new) for _ in range(n)]
-                self.tables[b].extend(blocks)
-                self.block_tables[b, start:start + n] = torch.tensor(blocks, dtype=torch.long)
+                self._append(b, [next(new) for _ in range(n)])
 
     def slots(self, b: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.block_tables[b, pos // self.block_size], pos % self.block_size
@@ -276,13 +273,17 @@ class PagedKVCache(KVCache):
         return -(-length // self.block_size) * self.block_size
 
     def read(self, layer: int, rows: int | torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = slice(None, rows) if isinstance(rows, int) else rows
-        return self.gather(layer, self.block_tables[index, : -(-length // self.block_size)])
+        return self.gather(layer, self.block_tables[_index(rows), : -(-length // self.block_size)])
 
 
 def _rows(rows: int | torch.Tensor, device) -> torch.Tensor:
     """Cache rows as a tensor: `rows` itself, or 0..rows-1."""
     return torch.arange(rows, device=device) if isinstance(rows, int) else rows
+
+
+def _index(rows: int | torch.Tensor):
+    """Cache rows as an index: rows 0..rows-1 as a slice (views, no copy), or the row tensor itself."""
+    return slice(None, rows) if isinstance(rows, int) else rows
 
 
 def gather_blocks(pool: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:

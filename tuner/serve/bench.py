@@ -97,10 +97,9 @@ def serve_bench(config=None, traffic: Traffic | dict | None = None, slo: dict | 
     hw = engine.hardware()
     price = device_price(hw, engine.config.price_per_hour)
     metrics["usd_per_1m_output_tokens"] = per_million(price["price_per_hour"], metrics["output_tok_s"])
-    decode_s = sum(stats.decode_ms) / 1e3
     metrics["decode_steps"], metrics["prefill_steps"], metrics["mixed_steps"] = (
         len(stats.decode_ms), len(stats.prefill_ms), len(stats.mixed_ms))
-    metrics["mbu"] = (sum(stats.decode_bytes) / decode_s / 1e9 / hw["bandwidth_gbs"]) if decode_s else None
+    metrics["mbu"] = stats.decode_metrics(hw)["mbu"]  # over the decode-only steps
     notes = []
     if stats.interrupted:
         notes.append("interrupted (Ctrl-C): the rows that finished are kept")
