@@ -34,19 +34,6 @@ def _engine(config):
                      "of engine knobs")
 
 
-def _traffic(traffic) -> Traffic:
-    if traffic is None:
-        return Traffic()
-    if isinstance(traffic, Traffic):
-        return traffic
-    if isinstance(traffic, dict):
-        try:
-            return Traffic.from_dict(traffic)
-        except TypeError as e:
-            raise ValueError(f"traffic: {e}; its fields are {', '.join(Traffic.__dataclass_fields__)}") from None
-    raise ValueError(f"traffic={short_repr(traffic)} is not allowed: give a tuner.Traffic or a dict of its fields")
-
-
 def _why_not(engine, prompt_len: int, output_len: int) -> str | None:
     """Why the engine cannot serve a request of these lengths, or None."""
     c = engine.config
@@ -74,7 +61,7 @@ def serve_bench(config=None, traffic: Traffic | dict | None = None, slo: dict | 
     from ..profile.prices import device_price, per_million
 
     slo = check_slo(slo)
-    traffic = _traffic(traffic)
+    traffic = Traffic.of(traffic)
     engine = _engine(config)
     sampling = sampling if sampling is not None else SamplingParams()
     if not isinstance(sampling, SamplingParams):
@@ -201,7 +188,7 @@ def capacity(config=None, traffic: Traffic | dict | None = None, slo: dict | Non
         raise ValueError("capacity needs an SLO, e.g. slo={'ttft_ms': 500, 'tpot_ms': 50}")
     if isinstance(attainment, bool) or not isinstance(attainment, (int, float)) or not 0 < attainment <= 1:
         raise ValueError(f"attainment={short_repr(attainment)} is not allowed: a share of requests in (0, 1]")
-    traffic = _traffic(traffic)
+    traffic = Traffic.of(traffic)
     engine = _engine(config)
     engine.warmup()
     rate = start_rate or (traffic.rate if math.isfinite(traffic.rate) else 1.0)

@@ -99,6 +99,20 @@ class Traffic:
         return d
 
     @classmethod
+    def of(cls, traffic) -> Traffic:
+        """A Traffic from a Traffic, a dict of its fields, or None (the defaults); ValueError otherwise."""
+        if traffic is None:
+            return cls()
+        if isinstance(traffic, cls):
+            return traffic
+        if isinstance(traffic, dict):
+            try:
+                return cls.from_dict(traffic)
+            except TypeError as e:
+                raise ValueError(f"traffic: {e}; its fields are {', '.join(cls.__dataclass_fields__)}") from None
+        raise ValueError(f"traffic={short_repr(traffic)} is not allowed: give a tuner.Traffic or a dict of its fields")
+
+    @classmethod
     def from_dict(cls, d: dict) -> Traffic:
         d = dict(d)
         if d.get("rate") is None:

@@ -300,10 +300,10 @@ def sweep(space: dict | str | Path | Space, workload: Workload | dict | None = N
         raise ValueError("n_trials is needed: a space with ranges has no size to take it from")
     serving = None
     if traffic is not None or slo is not None:
-        from ..serve.bench import _traffic
         from ..serve.metrics import check_slo
+        from ..serve.traffic import Traffic
 
-        traffic, slo = _traffic(traffic), check_slo(slo)
+        traffic, slo = Traffic.of(traffic), check_slo(slo)
         serving = {"traffic": traffic.to_dict(), "slo": slo}
     wants_capacity = any(o.metric == "capacity_req_s" for o in [*objectives, *constraints])
     if wants_capacity and not (serving and serving["slo"]):
