@@ -177,7 +177,7 @@ class Engine:
         sched = self.scheduler()
         sched.max_concurrency = max_concurrency
         sched.add(seqs)
-        stats.seqs = seqs
+        stats.begin(seqs)
         self.cache.reset()
         self._decode_rows = None
         rows = Rows(self.config.batch_size, self.device, self.args.vocab_size, sampling.repetition_penalty != 1.0)

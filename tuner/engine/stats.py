@@ -28,6 +28,14 @@ class RunStats:
         self.timeline: list[dict] = []  # after each step: time, running, waiting, KV blocks in use
         self.stopped = False
         self.interrupted = False  # Ctrl-C
+        self.done_tokens = 0  # tokens given to sequences so far
+        self.total_tokens = 0  # tokens the run's sequences may make in all
+        self._wave_seqs: tuple[int, list[Sequence]] = (-1, [])  # the sequences of the newest wave, found once
+
+    def begin(self, seqs: list[Sequence]) -> None:
+        """The run's sequences, as the loop starts."""
+        self.seqs = seqs
+        self.total_tokens = sum(s.max_new_tokens for s in seqs)
 
     def now_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1e3
@@ -46,6 +54,7 @@ class RunStats:
                 seq.inflight -= 1
                 if not seq.done:
                     seq.add(token, (now - self.t0) * 1e3)
+                    self.done_tokens += 1
                     if seq.done:
                         finished.append(seq)
         now = time.perf_counter()
@@ -71,13 +80,15 @@ class RunStats:
         return finished
 
     def _event(self, phase: str, step_ms: float, now: float) -> dict:
-        wave = [s for s in self.seqs if s.wave == self.wave]
+        if self._wave_seqs[0] != self.wave:  # a new wave: its sequences, looked up once rather than every step
+            self._wave_seqs = (self.wave, [s for s in self.seqs if s.wave == self.wave])
+        wave = self._wave_seqs[1]
         return {"phase": phase, "batch_index": self.wave, "n_batches": self.n_batches, "step_ms": step_ms,
                 "elapsed_s": now - self.t0, "tokens": sum(len(s.tokens) for s in wave),
                 "batch_tokens_max": len(wave) * self.max_new_tokens, "n_requests": self.n_requests,
                 # the whole run's progress, what a progress bar shows
-                "done_tokens": sum(len(s.tokens) for s in self.seqs),
-                "total_tokens": sum(s.max_new_tokens for s in self.seqs)}
+                "done_tokens": self.done_tokens, "total_tokens": self.total_tokens}
+
 
     def decode_metrics(self, hardware: dict) -> dict:
         """Decode bandwidth, MBU and MFU against the measured ceilings, the bytes a decode step moves per token it
