@@ -357,28 +357,37 @@ def bench_serve(device: str = "cuda", model: str = "llama-3.2-1b", rates=(8.0, 1
     return rows
 
 
-def profile_decode(model: str = "llama-3.2-1b") -> dict:
-    """Where a CUDA-graph decode step's time goes: device time per kernel (torch.profiler, CUPTI)."""
+def profile_decode(model: str = "llama-3.2-1b", steps: int = 16) -> dict:
+    """Where a CUDA-graph decode step's time goes: device time per kernel (torch.profiler, CUPTI), decode kernels
+    only. A run of `steps` decode steps and a run of none (prefill only) are profiled on the same prompt, and
+    each kernel's decode share is their difference over `steps`: the prefill's kernels (its GEMMs run once per
+    layer, 16 or more calls) cancel instead of counting as decode."""
     from torch.profiler import ProfilerActivity, profile
 
     import tuner
 
     e = tuner.Engine(model=model, weights="dummy", device="cuda", dtype="bfloat16", max_seq_len=1024,
                      kv_cache="paged", backend="cupy", cuda_graphs=True)
-    w = tuner.Workload(batch=1, prompt_len=128, output_len=17)
-    e.generate(w)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        e.generate(w)
-    steps = 16
+
+    def kernels(output_len: int) -> dict[str, tuple[int, float]]:
+        w = tuner.Workload(batch=1, prompt_len=128, output_len=output_len)
+        e.generate(w)  # warm: compile, capture
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            e.generate(w)
+        return {ev.key: (ev.count, getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0))
+                for ev in prof.key_averages()}
+
+    prefill_only, full = kernels(1), kernels(steps + 1)
     rows = []
-    for ev in prof.key_averages():
-        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
-        if t and ev.count >= steps:
-            rows.append({"kernel": ev.key[:90], "calls_per_step": round(ev.count / steps, 1),
-                         "us_per_step": round(t / steps, 1)})
+    for name, (count, t) in full.items():
+        c0, t0 = prefill_only.get(name, (0, 0.0))
+        calls, us = (count - c0) / steps, (t - t0) / steps
+        if t and calls >= 1:  # a kernel each decode step launches at least once
+            rows.append({"kernel": name[:90], "calls_per_step": round(calls, 1), "us_per_step": round(us, 1)})
     rows.sort(key=lambda r: -r["us_per_step"])
-    return {"model": model, "batch": 1, "kernels": rows[:25],
-            "kernel_us_per_step": round(sum(r["us_per_step"] for r in rows), 1)}
+    return {"model": model, "batch": 1, "steps": steps, "kernels": rows[:25],
+            "kernel_us_per_step": round(sum(r["us_per_step"] for r in rows), 1),
+            "counted": "decode kernels only: (prefill + decode run) - (prefill-only run), per decode step"}
 
 
 def main() -> None:

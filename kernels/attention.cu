@@ -119,7 +119,12 @@ extern "C" __global__ void __launch_bounds__(NWARPS * 32, MIN_BLOCKS) decode_att
     const int start = part * part_size, end = min(start + part_size, len);
 
     if (start >= len) {  // an empty partition (the grid covers the longest context the plan allows)
-        if (threadIdx.x < G) part_lse[((i64)b * H + kvh * G + threadIdx.x) * num_parts + part] = -F_INF;
+        if (num_parts == 1) {  // a sequence with no keys (seq_len 0): its output is zeros, not unwritten memory
+            for (int i = threadIdx.x; i < G * HEAD_DIM; i += blockDim.x)
+                out[((i64)b * H + kvh * G) * HEAD_DIM + i] = from_f(0.f);
+        } else if (threadIdx.x < G) {
+            part_lse[((i64)b * H + kvh * G + threadIdx.x) * num_parts + part] = -F_INF;
+        }
         return;
     }
 
@@ -283,5 +288,5 @@ extern "C" __global__ void __launch_bounds__(HEAD_DIM) merge_parts(
         W += w;
         A += w * part_out[(head * num_parts + p) * HEAD_DIM + d];
     }
-    out[head * HEAD_DIM + d] = from_f(A / W);
+    out[head * HEAD_DIM + d] = from_f(W > 0.f ? A / W : 0.f);  // W == 0: every partition empty (seq_len 0)
 }

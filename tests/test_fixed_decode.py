@@ -199,3 +199,87 @@ def test_attention_indexes_kv_blocks_by_shift_and_refuses_other_block_sizes():
     with pytest.raises(ValueError, match="power of two tokens, not 24"):
         block_shift(24, 8)
 
+
+
+def test_every_query_group_the_backend_serves_is_a_variant_the_compile_tests_build():
+    from tuner.backends import cupy_ops
+
+    built = [d for f, d in cupy_ops.variants() if f == "attention.cu"]
+    for D in cupy_ops.HEAD_DIMS:
+        for Hkv in (1, 2, 4, 8):
+            for G in range(1, 17):
+                why = cupy_ops.supported(D, torch.bfloat16, G * Hkv, Hkv)
+                for scalar in cupy_ops.SCALARS.values():
+                    for kv in (0, 1):
+                        wanted = cupy_ops._attention_defines(scalar, D, kv, G)
+                        assert (why is None) == (wanted in built), (D, G, why)
+                assert (why is None) == (G <= 8), (D, G, why)
+    assert {d["G"] for d in built} == set(range(1, 9))
+
+
+def test_the_attention_plan_refuses_a_context_its_grid_does_not_cover():
+    from tuner.backends.cupy_ops import AttentionPlan
+
+    plan = AttentionPlan(8, 32, 8, 128, 4096, torch.device("cpu"), sms=132)
+    assert plan.capacity == plan.num_parts * plan.part_size >= 4096
+    plan.check(1)
+    plan.check(plan.capacity)
+    with pytest.raises(ValueError, match=f"planned for contexts of up to {plan.capacity} tokens .* not "
+                                         f"{plan.capacity + 1}"):
+        plan.check(plan.capacity + 1)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_decode_attention_twin_gives_zeros_for_a_sequence_with_no_keys(paged):
+    a = _args()
+    g = torch.Generator().manual_seed(2)
+    B, H, Hkv, D = 3, a.n_heads, a.n_kv_heads, a.head_dim
+    c = PagedKVCache(a, B, 64, torch.float32, "auto", torch.device("cpu"), 8) if paged else \
+        KVCache(a, B, 64, torch.float32, "auto", torch.device("cpu"))
+    lens = [0, 9, 0]
+    c.reserve(lens)
+    k, v = torch.randn(9, Hkv, D, generator=g), torch.randn(9, Hkv, D, generator=g)
+    c.write(0, k, v, c.slots(torch.full((9,), 1), torch.arange(9)))
+    q = torch.randn(B, H, D, generator=g)
+    out = torch_ops.decode_attention(q, c, 0, c.decode_tables(B), c.block_len, torch.tensor(lens))
+    assert torch.isfinite(out).all()
+    assert out[0].abs().sum() == 0 and out[2].abs().sum() == 0
+    ref = torch_ops.attention(q[1:2, None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], None)[0, 0]
+    torch.testing.assert_close(out[1], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_kernels_take_only_dense_aligned_tensors_checked_where_they_are_handed_over():
+    from tuner.backends.cupy_ops import _p
+
+    x = torch.zeros(4, 64, dtype=torch.bfloat16)
+    assert int(_p(x)) == x.data_ptr() and int(_p(None)) == 0
+    with pytest.raises(ValueError, match="aligned to 16 bytes; this torch.bfloat16 tensor starts 2 bytes past"):
+        _p(x.view(-1)[1:])
+    with pytest.raises(ValueError, match=r"has strides \(64, 2\) for shape \(4, 32\)"):
+        _p(x[:, ::2])
+    assert int(_p(x.view(-1)[2:], 4)) == x.data_ptr() + 4  # a scalar-read tensor needs its element's alignment
+    qkv = torch.zeros(4, 96, dtype=torch.bfloat16)[:, :64]  # strided rows, each dense: what rope_kv_write takes
+    assert int(_p(qkv, rows=True)) == qkv.data_ptr()
+    with pytest.raises(ValueError, match="strides"):
+        _p(qkv)
+    with pytest.raises(ValueError, match="strides"):
+        _p(torch.zeros(4, 68, dtype=torch.bfloat16)[:, :64], rows=True)  # rows 136 bytes apart: not 16-aligned
+
+
+def test_the_cupy_kernels_32_bit_kv_offsets_are_checked_when_the_config_is_made(tmp_path):
+    import json
+
+    from tuner.backends.cupy_ops import stride_limit
+
+    assert stride_limit(8, 128, 1 << 20) is None  # llama-3.1-8b's 8 KV heads x 128: rows up to 2**21 tokens
+    assert "use rows of at most 2097151 tokens" in stride_limit(8, 128, 1 << 21)
+    # a model with 64 KV heads of 128: a contiguous row of 262144 tokens is 2**31 elements
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "vocab_size": 256, "hidden_size": 8192, "num_hidden_layers": 1,
+        "num_attention_heads": 64, "num_key_value_heads": 64, "intermediate_size": 64,
+        "max_position_embeddings": 1 << 19}))
+    kw = dict(model=str(tmp_path), device="cuda", dtype="bfloat16", backend="cupy", max_seq_len=1 << 18)
+    with pytest.raises(ValueError, match="32-bit offsets: 262144 tokens x 64 KV heads x head_dim 128"):
+        tuner.EngineConfig(kv_cache="contiguous", **kw)
+    assert tuner.EngineConfig(kv_cache="paged", block_size=128, **kw).backend == "cupy"  # paged rows are blocks
+    assert tuner.EngineConfig(kv_cache="contiguous", **{**kw, "backend": "torch"}).backend == "torch"

@@ -148,6 +148,55 @@ def test_decode_attention_matches_twin(dtype, H, Hkv, D, kv_dtype, paged, min_pa
         assert rel_err(out, ref) < 2e-2, (max_len, plan.num_parts)
 
 
+@pytest.mark.parametrize("G", range(1, 9))
+@pytest.mark.parametrize("D", [64, 128])
+@pytest.mark.parametrize("kv_dtype", ["auto", "int8"])
+def test_decode_attention_serves_every_query_group(G, D, kv_dtype):
+    B, Hkv = 3, 2
+    lens = [700, 1, 2100]
+    cache = _cache(_args(G * Hkv, Hkv, D, layers=1), B, 2304, torch.bfloat16, kv_dtype, paged=True)
+    _fill(cache, 0, lens)
+    q = torch.randn(B, G * Hkv, D, device=DEV).to(torch.bfloat16)
+    seq, tables = torch.tensor(lens, device=DEV, dtype=torch.int32), cache.decode_tables(B)
+    ref = torch_ops.decode_attention(q, cache, 0, tables, cache.block_len, seq)
+    poison()
+    plan = cupy_ops().AttentionPlan(B, G * Hkv, Hkv, D, max(lens), DEV)
+    assert rel_err(cupy_ops().decode_attention(q, cache, 0, tables, cache.block_len, seq, plan), ref) < 2e-2
+
+
+@pytest.mark.parametrize("block_size", [8, 32, 64, 128])
+@pytest.mark.parametrize("kv_dtype", ["auto", "int8"])
+def test_decode_attention_reads_every_block_size(block_size, kv_dtype):
+    B, H, Hkv, D = 4, 32, 8, 128
+    lens = [block_size - 1, block_size, block_size + 1, 1500]
+    cache = _cache(_args(H, Hkv, D, layers=1), B, 1536, torch.bfloat16, kv_dtype, paged=True, block_size=block_size)
+    _fill(cache, 0, lens)
+    q = torch.randn(B, H, D, device=DEV).to(torch.bfloat16)
+    seq, tables = torch.tensor(lens, device=DEV, dtype=torch.int32), cache.decode_tables(B)
+    ref = torch_ops.decode_attention(q, cache, 0, tables, cache.block_len, seq)
+    poison()
+    plan = cupy_ops().AttentionPlan(B, H, Hkv, D, max(lens), DEV)
+    assert rel_err(cupy_ops().decode_attention(q, cache, 0, tables, cache.block_len, seq, plan), ref) < 2e-2
+
+
+@pytest.mark.parametrize("max_len", [32, 3072])  # one partition, and many (the CUDA-graph plan's empty ones)
+def test_decode_attention_gives_zeros_for_a_sequence_with_no_keys(max_len):
+    B, H, Hkv, D = 4, 32, 8, 128
+    lens = [0, 17, 0, 30]
+    cache = _cache(_args(H, Hkv, D, layers=1), B, 3072, torch.bfloat16, "auto", paged=True)
+    _fill(cache, 0, lens)
+    q = torch.randn(B, H, D, device=DEV).to(torch.bfloat16)
+    seq, tables = torch.tensor(lens, device=DEV, dtype=torch.int32), cache.decode_tables(B)
+    plan = cupy_ops().AttentionPlan(B, H, Hkv, D, max_len, DEV)
+    assert (plan.num_parts == 1) == (max_len == 32)
+    poison()
+    out = cupy_ops().decode_attention(q, cache, 0, tables, cache.block_len, seq, plan)
+    assert torch.isfinite(out).all()
+    assert out[0].abs().sum() == 0 and out[2].abs().sum() == 0
+    ref = torch_ops.decode_attention(q, cache, 0, tables, cache.block_len, seq)
+    assert rel_err(out[1::2], ref[1::2]) < 2e-2
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M", [1, 3, 8])
 @pytest.mark.parametrize("N,K", [(1000, 2048), (4096, 1024), (256, 14336)])

@@ -97,7 +97,7 @@ class _EngineChecks(_Validated):
             self.check_model(args)
 
     def check_model(self, args: ModelArgs) -> None:
-        """The combinations that depend on the model's shapes (int4 groups, context length)."""
+        """The combinations that depend on the model's shapes (int4 groups, context length, the cupy kernels)."""
         if self.quant == "int4":
             widths = (args.dim, args.q_size, args.intermediate_size)
             for width, layer in zip(widths, ("wqkv/w13", "wo", "w2"), strict=True):
@@ -111,6 +111,14 @@ class _EngineChecks(_Validated):
         if args.sliding_window is not None and self.max_seq_len > args.sliding_window:
             raise ValueError(f"max_seq_len={self.max_seq_len} exceeds {self.model}'s sliding_window="
                              f"{args.sliding_window}, which tuner does not implement: use at most that")
+        if self.backend == "cupy":  # the kernels' shapes and their 32-bit KV offsets
+            from .backends import cupy_ops
+
+            row = self.block_size if self.kv_cache == "paged" else self.max_seq_len
+            why = cupy_ops.supported(args.head_dim, cupy_ops.DTYPES[self.dtype], args.n_heads, args.n_kv_heads) \
+                or cupy_ops.stride_limit(args.n_kv_heads, args.head_dim, row)
+            if why:
+                raise ValueError(f"{why} ({self.model})")
 
     @property
     def model_args(self) -> ModelArgs:

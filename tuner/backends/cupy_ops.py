@@ -20,8 +20,8 @@ from . import torch_ops
 
 NVRTC_OPTIONS = ("-std=c++17",)
 HEAD_DIMS = (64, 128)
-GROUPS = (1, 2, 4, 7, 8)  # query groups the compile tests build (each group size is its own variant; 7: the
-# plain reduction that groups of 3, 5, 6 and 7 take)
+GROUPS = tuple(range(1, 9))  # query-group sizes the attention kernel serves; each is its own variant (3, 5, 6
+# and 7 take the plain reduction, powers of two the transposed butterfly)
 GEMV_ROWS = (1, 2, 4, 8)  # weight-only GEMV variants; more rows than 8 take torch's dequantized matmul
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}  # model dtypes the kernels run
 KV_DTYPES = ("auto", "int8")  # KV-cache storage they read: the model dtype or int8
@@ -73,10 +73,24 @@ def supported(head_dim: int, dtype: torch.dtype, n_heads: int, n_kv_heads: int) 
     if dtype not in SCALARS:
         return unsupported_config(str(dtype).removeprefix("torch."), "auto")
     if head_dim not in HEAD_DIMS:
-        return f"backend='cupy' serves head_dim {HEAD_DIMS}, this model has {head_dim}"
-    if n_heads // n_kv_heads > max(GROUPS):
-        return f"backend='cupy' serves query groups up to {max(GROUPS)}, this model has {n_heads // n_kv_heads}"
+        return f"backend='cupy' serves head_dim {HEAD_DIMS}, this model has {head_dim}: use backend='torch'"
+    if n_heads // n_kv_heads not in GROUPS:
+        return (f"backend='cupy' serves query groups of 1 to {max(GROUPS)} heads, this model has "
+                f"{n_heads // n_kv_heads}: use backend='torch'")
     return None
+
+
+def stride_limit(n_kv_heads: int, head_dim: int, row_len: int) -> str | None:
+    """Why the kernels cannot index a KV cache whose rows (a paged block, or a contiguous cache's sequence) hold
+    `row_len` tokens, or None: attention computes a row's offset in 32 bits, so one row of every KV head,
+    n_kv_heads x row_len x head_dim elements, must stay under 2**31."""
+    per_row = n_kv_heads * row_len * head_dim
+    if per_row < 2**31:
+        return None
+    most = (2**31 - 1) // (n_kv_heads * head_dim)
+    return (f"backend='cupy' indexes a KV row with 32-bit offsets: {row_len} tokens x {n_kv_heads} KV heads x "
+            f"head_dim {head_dim} = {per_row} elements per row; use rows of at most {most} tokens "
+            "(block_size with kv_cache='paged', max_seq_len with 'contiguous') or backend='torch'")
 
 
 # -- compile and launch --------------------------------------------------------------------------
@@ -107,10 +121,26 @@ def _stream():
     return s
 
 
-def _p(t: torch.Tensor | None):
+VECTOR = 16  # bytes: the kernels load and store 16-bit and int8 data 16 bytes at a time (uint4)
+
+
+def _p(t: torch.Tensor | None, align: int = VECTOR, rows: bool = False):
+    """The pointer a kernel gets for `t`, checked here, where every tensor is handed over: the kernels index it
+    as dense memory (rows=True: rows may be strided, each row dense) aligned to `align` bytes (VECTOR for the
+    vector-loaded data, an element for scalars and indices). A misaligned or strided view would read the wrong
+    bytes, or fault, far from its cause."""
     import numpy as np
 
-    return np.uint64(0 if t is None else t.data_ptr())
+    if t is None:
+        return np.uint64(0)
+    ptr = t.data_ptr()
+    dense = t.stride(-1) == 1 and (t.stride(0) * t.element_size()) % align == 0 if rows else t.is_contiguous()
+    if ptr % align or not dense:
+        why = f"starts {ptr % align} bytes past a {align}-byte boundary" if ptr % align else \
+            f"has strides {tuple(t.stride())} for shape {tuple(t.shape)}"
+        raise ValueError(f"backend='cupy' takes dense tensors aligned to {align} bytes; this {t.dtype} tensor {why}: "
+                         "pass .contiguous() (a fresh copy) instead of a view")
+    return np.uint64(ptr)
 
 
 def _i(v: int):
@@ -160,7 +190,7 @@ def _kv_args(cache, layer: int):
     sx, sh, sy = k.stride(0), k.stride(1), k.stride(2)
     if cache.quantized:
         ks, vs = cache.k_scale[layer], cache.v_scale[layer]
-        return (_p(k), _p(v), _p(ks), _p(vs), _l(sx), _l(sh), _l(sy), _l(ks.stride(0)), _l(ks.stride(1)))
+        return (_p(k), _p(v), _p(ks, 4), _p(vs, 4), _l(sx), _l(sh), _l(sy), _l(ks.stride(0)), _l(ks.stride(1)))
     return (_p(k), _p(v), _p(None), _p(None), _l(sx), _l(sh), _l(sy), _l(0), _l(0))
 
 
@@ -174,8 +204,8 @@ def rope_kv_write(qkv, qk_norm, eps, positions, cos, sin, cache, layer, tables, 
     B, D = qkv.shape[0], cos.shape[-1]
     q = torch.empty(B, H, D, dtype=qkv.dtype, device=qkv.device)
     k = _kernel("rope_kv.cu", "rope_kv_write", SCALAR_BF16=_scalar(qkv), HEAD_DIM=D, KV_INT8=_kv_int8(cache))
-    args = (_p(qkv), _l(qkv.stride(0)), _p(qk_norm), _f(eps), _p(positions), _p(cos), _p(sin),
-            *_kv_args(cache, layer), _p(tables), _i(tables.shape[1]), _i(block_size), _p(q), _i(H), _i(Hkv))
+    args = (_p(qkv, rows=True), _l(qkv.stride(0)), _p(qk_norm), _f(eps), _p(positions, 4), _p(cos), _p(sin),
+            *_kv_args(cache, layer), _p(tables, 4), _i(tables.shape[1]), _i(block_size), _p(q), _i(H), _i(Hkv))
     _launch(k, (B, -(-(H + 2 * Hkv) // 8)), (256,), args)
     return q
 
@@ -210,8 +240,8 @@ class AttentionPlan:
     """How decode attention splits a batch's context (once per batch shape), and the buffers it needs."""
 
     def __init__(self, B: int, H: int, Hkv: int, D: int, max_len: int, device, waves: float | None = None,
-                 min_part: int = MIN_PART):
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+                 min_part: int = MIN_PART, sms: int | None = None):
+        sms = sms or torch.cuda.get_device_properties(device).multi_processor_count
         waves = blocks_per_sm(H // Hkv) if waves is None else waves
         self.part_size = part_size(B * Hkv, max_len, int(waves * sms), min_part)
         self.num_parts = -(-max_len // self.part_size)
@@ -219,6 +249,19 @@ class AttentionPlan:
         n = B * H * self.num_parts
         self.part_out = torch.empty(n * D, dtype=torch.float32, device=device) if self.num_parts > 1 else None
         self.part_lse = torch.empty(max(n, 1), dtype=torch.float32, device=device)
+
+    @property
+    def capacity(self) -> int:
+        """The longest context this plan's grid covers: num_parts x part_size tokens."""
+        return self.num_parts * self.part_size
+
+    def check(self, seq_len: int) -> None:
+        """ValueError when a sequence of seq_len tokens is longer than the grid covers: the kernel would attend to
+        its first `capacity` tokens only, silently."""
+        if seq_len > self.capacity:
+            raise ValueError(f"decode attention was planned for contexts of up to {self.capacity} tokens "
+                             f"({self.num_parts} partitions of {self.part_size}), not {seq_len}: plan for the longest "
+                             "sequence of the step")
 
 
 def plan_attention(B: int, H: int, Hkv: int, D: int, max_len: int, device) -> AttentionPlan:
@@ -237,21 +280,17 @@ def block_shift(block_size: int, table_width: int) -> int:
 def decode_attention(q, cache, layer, tables, block_size, seq_lens, plan: AttentionPlan):
     B, H, D = q.shape
     Hkv = cache.k.shape[2]
-    k_layer = cache.k[layer]
-    if max(k_layer.stride(0), Hkv * k_layer.stride(1)) >= 2 ** 31:
-        raise ValueError("backend='cupy' indexes one layer's KV cache with 32-bit strides: this cache holds "
-                         f"{k_layer.stride(0)} elements per block; use smaller blocks or backend='torch'")
     out = torch.empty(B, H * D, dtype=q.dtype, device=q.device)
     defines = _attention_defines(_scalar(q), D, _kv_int8(cache), H // Hkv)
     k = _kernel("attention.cu", "decode_attention", **defines)
-    args = (_p(q), *_kv_args(cache, layer), _p(tables), _i(tables.shape[1]),
-            _i(block_shift(block_size, tables.shape[1])), _p(seq_lens),
-            _i(H), _i(Hkv), _f(D ** -0.5 * math.log2(math.e)), _i(plan.part_size), _p(out), _p(plan.part_out),
-            _p(plan.part_lse))
+    args = (_p(q), *_kv_args(cache, layer), _p(tables, 4), _i(tables.shape[1]),
+            _i(block_shift(block_size, tables.shape[1])), _p(seq_lens, 4),
+            _i(H), _i(Hkv), _f(D ** -0.5 * math.log2(math.e)), _i(plan.part_size), _p(out), _p(plan.part_out, 4),
+            _p(plan.part_lse, 4))
     _launch(k, (Hkv, B, plan.num_parts), (128,), args)
     if plan.num_parts > 1:
         m = _kernel("attention.cu", "merge_parts", **defines)
-        _launch(m, (H, B), (D,), (_p(plan.part_out), _p(plan.part_lse), _i(plan.num_parts), _i(H), _p(out)))
+        _launch(m, (H, B), (D,), (_p(plan.part_out, 4), _p(plan.part_lse, 4), _i(plan.num_parts), _i(H), _p(out)))
     return out
 
 
@@ -267,7 +306,7 @@ def int8_linear(x, q, scale, bias):
     x = x.contiguous()
     out = torch.empty(M, N, dtype=x.dtype, device=x.device)
     k = _kernel("gemv.cu", "int8_gemm", SCALAR_BF16=_scalar(x), MMAX=_rows(M))
-    _launch(k, (-(-N // 16),), (256,), (_p(x), _p(q), _p(scale), _p(bias), _p(out), _i(M), _i(N), _i(K)))
+    _launch(k, (-(-N // 16),), (256,), (_p(x), _p(q), _p(scale, 2), _p(bias, 2), _p(out, 2), _i(M), _i(N), _i(K)))
     return out
 
 
@@ -283,14 +322,15 @@ def int4_linear(x, packed, scale, zero, bias, group_size):
         ws = torch.empty(K // 4 + 3 * c, dtype=torch.int32, device=x.device)  # xq words, scale, sum, qsum
         xq, xs, xsum, xqsum = ws[: K // 4], ws[K // 4: K // 4 + c], ws[K // 4 + c: K // 4 + 2 * c], ws[K // 4 + 2 * c:]
         q8 = _kernel("gemv.cu", "quantize_x_q8", SCALAR_BF16=_scalar(x), MMAX=1)
-        _launch(q8, (-(-c // 8),), (256,), (_p(x), _p(xq), _p(xs), _p(xsum), _p(xqsum), _i(K)))
+        _launch(q8, (-(-c // 8),), (256,), (_p(x), _p(xq), _p(xs, 4), _p(xsum, 4), _p(xqsum, 4), _i(K)))
         k = _kernel("gemv.cu", "int4_gemv_q8", SCALAR_BF16=_scalar(x), MMAX=1)
-        _launch(k, (-(-N // 16),), (256,), (_p(xq), _p(xs), _p(xsum), _p(xqsum), _p(packed), _p(scale), _p(zero),
-                                            _p(bias), _p(out), _i(N), _i(K), _i(group_size)))
+        _launch(k, (-(-N // 16),), (256,), (_p(xq), _p(xs, 4), _p(xsum, 4), _p(xqsum, 4), _p(packed), _p(scale, 2),
+                                            _p(zero, 2), _p(bias, 2), _p(out, 2), _i(N), _i(K), _i(group_size)))
         return out
     k = _kernel("gemv.cu", "int4_gemm", SCALAR_BF16=_scalar(x), MMAX=_rows(M))
     _launch(k, (-(-N // 16),), (256,),
-            (_p(x), _p(packed), _p(scale), _p(zero), _p(bias), _p(out), _i(M), _i(N), _i(K), _i(group_size)))
+            (_p(x), _p(packed), _p(scale, 2), _p(zero, 2), _p(bias, 2), _p(out, 2), _i(M), _i(N), _i(K),
+             _i(group_size)))
     return out
 
 
@@ -311,12 +351,12 @@ def sample_fused(logits: torch.Tensor, params, rng: torch.Tensor) -> torch.Tenso
     B, V = logits.shape
     out = torch.empty(B, dtype=torch.long, device=logits.device)
     if params.temperature == 0.0:
-        _launch(_kernel("sampling.cu", "argmax_rows"), (B,), (1024,), (_p(logits), _i(V), _p(out)))
+        _launch(_kernel("sampling.cu", "argmax_rows"), (B,), (1024,), (_p(logits), _i(V), _p(out, 8)))
         return out
     k = _kernel("sampling.cu", "sample_tokens")
     top_k = params.top_k if 0 < params.top_k < V else 0
     _launch(k, (B,), (1024,), (_p(logits), _i(V), _f(params.temperature), _i(top_k), _f(params.top_p),
-                               _f(params.min_p), _p(rng), _p(out)))
+                               _f(params.min_p), _p(rng, 8), _p(out, 8)))
     return out
 
 

@@ -96,7 +96,8 @@ def decode_attention(q: torch.Tensor, cache, layer: int, tables: torch.Tensor, b
     """
     k, v = cache.gather(layer, tables)
     mask = (torch.arange(k.shape[2], device=q.device)[None, :] < seq_lens[:, None].long())[:, None, None, :]
-    return attention(q[:, None], k.to(q.dtype), v.to(q.dtype), mask)[:, 0]
+    out = attention(q[:, None], k.to(q.dtype), v.to(q.dtype), mask)[:, 0]
+    return out.masked_fill_((seq_lens == 0)[:, None], 0.0)  # no keys: zeros, as the kernel writes (not NaN)
 
 
 def plan_attention(B: int, H: int, Hkv: int, D: int, max_len: int, device) -> None:

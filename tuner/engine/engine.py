@@ -329,7 +329,10 @@ class Engine:
             a = self.args
             self._plans[key] = self.ops.plan_attention(B, a.n_heads, a.n_kv_heads, a.head_dim,
                                                        min(key[1], self.config.max_seq_len), self.device)
-        return self._plans[key]
+        plan = self._plans[key]
+        if plan is not None:  # the torch twins need none
+            plan.check(max_len)
+        return plan
 
     # -- one forward pass -------------------------------------------------------------------------
 

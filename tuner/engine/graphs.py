@@ -34,6 +34,8 @@ class CudaGraphs:
         B = tokens.shape[0]
         key = (bucket(B), self.band(max_len))
         graph, st, logits = self.graphs.get(key) or self._capture(*key)
+        if st.plan is not None:
+            st.plan.check(max_len)
         st.tokens[:B].copy_(tokens)
         st.tokens[B:].zero_()
         st.positions[:B].copy_(lens_t)

@@ -2,7 +2,7 @@
 
 EngineConfig checks values and combinations on any machine (tuner.config); these checks need this one:
 CUDA and the device index, fp8 support, the checkpoint on disk (a directory of safetensors or a GGUF file),
-fast float16 matmuls on this CPU, and whether the cupy kernels serve this model's shapes.
+and fast float16 matmuls on this CPU. (Whether the cupy kernels serve the model's shapes is a config check.)
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from ..backends import cupy_ops
 from ..config import EngineConfig
 from ..models.args import ModelArgs, resolve_model
 from ..models.quant import OneDNNLinear
@@ -40,10 +39,6 @@ def check_machine(config: EngineConfig) -> tuple[ModelArgs, Path | None]:
     if config.device == "cpu" and config.dtype == "float16" and not cpu_has_fast_float16():
         raise ValueError("dtype='float16' has no fast matmul on this CPU (torch would run it for minutes): "
                          "use dtype='bfloat16' or 'float32'")
-    if config.backend == "cupy":
-        why = cupy_ops.supported(args.head_dim, cupy_ops.DTYPES[config.dtype], args.n_heads, args.n_kv_heads)
-        if why:
-            raise ValueError(f"{why} ({config.model}): use backend='torch'")
     check_memory(config, args)
     return args, checkpoint
 
