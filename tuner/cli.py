@@ -82,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "sections space, base, workload, objectives, constraints, n_trials, sampler "
                                     "(see tuner.tune.sweep.sweep_spec). Flags override the file. Running it again "
                                     "with the same study and storage resumes it; several processes given one "
-                                    "PostgreSQL storage and study share the work.")
+                                    "PostgreSQL storage and study share the work. Exit status 3 when no trial met "
+                                    "the constraints (the closest one is named), 2 for bad input.")
     sw.add_argument("spec", type=Path, help="the sweep's YAML file")
     sw.add_argument("--objective", action="append", default=None,
                     help="max:METRIC or min:METRIC (repeat for a Pareto front; default max:output_tok_s)")
@@ -112,7 +113,8 @@ def _parser() -> argparse.ArgumentParser:
                                     "with dummy weights) answers a question, then a sweep over batch size, "
                                     "quantization and KV-cache dtype weighs p99 TPOT, $ per 1M output tokens and KL "
                                     "against float32 under a TPOT SLO and kl_mean <= 0.01; prints the table and the "
-                                    "Pareto set, and writes OUT/report.html, the run records and every export format.")
+                                    "Pareto set, and writes OUT/report.html, the run records and every export format. "
+                                    "Exit status 3 when no trial met the SLO (the closest one is named).")
     dm.add_argument("--out", type=Path, default=Path("tuner-demo"), help="output folder (default tuner-demo)")
     dm.add_argument("--n-trials", type=_positive_int, default=12, help="trials (default 12 of the 24 configurations)")
     dm.add_argument("--tpot-slo", type=float, default=None,
@@ -273,7 +275,15 @@ def cmd_sweep(args) -> int:
     print()
     print(result.summary())
     print(f"\nrecord: {args.runs_dir / 'sweeps' / (result.study_name + '.json')}")
-    return 0
+    return _nothing_feasible(result)
+
+
+def _nothing_feasible(result) -> int:
+    """Exit status 3, with the one line on stderr, when a sweep found no feasible trial; else 0."""
+    if result.feasible:
+        return 0
+    print(f"tuner: {result.nothing_feasible()}", file=sys.stderr)
+    return 3
 
 
 def cmd_quality(args) -> int:
@@ -366,9 +376,9 @@ def cmd_demo(args) -> int:
     print()
     print(result.summary())
     print(f"\nreport:  {report}")
-    for fmt, path in exports.items():
-        print(f"{fmt:7s}  {path}")
-    return 0
+    for kind, path in exports.items():
+        print(f"{kind:7s}  {path}")
+    return _nothing_feasible(result)
 
 
 def main(argv: list[str] | None = None) -> int:

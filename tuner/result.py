@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from . import fmt
+
 SCHEMA = "tuner.run/1"
 PERCENTILES = (50, 90, 99)
 
@@ -82,16 +84,17 @@ class RunResult:
         for r in rows:
             totals[r["phase"]] = totals.get(r["phase"], 0.0) + r["time_ms"]
         head = f"{'phase':<8} {'op':<14} {'calls':>6} {'ms':>9} {'share':>6} {'GB/s':>8} {'TFLOP/s':>8} " \
-               f"{'%BW':>5} {'%FLOP':>5}  bound"
+               f"{'%BW':>6} {'%FLOP':>6}  bound"
         lines = [head]
         for r in rows:
-            lines.append(f"{r['phase']:<8} {r['op']:<14} {r['calls']:>6} {r['time_ms']:>9.2f} "
-                         f"{r['time_ms'] / totals[r['phase']]:>6.1%} {r['achieved_gbs']:>8.1f} "
-                         f"{r['achieved_tflops']:>8.3f} {r['pct_peak_bandwidth']:>5.0%} "
-                         f"{r['pct_peak_compute']:>5.0%}  {r['bound']}")
+            lines.append(f"{r['phase']:<8} {r['op']:<14} {r['calls']:>6} {fmt.num(r['time_ms']):>9} "
+                         f"{fmt.pct(r['time_ms'] / totals[r['phase']]):>6} {fmt.num(r['achieved_gbs']):>8} "
+                         f"{fmt.num(r['achieved_tflops']):>8} {fmt.pct(r['pct_peak_bandwidth']):>6} "
+                         f"{fmt.pct(r['pct_peak_compute']):>6}  {r['bound']}")
         for ph, entry in self.profile.get("phases", {}).items():
             if "idle_share" in entry:
-                lines.append(f"{ph}: the GPU was idle or waiting on the host {entry['idle_share']:.0%} of the time")
+                lines.append(f"{ph}: the GPU was idle or waiting on the host {fmt.pct(entry['idle_share'])} "
+                             "of the time")
         if self.profile.get("trace_dir"):
             lines.append(f"traces: {self.profile['trace_dir']} (Perfetto: trace.json.gz; TensorBoard: "
                          "tuner.pt.trace.json.gz)")
@@ -136,8 +139,8 @@ class RunResult:
         if self.ops_records:
             top = sorted(self.ops_records, key=lambda r: -r["time_ms"])[:8]
             cells = "".join(
-                f"<tr><td>{r['phase']}</td><td>{r['op']}</td><td>{r['time_ms']:.2f}</td>"
-                f"<td>{r['pct_peak_bandwidth']:.0%}</td><td>{r['pct_peak_compute']:.0%}</td><td>{r['bound']}</td>"
+                f"<tr><td>{r['phase']}</td><td>{r['op']}</td><td>{fmt.num(r['time_ms'])}</td>"
+                f"<td>{fmt.pct(r['pct_peak_bandwidth'])}</td><td>{fmt.pct(r['pct_peak_compute'])}</td><td>{r['bound']}</td>"
                 f"<td style='text-align:left'>{html.escape(r['explanation'])}</td></tr>" for r in top)
             parts.append("<b>slowest ops</b><table><tr><th>phase</th><th>op</th><th>ms</th><th>%BW</th>"
                          f"<th>%FLOP</th><th>bound</th><th>why</th></tr>{cells}</table>")
@@ -190,25 +193,26 @@ class RunResult:
             ("workload", f"{w['n_prompts']} prompts x {w['prompt_len_mean']:.0f} tokens, batch {c['batch_size']}"),
             ("output tokens", f"{m['output_tokens']}"),
         ]
+        requests = w.get("n_prompts")
+        samples = {"itl_ms": m["output_tokens"] - requests if requests else None}
         for key, label in (("ttft_ms", "TTFT ms"), ("tpot_ms", "TPOT ms"), ("itl_ms", "ITL ms"), ("e2e_ms", "e2e ms")):
             if m.get(key) is not None:
-                rows.append((label, f"mean {m[key]:.2f}  p50 {m[key + '_p50']:.2f}  p90 {m[key + '_p90']:.2f}  "
-                                    f"p99 {m[key + '_p99']:.2f}"))
-        rows.append(("throughput", f"{_num(m.get('output_tok_s'))} output tok/s, "
-                                   f"{_num(m.get('total_tok_s'))} total tok/s"))
+                rows.append((label, fmt.percentiles(m, key, samples.get(key, requests))))
+        rows.append(("throughput", f"{fmt.num(m.get('output_tok_s'))} output tok/s, "
+                                   f"{fmt.num(m.get('total_tok_s'))} total tok/s"))
         if m.get("usd_per_1m_output_tokens") is not None:
-            rows.append(("cost", f"${m['usd_per_1m_output_tokens']:.3g} per 1M output tokens, "
-                                 f"${m['usd_per_1m_tokens']:.3g} per 1M tokens at "
-                                 f"${self.hardware['price_per_hour']:g}/h ({self.hardware.get('price_source')})"))
+            rows.append(("cost", f"{fmt.usd(m['usd_per_1m_output_tokens'])} per 1M output tokens, "
+                                 f"{fmt.usd(m['usd_per_1m_tokens'])} per 1M tokens at "
+                                 f"{fmt.usd(self.hardware['price_per_hour'])}/h ({self.hardware.get('price_source')})"))
         if m.get("mbu") is not None:
-            rows.append(("decode", f"{m['decode_gbs']:.1f} GB/s = MBU {m['mbu']:.1%} of measured "
-                                   f"{self.hardware['bandwidth_gbs']:.1f} GB/s; MFU {m['mfu']:.2%}"))
+            rows.append(("decode", f"{fmt.num(m['decode_gbs'])} GB/s = MBU {fmt.pct(m['mbu'])} of measured "
+                                   f"{fmt.num(self.hardware['bandwidth_gbs'])} GB/s; MFU {fmt.pct(m['mfu'])}"))
         mem = self.memory
-        memory = (f"weights {mem['weights_bytes'] / 2**20:.1f} MiB, KV cache {mem['kv_cache_bytes'] / 2**20:.1f} MiB, "
-                  f"peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MiB "
+        memory = (f"weights {fmt.size(mem['weights_bytes'])}, KV cache {fmt.size(mem['kv_cache_bytes'])}, "
+                  f"peak RSS {fmt.size(mem['peak_rss_bytes'])} "
                   f"({'this run' if mem.get('peak_rss_scope') == 'run' else 'the process so far'})")
         if mem.get("cuda_peak_allocated_bytes"):
-            memory += f", CUDA peak {mem['cuda_peak_allocated_bytes'] / 2**20:.0f} MiB"
+            memory += f", CUDA peak {fmt.size(mem['cuda_peak_allocated_bytes'])}"
         rows.append(("memory", memory))
         if self.stopped:
             rows.append(("stopped", "yes: the run was stopped early; metrics cover what finished"))
@@ -217,8 +221,8 @@ class RunResult:
     def __repr__(self) -> str:
         m = self.metrics
         return (f"RunResult({self.config['model']}, batch={self.config['batch_size']}, "
-                f"output_tok_s={_num(m.get('output_tok_s'))}, tpot_ms={_num(m.get('tpot_ms'))}, "
-                f"mbu={_num(m.get('mbu'))})")
+                f"output_tok_s={fmt.num(m.get('output_tok_s'))}, tpot_ms={fmt.num(m.get('tpot_ms'))}, "
+                f"mbu={fmt.pct(m.get('mbu'))})")
 
 
 def check_record(d, schema: str | None, what: str, fields: dict[str, type]) -> None:
@@ -249,6 +253,3 @@ def _split_table(text: str) -> list[str]:
         out.append(f"{label.strip()}  {value.strip()}")
     return out
 
-
-def _num(x) -> str:
-    return "n/a" if x is None else f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"

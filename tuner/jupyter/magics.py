@@ -9,6 +9,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
 
+from .. import fmt
 from ..actions import TokenBar, add_traffic_flags, load_progress, parse_knobs, parse_slo, traffic_of
 from ..knobs import ENGINE_KNOBS, WORKLOAD_KNOBS, shared_names
 from ..tune.export import FORMATS
@@ -260,7 +261,7 @@ class TunerMagics(Magics):
             return None
         from IPython.display import display
 
-        display(df.tail(args.n) if args.n else df)
+        display(fmt.frame(df.tail(args.n) if args.n else df))
 
     def _compare(self, args):
         print(compare(self.session.get(args.a), self.session.get(args.b)))
@@ -318,5 +319,5 @@ class TunerMagics(Magics):
             source = self.session.sweeps[-1]
         else:
             source = self.session.get(args.run or "-1")
-        for fmt, path in export_formats(source, args.format, args.path, args.objective).items():
-            print(f"{fmt:7s} {path}")
+        for kind, path in export_formats(source, args.format, args.path, args.objective).items():
+            print(f"{kind:7s} {path}")

@@ -15,6 +15,7 @@ import threading
 import time
 import traceback
 
+from .. import fmt
 from ..knobs import ENGINE_KNOBS, SAMPLING_ALIASES, SAMPLING_KNOBS, WORKLOAD_KNOBS, Knob
 from .session import Session
 
@@ -254,7 +255,7 @@ class Panel:
 
     def _show_history(self) -> None:
         df = self.session.history_frame()
-        self.history.value = "" if df.empty else "<b>runs</b>" + df.to_html(index=False, float_format="%.4g")
+        self.history.value = "" if df.empty else "<b>runs</b>" + fmt.frame(df).to_html(index=False)
 
     def _error(self, message: str, detail: str = "") -> None:
         more = f"<details><summary>traceback</summary><pre>{html.escape(detail)}</pre></details>" if detail else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import fmt
 from ..actions import parse_knobs, run
 
 __all__ = ["Session", "compare", "parse_knobs"]
@@ -98,22 +99,27 @@ class Session:
         return pd.DataFrame(rows)
 
 
+COMPARED = ("ttft_ms", "ttft_ms_p99", "tpot_ms", "tpot_ms_p99", "itl_ms_p99", "output_tok_s", "mbu", "mfu",
+            "usd_per_1m_output_tokens")
+
+
 def compare(a, b) -> str:
-    """Two runs side by side: the knobs that differ, then the headline metrics and their ratio."""
-    lines = [f"{'':<16} {a.run_id:>14} {b.run_id:>14}"]
-    for k in sorted(set(a.config) | set(b.config)):
-        if a.config.get(k) != b.config.get(k):
-            lines.append(f"{k:<16} {a.config.get(k)!s:>14} {b.config.get(k)!s:>14}")
-    for k in sorted(set(a.sampling) | set(b.sampling)):
-        if a.sampling.get(k) != b.sampling.get(k):
-            lines.append(f"{k:<16} {a.sampling.get(k)!s:>14} {b.sampling.get(k)!s:>14}")
-    lines.append("")
-    for key in ("ttft_ms", "tpot_ms", "itl_ms_p99", "output_tok_s", "mbu"):
+    """Two runs side by side under headed columns A, B and B/A: the knobs that differ, then the headline metrics
+    (tuner.fmt's formats) and their ratio."""
+    rows = [("", f"A {a.run_id}", f"B {b.run_id}", "B/A")]
+    for section, x, y in (("config", a.config, b.config), ("sampling", a.sampling, b.sampling)):
+        for k in sorted(set(x) | set(y)):
+            if x.get(k) != y.get(k):
+                rows.append((k if section == "config" else f"sampling {k}", str(x.get(k)), str(y.get(k)), ""))
+    if len(rows) == 1:
+        rows.append(("knobs", "the same", "the same", ""))
+    rows.append(("", "", "", ""))
+    for key in COMPARED:
         x, y = a.metrics.get(key), b.metrics.get(key)
+        if x is None and y is None:
+            continue
         ratio = f"{y / x:.2f}x" if x and y else ""
-        lines.append(f"{key:<16} {_num(x):>14} {_num(y):>14}  {ratio}")
-    return "\n".join(lines)
-
-
-def _num(x) -> str:
-    return "n/a" if x is None else f"{x:.4g}"
+        rows.append((key, fmt.value(key, x), fmt.value(key, y), ratio))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}".rstrip()
+                     for r in rows)

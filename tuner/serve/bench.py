@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from .. import fmt
 from ..knobs import short_repr
 from .metrics import check_slo, request_row, summarize
 from .result import ServeResult
@@ -116,11 +117,12 @@ class CapacityResult:
         head = f"{'rate req/s':>10}  {'met SLO':>7}  {'goodput':>8}  {'TTFT p99':>9}  {'TPOT p99':>9}"
         lines = [head]
         for p in sorted(self.points, key=lambda p: p["rate"]):
-            lines.append(f"{p['rate']:>10.3g}  {p['slo_attainment']:>7.0%}  {p['goodput_req_s'] or 0:>8.3g}  "
-                         f"{_f(p['ttft_ms_p99']):>9}  {_f(p['tpot_ms_p99']):>9}")
-        cap = "none of the rates tried" if self.capacity_req_s is None else f"{self.capacity_req_s:.3g} req/s"
-        limits = ", ".join(f"{k} <= {v:g}" for k, v in self.slo.items())
-        lines.append(f"capacity: {cap} with at least {self.attainment:.0%} of requests meeting {limits}")
+            lines.append(f"{fmt.num(p['rate']):>10}  {fmt.pct(p['slo_attainment']):>7}  "
+                         f"{fmt.num(p['goodput_req_s'] or 0):>8}  {fmt.num(p['ttft_ms_p99']):>9}  "
+                         f"{fmt.num(p['tpot_ms_p99']):>9}")
+        cap = "none of the rates tried" if self.capacity_req_s is None else f"{fmt.num(self.capacity_req_s)} req/s"
+        limits = ", ".join(f"{k} <= {fmt.num(v)}" for k, v in self.slo.items())
+        lines.append(f"capacity: {cap} with at least {fmt.pct(self.attainment)} of requests meeting {limits}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -168,10 +170,6 @@ class CapacityResult:
         body = (f"<div class='tuner-capacity'><pre>{html.escape(self.table())}</pre>"
                 f"<img alt='capacity curve' src='data:image/png;base64,{img}' style='max-width:720px'/></div>")
         return {"text/plain": self.table(), "text/html": body, self.MIME: self.to_dict()}
-
-
-def _f(x) -> str:
-    return "n/a" if x is None else f"{x:.1f}"
 
 
 def capacity(config=None, traffic: Traffic | dict | None = None, slo: dict | None = None, attainment: float = 0.9,

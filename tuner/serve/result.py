@@ -8,22 +8,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import fmt
 from ..result import aligned, check_record
 
 SCHEMA = "tuner.serve/1"
 
 
-def _ms(x) -> str:
-    return "n/a" if x is None else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
-
-
 def _span(v) -> str:
     """A length: N, or a drawn range low-high."""
     return f"{v[0]}-{v[1]}" if isinstance(v, (list, tuple)) else str(v)
-
-
-def _rate(x) -> str:
-    return "n/a" if x is None else f"{x:.3g}"
 
 
 @dataclass
@@ -69,22 +62,16 @@ class ServeResult:
         ]
         for key, label in (("ttft_ms", "TTFT ms"), ("tpot_ms", "TPOT ms"), ("itl_ms", "ITL ms"),
                            ("e2e_ms", "e2e ms"), ("queue_ms", "queue ms")):
-            n = m.get(f"{key}_samples", 0)
-            if not n:
-                continue
-            if n == 1:
-                rows.append((label, f"{_ms(m[key])} (1 sample)"))
-            else:
-                rows.append((label, f"mean {_ms(m[key])}  p50 {_ms(m[key + '_p50'])}  "
-                                    f"p90 {_ms(m[key + '_p90'])}  p99 {_ms(m[key + '_p99'])}"))
-        rows.append(("throughput", f"{_rate(m.get('request_throughput'))} req/s, "
-                                   f"{_rate(m.get('output_tok_s'))} output tok/s"))
+            if m.get(f"{key}_samples", 0):
+                rows.append((label, fmt.percentiles(m, key)))
+        rows.append(("throughput", f"{fmt.num(m.get('request_throughput'))} req/s, "
+                                   f"{fmt.num(m.get('output_tok_s'))} output tok/s"))
         if self.slo:
-            limits = ", ".join(f"{k} <= {v:g}" for k, v in self.slo.items())
-            rows.append(("goodput", f"{_rate(m.get('goodput_req_s'))} req/s met the SLO ({limits}): "
-                                    f"{m['slo_attainment']:.0%} of requests"))
+            limits = ", ".join(f"{k} <= {fmt.num(v)}" for k, v in self.slo.items())
+            rows.append(("goodput", f"{fmt.num(m.get('goodput_req_s'))} req/s met the SLO ({limits}): "
+                                    f"{fmt.pct(m['slo_attainment'])} of requests"))
         rows.append(("scheduler did", f"{m['preemptions']} preemptions, prefix-cache hits "
-                                      f"{(m.get('prefix_hit_rate') or 0):.0%} of prompt tokens, "
+                                      f"{fmt.pct(m.get('prefix_hit_rate') or 0)} of prompt tokens, "
                                       f"{m['prefill_tokens']} prefill tokens computed"))
         if self.stopped:
             rows.append(("stopped", "yes: the run was stopped early; the rows are the requests that finished"))
@@ -95,8 +82,8 @@ class ServeResult:
     def __repr__(self) -> str:
         m = self.metrics
         return (f"ServeResult({self.config['model']}, {m['finished']}/{m['requests']} requests, "
-                f"goodput_req_s={_rate(m.get('goodput_req_s'))}, ttft_ms_p99={_ms(m.get('ttft_ms_p99'))}, "
-                f"tpot_ms_p99={_ms(m.get('tpot_ms_p99'))})")
+                f"goodput_req_s={fmt.num(m.get('goodput_req_s'))}, ttft_ms_p99={fmt.num(m.get('ttft_ms_p99'))}, "
+                f"tpot_ms_p99={fmt.num(m.get('tpot_ms_p99'))})")
 
     def frame(self):
         """The request rows as a pandas DataFrame."""

@@ -6,6 +6,7 @@ import base64
 import html
 from pathlib import Path
 
+from .. import fmt
 from ..profile.plots import png
 
 
@@ -24,12 +25,10 @@ def write_report(result, path: str | Path, exports: dict[str, Path] | None = Non
              "th{background:#f3f3f3}pre{background:#f7f7f7;padding:1em}img{max-width:100%;margin:.5em 0}</style>",
              "</head><body>", f"<h1>tuner sweep <code>{html.escape(result.study_name)}</code></h1>",
              f"<pre>{html.escape(result.summary())}</pre>"]
-    hw = result.hardware
-    if hw:
-        parts.append("<p>Measured on " + html.escape(", ".join(f"{k} {v}" for k, v in hw.items()
-                                                                if not isinstance(v, dict))) + ".</p>")
-    parts.append(f"<p>Workload: {html.escape(str(result.workload))}; fixed knobs: {html.escape(str(result.base))}."
-                 "</p>")
+    if result.hardware:
+        parts.append("<h2>Measured on</h2>" + _facts(result.hardware))
+    parts.append("<h2>Workload</h2>" + _facts(result.workload))
+    parts.append("<h2>Fixed knobs</h2>" + _facts(result.base))
     parts.append("<h2>Charts</h2>")
     charts = [("Pareto", result.plot_pareto), ("knob effects", result.plot_effects),
               ("parallel coordinates", result.plot_parallel)]
@@ -41,7 +40,7 @@ def write_report(result, path: str | Path, exports: dict[str, Path] | None = Non
         except ValueError as e:
             parts.append(f"<p>{name}: {html.escape(str(e))}</p>")
     parts.append("<h2>Trials</h2>")
-    parts.append(result.frame().to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep=""))
+    parts.append(fmt.frame(result.frame()).to_html(index=False))
     try:
         best = result.best_config()
         parts.append("<h2>Best configuration</h2><pre>" + html.escape(
@@ -50,15 +49,32 @@ def write_report(result, path: str | Path, exports: dict[str, Path] | None = Non
         parts.append(f"<p>{html.escape(str(e))}</p>")
     if exports:
         parts.append("<h2>Exported</h2><ul>")
-        for fmt, p in exports.items():
+        for kind, p in exports.items():
             rel = _rel(p, path.parent)
-            parts.append(f"<li>{fmt}: <a href='{html.escape(rel)}'>{html.escape(rel)}</a></li>")
+            parts.append(f"<li>{kind}: <a href='{html.escape(rel)}'>{html.escape(rel)}</a></li>")
         parts.append("</ul>")
     if runs_dir is not None:
         parts.append(f"<p>Run records (tuner.run/1 JSON): <code>{html.escape(_rel(runs_dir, path.parent))}</code></p>")
     parts.append("</body></html>")
     path.write_text("".join(parts))
     return path
+
+
+def _facts(d: dict) -> str:
+    """A record's mapping as a two-column table: unset values left out, nested ones as key=value, numbers in
+    tuner.fmt's formats (bytes in MiB/GiB), never a Python repr."""
+    rows = []
+    for k, v in d.items():
+        if v is None or v == {} or v == []:
+            continue
+        if isinstance(v, dict):
+            v = ", ".join(f"{a}={fmt.value(a, b)}" for a, b in v.items() if b is not None)
+        elif isinstance(v, (list, tuple)):
+            v = ", ".join(fmt.value(k, x) for x in v)
+        else:
+            v = fmt.value(k, v)
+        rows.append(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(v)}</td></tr>")
+    return "<table class='facts'>" + "".join(rows) + "</table>"
 
 
 def _rel(p: Path, base: Path) -> str:

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import fmt
 from .space import METRICS, Constraint, Objective, parse_constraint, parse_objective
 
 SCHEMA = "tuner.sweep/1"
@@ -116,6 +117,39 @@ class SweepResult:
             raise ValueError(f"{objective!r} is not an objective of this sweep: use one of {', '.join(best)}")
         return best[key]
 
+    def closest(self) -> tuple[dict, list[str]] | None:
+        """The measured trial nearest to feasible, and how it missed each constraint it broke ("tpot_ms_p99 was
+        146 against <= 130, 12% over"); None when no trial measured anything. Nearness is the sum of the broken
+        constraints' relative misses."""
+        def misses(t):
+            out = []
+            for c in self.constraints:
+                v = t["metrics"].get(c.metric)
+                if c.violation(v) > 0:
+                    rel = c.violation(v) / abs(c.bound) if v is not None and c.bound else float("inf")
+                    out.append((rel, c, v))
+            return out
+
+        measured = [t for t in self.trials if not t.get("error") and t.get("duplicate_of") is None]
+        if not measured:
+            return None
+        best = min(measured, key=lambda t: sum(r for r, _, _ in misses(t)))
+        return best, [f"{c.metric} was {fmt.value(c.metric, v)} against {c.op} {fmt.value(c.metric, c.bound)}"
+                      + ("" if r == float("inf") else f", {fmt.pct(r)} {'over' if c.op == '<=' else 'under'}"
+                         if r < 1 or c.op == ">=" else f", {fmt.num(1 + r)}x the bound")
+                      for r, c, v in misses(best)]
+
+    def nothing_feasible(self) -> str:
+        """One line for a sweep where no trial met the constraints: the closest trial and by how much it missed."""
+        found = self.closest()
+        if found is None:
+            errors = [t["error"] for t in self.trials if t.get("error")]
+            first = f" (first: {errors[0]})" if errors else ""
+            return f"no trial was feasible: all {len(self.trials)} failed{first}"
+        t, why = found
+        return (f"no trial was feasible: the closest, trial {t['number']} {_params(t['params'])}, missed: "
+                + "; ".join(why))
+
     def best_config(self, objective: str | None = None) -> dict:
         """The winning configuration: the base knobs plus the best trial's knobs (registry names, sampler's seed
         written sampling_seed), ready for tuner.export or Engine(**...)."""
@@ -185,7 +219,7 @@ class SweepResult:
         df = self.frame()
         cols = ["trial", *self.space, *[o.metric for o in self.objectives], "feasible", "why_not"]
         df = df[[c for c in dict.fromkeys(cols) if c in df.columns]]
-        return df.head(limit).to_string(index=False, float_format=lambda x: f"{x:.4g}")
+        return fmt.frame(df.head(limit)).to_string(index=False)
 
     def summary(self) -> str:
         measured = [t for t in self.trials if t.get("duplicate_of") is None]
@@ -195,17 +229,21 @@ class SweepResult:
                  + (f"; subject to {', '.join(map(str, self.constraints))}" if self.constraints else "") + ")"]
         for key, t in self.best.items():
             lines.append(f"best {key}: trial {t['number']} {_params(t['params'])} -> "
-                         + ", ".join(f"{o.metric}={t['values'][i]:.4g}" for i, o in enumerate(self.objectives)))
-        if len(self.objectives) > 1:
+                         + ", ".join(f"{o.metric}={fmt.value(o.metric, t['values'][i])}"
+                                     for i, o in enumerate(self.objectives)))
+        if not self.feasible and measured:
+            lines.append(self.nothing_feasible())
+        elif len(self.objectives) > 1:
             lines.append("Pareto front: " + "; ".join(f"#{t['number']} {_params(t['params'])}" for t in self.pareto))
         tri = self.triangle()
         if tri:
             lines.append("speed / cost / quality (p99 TPOT, $ per 1M output tokens, KL): " + "; ".join(
-                f"#{t['number']} {_params(t['params'])} ({t['metrics']['tpot_ms_p99']:.3g} ms, "
-                f"${t['metrics']['usd_per_1m_output_tokens']:.3g}, {t['metrics']['kl_mean']:.2g})" for t in tri))
+                f"#{t['number']} {_params(t['params'])} ({fmt.num(t['metrics']['tpot_ms_p99'])} ms, "
+                f"{fmt.usd(t['metrics']['usd_per_1m_output_tokens'])}, {fmt.num(t['metrics']['kl_mean'])})"
+                for t in tri))
         for r in self.repeats:
             lines.append(f"re-run x{r['repeats']} trial {r['trial']}: " + ", ".join(
-                f"{k}={v['mean']:.4g} ±{v['ci95']:.2g}" for k, v in r["metrics"].items()))
+                f"{k}={fmt.value(k, v['mean'])} ±{fmt.value(k, v['ci95'])}" for k, v in r["metrics"].items()))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -214,7 +252,7 @@ class SweepResult:
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         html = [f"<div class='tuner-sweep'><pre>{_esc(self.summary())}</pre>",
-                self.frame().to_html(index=False, float_format=lambda x: f"{x:.4g}")]
+                fmt.frame(self.frame()).to_html(index=False)]
         try:
             import base64
 

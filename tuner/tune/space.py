@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config import read_yaml
 from ..knobs import Knob, lookup, shared_names
 from ..result import PERCENTILES
@@ -193,8 +195,8 @@ class Constraint:
             return 1.0
         return value - self.bound if self.op == "<=" else self.bound - value
 
-    def __str__(self) -> str:
-        return f"{self.metric} {self.op} {self.bound:g}"
+    def __str__(self) -> str:  # the bound exactly, never in scientific notation (1e-05 reads as 0.00001)
+        return f"{self.metric} {self.op} {np.format_float_positional(self.bound, trim='-')}"
 
 
 def parse_constraint(text: str | Constraint) -> Constraint:

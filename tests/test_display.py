@@ -1,0 +1,136 @@
+"""What people read: one format per quantity (tuner.fmt) in every table, summary, comparison and report."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tuner
+from tuner import fmt
+from tuner.jupyter.session import compare
+from tuner.tune import SweepResult, sweep
+from tuner.tune.report import write_report
+
+ROOT = Path(__file__).resolve().parent.parent
+SCI = re.compile(r"\d\.?\d*e[+-]\d+")  # scientific notation, as in 1.937e+04
+
+
+def test_numbers_have_three_significant_digits_and_no_scientific_notation():
+    cases = {0.00066: "0.000660", 4.123: "4.12", 41.23: "41.2", 412.3: "412", 9665.0: "9665", 19370.4: "19,370",
+             0.0: "0", -3.14159: "-3.14", 7: "7", 12345: "12,345", 2.5e-7: "0.00000025", 1e-9: "0",
+             None: "n/a", float("nan"): "n/a", float("inf"): "inf"}
+    for x, want in cases.items():
+        assert fmt.num(x) == want, x
+
+
+def test_fractions_of_a_whole_are_percents_everywhere():
+    assert [fmt.pct(x) for x in (0.1088, 0.0294, 0.0042, 1.0, 0.76, 0.0)] == \
+        ["10.9%", "2.94%", "0.420%", "100.0%", "76.0%", "0%"]
+    for metric in ("mbu", "mfu", "slo_attainment", "top1_agreement", "greedy_match", "decode_idle_share"):
+        assert fmt.value(metric, 0.1088) == "10.9%", metric
+    for metric in ("tpot_ms_p99", "output_tok_s", "kl_mean", "decode_gbs"):
+        assert fmt.value(metric, 0.1088) == "0.109", metric
+    assert fmt.value("usd_per_1m_output_tokens", 0.0208) == "$0.0208"
+    assert fmt.value("weights_bytes", 513 * 2**20) == "513 MiB" and fmt.size(1.5 * 2**30) == "1.50 GiB"
+
+
+def test_a_percentile_of_one_sample_says_so():
+    m = {"ttft_ms": 3.31, "ttft_ms_p50": 3.31, "ttft_ms_p90": 3.31, "ttft_ms_p99": 3.31}
+    assert fmt.percentiles(m, "ttft_ms", samples=1) == "3.31 (1 sample)"
+    m2 = {**m, "ttft_ms_p99": 5.0, "ttft_ms_samples": 8}
+    assert fmt.percentiles(m2, "ttft_ms") == "mean 3.31  p50 3.31  p90 3.31  p99 5.00"
+
+
+@pytest.fixture(scope="module")
+def two_runs():
+    e = tuner.Engine(model="tiny")
+    one = e.generate(tuner.Workload(batch=1, prompt_len=16, output_len=8))
+    e2 = tuner.Engine(model="tiny", batch_size=4)
+    four = e2.generate(tuner.Workload(batch=4, prompt_len=16, output_len=8))
+    return one, four
+
+
+def test_a_run_table_writes_one_format_per_quantity(two_runs):
+    one, four = two_runs
+    t = one.table()
+    assert "TTFT ms        " in t and "(1 sample)" in t.split("TTFT ms")[1].splitlines()[0]
+    assert "e2e ms" in t and "(1 sample)" in t.split("e2e ms")[1].splitlines()[0]
+    assert re.search(r"ITL ms\s+mean [\d.]+  p50", t)  # 7 inter-token gaps: real percentiles
+    assert re.search(r"MBU \d+\.?\d*%", t) and re.search(r"MFU \d+\.?\d*%", t)
+    assert "(1 sample)" not in four.table().split("TTFT ms")[1].splitlines()[0]  # 4 requests
+    assert not SCI.search(t) and not SCI.search(four.table())
+
+
+def test_compare_has_headed_columns_and_the_runs_formats(two_runs):
+    one, four = two_runs
+    lines = compare(one, four).splitlines()
+    head = lines[0].split()
+    assert head == ["A", one.run_id, "B", four.run_id, "B/A"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:] if line.strip()}
+    assert rows["batch_size"] == ["1", "4"]
+    a, b, ratio = rows["mbu"]
+    assert a == fmt.pct(one.metrics["mbu"]) and b == fmt.pct(four.metrics["mbu"]) and ratio.endswith("x")
+    assert rows["tpot_ms"][:2] == [fmt.num(one.metrics["tpot_ms"]), fmt.num(four.metrics["tpot_ms"])]
+    assert not SCI.search("\n".join(lines))
+
+
+def test_history_shows_mbu_as_percent_like_the_summary(two_runs):
+    from tuner.jupyter.session import Session
+
+    s = Session()
+    s.history += list(two_runs)
+    shown = fmt.frame(s.history_frame())
+    assert list(shown["mbu"]) == [fmt.pct(r.metrics["mbu"]) for r in two_runs]
+    assert all(v.endswith("%") for v in shown["mbu"])
+    assert s.history_frame()["mbu"].dtype.kind == "f"  # the frame itself stays numeric for analysis
+
+
+@pytest.fixture(scope="module")
+def infeasible(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sweep")
+    return sweep({"batch_size": [1, 2]}, workload={"prompt_len": 8, "output_len": 4},
+                 base={"model": "tiny", "max_seq_len": 32}, constraints=["tpot_ms_p99 <= 0.00001"], sampler="grid",
+                 storage=f"sqlite:///{d / 'db.sqlite'}", study_name="none-feasible", runs_dir=d, progress=False), d
+
+
+def test_a_sweep_with_nothing_feasible_names_the_closest_trial(infeasible):
+    result, _ = infeasible
+    assert not result.feasible
+    line = result.nothing_feasible()
+    closest = min(result.trials, key=lambda t: t["metrics"]["tpot_ms_p99"])
+    assert line.startswith(f"no trial was feasible: the closest, trial {closest['number']} batch_size=")
+    assert f"tpot_ms_p99 was {fmt.num(closest['metrics']['tpot_ms_p99'])} against <= 0.0000100" in line
+    assert "x the bound" in line and "\n" not in line
+    assert line in result.summary() and "Pareto front" not in result.summary()
+
+
+def test_the_report_is_self_contained_and_shows_no_python_reprs(infeasible):
+    result, d = infeasible
+    page = write_report(result, d / "report.html").read_text()
+    assert not re.search(r"""\b(src|href)\s*=\s*['"]?(https?:)?//""", page)  # nothing from a CDN or the web
+    assert "{'" not in page and "': " not in page and "None" not in page  # no dict reprs
+    assert "<th>prompt_len</th><td>8</td>" in page
+    assert not SCI.search(page.split("<h2>Trials</h2>")[1].split("</table>")[0])
+
+
+def test_cli_sweep_with_nothing_feasible_exits_3_with_one_line(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("space: {batch_size: [1]}\nbase: {model: tiny, max_seq_len: 32}\n"
+                    "workload: {prompt_len: 8, output_len: 4}\nconstraints: ['tpot_ms_p99 <= 0.00001']\n")
+    out = subprocess.run([sys.executable, "-m", "tuner.cli", "sweep", str(spec), "--storage",
+                          f"sqlite:///{tmp_path / 'db.sqlite'}", "--n-trials", "1"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT),
+                                                                             **__import__("os").environ})
+    assert out.returncode == 3, out.stderr
+    lines = [x for x in out.stderr.splitlines() if x.startswith("tuner: ")]
+    assert len(lines) == 1 and lines[0].startswith("tuner: no trial was feasible: the closest, trial 0 batch_size=1")
+
+
+def test_sweep_result_loads_its_record_and_says_the_same(infeasible):
+    result, d = infeasible
+    again = SweepResult.from_dict(result.to_dict())
+    assert again.nothing_feasible() == result.nothing_feasible()
