@@ -134,3 +134,38 @@ def test_sweep_result_loads_its_record_and_says_the_same(infeasible):
     result, d = infeasible
     again = SweepResult.from_dict(result.to_dict())
     assert again.nothing_feasible() == result.nothing_feasible()
+
+
+def _check_load_record(load: dict) -> None:
+    assert load["cpus"] >= 1 and load["load_avg_1m"] >= 0 and load["seconds"] > 0
+    for key in ("others_cpu_share", "steal_share", "own_cpu_share"):
+        assert 0 <= load[key] <= 1, (key, load)
+
+
+def test_a_busy_machine_is_recorded_in_the_run_and_warned_about_in_one_line():
+    import os
+    import time
+
+    from tuner.profile.load import warning
+
+    e = tuner.Engine(model="tiny", max_seq_len=256)
+    w = tuner.Workload(batch=1, prompt_len=8, output_len=200)
+    quiet = e.generate(w)
+    _check_load_record(quiet.machine_load)
+    assert quiet.machine_load["own_cpu_share"] > 0
+    assert warning(quiet.machine_load) is None and "busy machine" not in quiet.table()
+    assert tuner.RunResult.from_dict(quiet.to_dict()).machine_load == quiet.machine_load
+    cpus = len(os.sched_getaffinity(0))
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * cpus)]
+    try:
+        time.sleep(0.5)  # let them take the cores
+        busy = e.generate(w)
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    _check_load_record(busy.machine_load)
+    assert busy.machine_load["others_cpu_share"] > 0.25, busy.machine_load
+    first = busy.table().splitlines()[0]
+    assert first.startswith("warning") and "busy machine: other processes used" in first
+    assert f"on {busy.machine_load['cpus']} CPUs" in first

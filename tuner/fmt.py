@@ -17,8 +17,8 @@ import math
 
 # metrics that are a fraction of a whole (0..1), shown as percents
 PERCENT = frozenset({"mbu", "mfu", "slo_attainment", "top1_agreement", "greedy_match", "prefix_hit_rate",
-                     "pct_of_peak", "of_peak"})
-PERCENT_SUFFIXES = ("_share", "_rate_pct", "_of_peak")
+                     "decode_step_spread"})
+PERCENT_SUFFIXES = ("_share", "_of_peak")
 NA = "n/a"
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import fmt
+from .profile.load import warning as load_warning
 
 SCHEMA = "tuner.run/1"
 PERCENTILES = (50, 90, 99)
@@ -60,6 +61,7 @@ class RunResult:
     ops_records: list[dict] = field(default_factory=list)
     profile: dict = field(default_factory=dict)  # profiled runs: trace paths and the per-phase summary
     stopped: bool = False
+    machine_load: dict = field(default_factory=dict)  # how busy the machine was (tuner.profile.load.LoadMeter)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     tuner_version: str = ""
@@ -165,7 +167,8 @@ class RunResult:
                 "tuner_version": self.tuner_version, "config": self.config, "sampling": self.sampling,
                 "workload": self.workload, "hardware": self.hardware, "metrics": self.metrics,
                 "memory": self.memory, "timings": self.timings, "tokens": self.tokens, "text": self.text,
-                "ops": self.ops_records, "profile": self.profile, "stopped": self.stopped}
+                "ops": self.ops_records, "profile": self.profile, "stopped": self.stopped,
+                "machine_load": self.machine_load}
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -177,7 +180,7 @@ class RunResult:
         return cls(config=d["config"], sampling=d["sampling"], workload=d["workload"], hardware=d["hardware"],
                    metrics=d["metrics"], tokens=d["tokens"], text=d.get("text"), timings=d.get("timings", {}),
                    memory=d.get("memory", {}), ops_records=d.get("ops", []), profile=d.get("profile", {}),
-                   stopped=d.get("stopped", False),
+                   stopped=d.get("stopped", False), machine_load=d.get("machine_load") or {},
                    run_id=d["run_id"], created=d["created"], tuner_version=d.get("tuner_version", ""))
 
     @classmethod
@@ -187,7 +190,7 @@ class RunResult:
     def table(self) -> str:
         """The headline metrics as aligned text."""
         m, c, w = self.metrics, self.config, self.workload
-        rows = [
+        rows = [("warning", w) for w in (load_warning(self.machine_load),) if w] + [
             ("model", f"{c['model']} ({c['dtype']}, quant={c['quant']}, kv={c['kv_cache']}/{c['kv_dtype']})"),
             ("device", f"{self.hardware.get('name')} ({c['device']}, {c['backend']})"),
             ("workload", f"{w['n_prompts']} prompts x {w['prompt_len_mean']:.0f} tokens, batch {c['batch_size']}"),
@@ -207,6 +210,9 @@ class RunResult:
         if m.get("mbu") is not None:
             rows.append(("decode", f"{fmt.num(m['decode_gbs'])} GB/s = MBU {fmt.pct(m['mbu'])} of measured "
                                    f"{fmt.num(self.hardware['bandwidth_gbs'])} GB/s; MFU {fmt.pct(m['mfu'])}"))
+        if m.get("decode_step_spread") is not None:
+            rows.append(("noise", f"decode steps vary by {fmt.pct(m['decode_step_spread'])} (p10 to p90 over "
+                                  f"{len(self.timings.get('decode_step_ms') or [])} steps, of the median)"))
         mem = self.memory
         memory = (f"weights {fmt.size(mem['weights_bytes'])}, KV cache {fmt.size(mem['kv_cache_bytes'])}, "
                   f"peak RSS {fmt.size(mem['peak_rss_bytes'])} "

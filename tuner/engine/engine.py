@@ -442,6 +442,7 @@ class Engine:
             timings={"token_times_ms": [[round(x, 4) for x in s.times_ms] for s in seqs],
                      "prefill_ms": stats.prefill_ms, "decode_step_ms": stats.decode_ms},
             memory=self._memory(rss_reset), ops_records=ops_records, profile=profile_info, run_id=run_id,
+            machine_load=stats.meter.stop(),
         )
 
     def _requests(self, prompts, sampling):

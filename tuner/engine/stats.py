@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from ..profile.load import LoadMeter
 from .batch import Pending
 from .scheduler import Sequence
 
@@ -17,6 +18,7 @@ class RunStats:
         self.n_batches, self.n_requests, self.max_new_tokens = n_batches, n_requests, max_new_tokens
         self.on_step = on_step
         self.t0 = self.last = time.perf_counter()
+        self.meter = LoadMeter()  # how busy the machine is while the run is timed
         self.seqs: list[Sequence] = []  # every request of the run
         self.wave = 0
         self.prefill_ms: list[float] = []  # steps that only prefilled
@@ -102,4 +104,19 @@ class RunStats:
             out["mbu"] = out["decode_gbs"] / hardware["bandwidth_gbs"]
             out["mfu"] = sum(self.decode_flops) / decode_s / 1e12 / hardware["matmul_tflops"]
         out["prefill_ms"] = sum(self.prefill_ms)
+        out["decode_step_spread"] = spread(self.decode_ms)
         return out
+
+
+def spread(values: list[float]) -> float | None:
+    """The noise of repeated measurements: (p90 - p10) / p50, a fraction; None under 5 values."""
+    if len(values) < 5:
+        return None
+    v = sorted(values)
+
+    def q(f: float) -> float:
+        x = f * (len(v) - 1)
+        i = int(x)
+        return v[i] + (v[min(i + 1, len(v) - 1)] - v[i]) * (x - i)
+
+    return (q(0.9) - q(0.1)) / q(0.5) if q(0.5) else None

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import fmt
+from ..profile.load import warning as load_warning
 from ..result import aligned, check_record
 
 SCHEMA = "tuner.serve/1"
@@ -34,6 +35,7 @@ class ServeResult:
     timeline: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     stopped: bool = False
+    machine_load: dict = field(default_factory=dict)  # how busy the machine was (tuner.profile.load.LoadMeter)
     run_id: str = ""
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     tuner_version: str = ""
@@ -51,7 +53,7 @@ class ServeResult:
             "chunked prefill" if c.get("enable_chunked_prefill") else "",
             "prefix caching" if c.get("enable_prefix_caching") else "") if x) or "neither"
         budget = c.get("max_num_batched_tokens") or "none"
-        rows = [
+        rows = [("warning", w) for w in (load_warning(self.machine_load),) if w] + [
             ("model", f"{c['model']} ({c['dtype']}, quant={c['quant']}, kv={c['kv_cache']}/{c['kv_dtype']})"),
             ("device", f"{self.hardware.get('name')} ({c['device']}, {c['backend']})"),
             ("scheduler", f"{c.get('scheduling')}, max {c['batch_size']} running, token budget {budget}, "
@@ -162,7 +164,8 @@ class ServeResult:
         return {"schema": SCHEMA, "run_id": self.run_id, "created": self.created, "tuner_version": self.tuner_version,
                 "config": self.config, "sampling": self.sampling, "traffic": self.traffic, "slo": self.slo,
                 "hardware": self.hardware, "metrics": self.metrics, "requests": self.requests,
-                "timeline": self.timeline, "notes": self.notes, "stopped": self.stopped}
+                "timeline": self.timeline, "notes": self.notes, "stopped": self.stopped,
+                "machine_load": self.machine_load}
 
     @classmethod
     def from_dict(cls, d: dict) -> ServeResult:
@@ -171,7 +174,8 @@ class ServeResult:
         return cls(**{k: d[k] for k in ("config", "sampling", "traffic", "slo", "hardware", "metrics", "requests",
                                         "run_id")},
                    timeline=d.get("timeline", []), notes=d.get("notes", []), stopped=d.get("stopped", False),
-                   created=d.get("created", ""), tuner_version=d.get("tuner_version", ""))
+                   machine_load=d.get("machine_load") or {}, created=d.get("created", ""),
+                   tuner_version=d.get("tuner_version", ""))
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

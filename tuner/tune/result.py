@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import fmt
+from ..profile.load import busy as load_busy
 from .space import METRICS, Constraint, Objective, parse_constraint, parse_objective
 
 SCHEMA = "tuner.sweep/1"
@@ -244,6 +245,12 @@ class SweepResult:
         for r in self.repeats:
             lines.append(f"re-run x{r['repeats']} trial {r['trial']}: " + ", ".join(
                 f"{k}={fmt.value(k, v['mean'])} ±{fmt.value(k, v['ci95'])}" for k, v in r["metrics"].items()))
+        busy = [t for t in measured if load_busy(t["metrics"])]
+        if busy:
+            worst = max(t["metrics"].get("others_cpu_share") or 0 for t in busy)
+            lines.append(f"warning: {len(busy)} of {len(measured)} trials ran on a busy machine (other processes used "
+                         f"up to {fmt.pct(worst)} of the CPUs): their timings are the machine's as much as the "
+                         "config's")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 

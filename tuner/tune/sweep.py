@@ -91,6 +91,8 @@ class Runner:
             result = engine.generate(self.workload, sampling)
             metrics = dict(result.metrics)
         self.hardware = result.hardware
+        for key in ("others_cpu_share", "steal_share"):  # how busy the machine was: the summary warns
+            metrics[key] = result.machine_load.get(key)
         if self.quality is not None:
             metrics.update(self.quality(engine))
         self.runs_dir.mkdir(parents=True, exist_ok=True)
