@@ -289,3 +289,13 @@ def test_cuda_graphs_follow_the_context_across_bands(tmp_path):
     e = tuner.Engine(**knobs, cuda_graphs=True)
     assert e.generate(ps, sp).tokens == eager.tokens
     assert sorted(e.graphs.graphs) == [(2, 256), (2, 512)]  # the 250-token prompt grows past 256
+
+
+def test_nvtx_ranges_run_on_the_gpu_and_change_no_token(tmp_path):
+    from tuner import ranges
+
+    e = tuner.Engine(model=_engine_checkpoint(tmp_path), device="cuda", dtype="bfloat16")
+    plain = e.generate([[1, 2, 3, 4]], tuner.SamplingParams(max_new_tokens=8))
+    with ranges.nvtx():
+        marked = e.generate([[1, 2, 3, 4]], tuner.SamplingParams(max_new_tokens=8))
+    assert marked.tokens == plain.tokens

@@ -165,12 +165,43 @@ def test_traces_are_valid_gzip_json_with_every_op_range(profiled):
     assert decode.profile["trace_dir"] != prefill.profile["trace_dir"]  # a fresh folder per run
     run_dir = logdir / decode.run_id
     assert str(run_dir) == decode.profile["trace_dir"]
+    steps = len(decode.timings["prefill_ms"]) + len(decode.timings["decode_step_ms"])
+    assert decode.profile["profiler_steps"] == steps > 10
     for name in ("trace.json.gz", "tuner.pt.trace.json.gz"):
         with gzip.open(run_dir / name, "rt") as f:
             trace = json.load(f)
         names = {ev.get("name") for ev in trace["traceEvents"]}
         assert (set(cost.OPS) - {"qk_norm"}) | {"prefill", "decode"} <= names
+        # one profiler step per engine step, each holding one phase range
+        marks = sorted((ev for ev in trace["traceEvents"] if ev.get("name", "").startswith("ProfilerStep#")),
+                       key=lambda ev: ev["ts"])
+        assert [ev["name"] for ev in marks] == [f"ProfilerStep#{i}" for i in range(steps)]
+        phases = [ev for ev in trace["traceEvents"] if ev.get("name") in ("prefill", "decode")]
+        for mark in marks:
+            inside = [ev for ev in phases if mark["ts"] <= ev["ts"] < mark["ts"] + mark["dur"]]
+            assert len(inside) == 1, mark["name"]
+        ours = {ev.get("cat") for ev in trace["traceEvents"] if ev.get("name") in set(cost.OPS) | {"decode"}}
+        # Perfetto: tuner's ranges in their own category; TensorBoard's copy keeps the plugin's operator category
+        assert ours == ({"tuner"} if name == "trace.json.gz" else {"cpu_op"}), (name, ours)
     assert re.match(r"^(.*?)(\.\d+)?\.pt\.trace\.json(?:\.gz)?$", "tuner.pt.trace.json.gz")  # TB's run pattern
+
+
+def test_a_profile_can_also_record_shapes_memory_and_stacks(tmp_path):
+    e = tuner.Engine(model="tiny")
+    w = tuner.Workload(batch=1, prompt_len=8, output_len=3)
+    r = e.generate(w, profile="shapes,memory,stack", logdir=tmp_path)
+    assert r.profile["extras"] == ["shapes", "memory", "stack"]
+    with gzip.open(r.profile["perfetto_trace"], "rt") as f:
+        events = json.load(f)["traceEvents"]
+    assert any("Input Dims" in ev.get("args", {}) for ev in events)  # shapes
+    assert any(ev.get("name") == "[memory]" for ev in events)  # memory
+    assert any(ev.get("cat") == "python_function" for ev in events)  # stacks
+    plain = e.generate(w, profile=True, logdir=tmp_path)
+    with gzip.open(plain.profile["perfetto_trace"], "rt") as f:
+        events = json.load(f)["traceEvents"]
+    assert plain.profile["extras"] == [] and not any("Input Dims" in ev.get("args", {}) for ev in events)
+    with pytest.raises(ValueError, match="profile extra 'shape' is not allowed: use any of shapes, memory, stack"):
+        e.generate(w, profile="shape")
 
 
 def test_profiling_does_not_change_results(checkpoint, tmp_path):
@@ -225,7 +256,8 @@ def test_tensorboard_lists_and_serves_a_profiled_run(profiled):
         assert worker == ["tuner"]
         span = tb.get(api + f"spans?run={run}&worker=tuner")[0]
         overview = tb.get(api + f"overview?run={run}&worker=tuner&span={span}")
-        assert overview["steps"]["rows"]
+        # the overview lists the engine's steps, not one "Step 0" over the whole run
+        assert len(overview["steps"]["rows"]) == decode.profile["profiler_steps"] > 10, overview["steps"]
         table = tb.get(api + f"operation/table?run={run}&worker=tuner&span={span}&group_by=Operation")
         names = {row["name"] for row in table["data"]}
         assert {"qkv_proj", "attention", "decode"} <= names
@@ -286,3 +318,25 @@ def test_hardware_datasheet_calibration_and_tuner_hw(capsys):
     assert main(["hw"]) == 0
     out = capsys.readouterr().out
     assert "memory GB/s" in out and "float32 matmul TFLOP/s" in out
+
+
+def test_nvtx_ranges_carry_the_op_names_for_nsight(monkeypatch):
+    """NVTX itself needs a CUDA build of torch: here its two calls are recorded to check what tuner sends."""
+    from tuner import ranges
+
+    pushed, depth = [], []
+    monkeypatch.setattr(torch.cuda.nvtx, "range_push", lambda name: (pushed.append(name), depth.append(name)))
+    monkeypatch.setattr(torch.cuda.nvtx, "range_pop", lambda: depth.pop())
+    e = tuner.Engine(model="tiny")
+    w = tuner.Workload(batch=1, prompt_len=8, output_len=3)
+    e.generate(w)
+    assert pushed == []  # off unless asked for
+    monkeypatch.setattr(ranges, "_nvtx", True)
+    e.generate(w)
+    assert depth == []  # every range closed
+    assert {"prefill", "decode", "qkv_proj", "attention", "lm_head", "sampling"} <= set(pushed)
+    assert pushed.count("decode") == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="NVTX ranges need CUDA"):
+            with ranges.nvtx():
+                pass

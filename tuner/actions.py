@@ -43,8 +43,8 @@ def parse_knobs(tokens: list[str]) -> tuple[dict, dict, dict]:
 
 
 def run(engine, sampling_knobs: dict | None = None, workload_knobs: dict | None = None,
-        prompts: list[str] | None = None, profile: bool = False, on_step: Callable[[dict], bool | None] | None = None,
-        logdir=None):
+        prompts: list[str] | None = None, profile: bool | str = False,
+        on_step: Callable[[dict], bool | None] | None = None, logdir=None):
     """Generate on `engine` for text `prompts`, or else for the synthetic workload of `workload_knobs` (registry
     defaults for the rest), with output_len tokens per prompt; returns the RunResult."""
     from .config import SamplingParams

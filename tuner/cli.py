@@ -66,8 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--threads", type=_positive_int, default=None, help="CPU threads torch may use (default: torch's)")
     out.add_argument("--no-warmup", action="store_true", help="skip the short warm-up batch before the run")
     out.add_argument("--json", type=Path, default=None, help="write the RunResult (tuner.run/1) to this file")
-    out.add_argument("--profile", action="store_true",
-                     help="profile the run: print each op's time, rates and bound; write traces")
+    out.add_argument("--profile", nargs="?", const=True, default=False, metavar="EXTRAS",
+                     help="profile the run: print each op's time, rates and bound; write traces (one profiler step "
+                          "per engine step). EXTRAS, comma-separated, also records: shapes, memory, stack")
     out.add_argument("--logdir", type=Path, default=None,
                      help="where profiled runs write their traces (default ~/.cache/tuner/runs)")
 
@@ -183,12 +184,14 @@ def cmd_run(args) -> int:
     from .actions import TokenBar, load_progress, run
     from .config import EngineConfig
     from .engine.engine import Engine
+    from .profile.capture import profile_extras
 
     # what the run will write to is checked before it runs, so a bad path loses no run
     if args.json is not None and args.json.is_dir():
         raise ValueError(f"--json {args.json} is a directory: give the file to write the run record to")
     if args.logdir is not None and args.logdir.exists() and not args.logdir.is_dir():
         raise ValueError(f"--logdir {args.logdir} is a file: give the directory the traces go to")
+    profile_extras(args.profile)  # a misspelt extra is refused before the model loads
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = EngineConfig(**_collect(args, "engine_", ENGINE_KNOBS))
@@ -250,7 +253,7 @@ def cmd_tensorboard(args) -> int:
     import signal
     import time
 
-    from .profile.tensorboard import tensorboard
+    from .profile.tensorboard import OFFLINE_NOTE, tensorboard
 
     def leave(signum, frame):  # closing the terminal (SIGHUP) or a kill (SIGTERM) stops the server too
         raise SystemExit(128 + signum)
@@ -259,6 +262,7 @@ def cmd_tensorboard(args) -> int:
         signal.signal(sig, leave)
     with tensorboard(args.logdir, args.port) as tb:
         print(f"TensorBoard on {tb.profiler_url()} (log dir {tb.logdir}); Ctrl-C stops it")
+        print(f"note: {OFFLINE_NOTE}")
         while tb.process.poll() is None:
             time.sleep(1)
     return 0

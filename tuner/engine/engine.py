@@ -22,7 +22,7 @@ from ..knobs import ENGINE_KNOBS, short_repr
 from ..models.loader import build_model, eos_token_ids, load_tokenizer
 from ..models.model import DecodeState, Step, rope_tables
 from ..profile import cost
-from ..profile.capture import Capture, new_run_id
+from ..profile.capture import Capture, new_run_id, profile_extras
 from ..profile.hardware import hardware_info
 from ..profile.prices import cost_metrics, device_price
 from ..ranges import op
@@ -105,14 +105,16 @@ class Engine:
     # -- generation: static batches through the decode loop -----------------------------------------
 
     @torch.inference_mode()
-    def generate(self, prompts, sampling: SamplingParams | None = None, profile: bool = False,
+    def generate(self, prompts, sampling: SamplingParams | None = None, profile: bool | str = False,
                  on_step: Callable[[dict], bool | None] | None = None, logdir: str | None = None) -> RunResult:
         """Generate for `prompts` (token-id lists, strings, or a Workload) in static batches of batch_size.
 
         on_step(event) is called after each prefill and decode step with progress figures (done_tokens of
         total_tokens for the whole run); returning True stops the run, keeping what finished. profile=True runs
         under torch.profiler: the result's `ops` table explains each op per phase (time, FLOPs, bytes, achieved
-        rates, bound) and its traces land in <logdir>/<run_id>/ (default tuner.profile.capture.default_logdir()).
+        rates, bound) and its traces land in <logdir>/<run_id>/ (default tuner.profile.capture.default_logdir()),
+        one profiler step per engine step. profile="shapes,memory,stack" (any of them) also records input shapes,
+        memory and Python stacks (tuner.profile.capture.EXTRAS).
         """
         with self._busy:  # a second caller (the panel's thread beside a cell) waits for the first to finish
             return self._generate(prompts, sampling, profile, on_step, logdir)
@@ -122,7 +124,7 @@ class Engine:
         hw = self.hardware()
         rss_reset = _reset_peak_rss()
         run_id = new_run_id()
-        self._cap = Capture(self.device, logdir, run_id) if profile else None
+        self._cap = Capture(self.device, logdir, run_id, profile_extras(profile)) if profile else None
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         stops = frozenset(sampling.stop_token_ids) | (frozenset() if sampling.ignore_eos else frozenset(self.eos_ids))
@@ -249,6 +251,8 @@ class Engine:
         done = [b for b, (seq, _, e) in enumerate(chunks) if e == len(seq.known)] + list(
             range(len(chunks), len(work)))
         ends = torch.tensor(lens, device=self.device).cumsum(0) - 1  # each sequence's last token, packed
+        if self._cap is not None:
+            self._cap.begin_step()
         with op("prefill"):
             step = self._prefill_step(lens, max(lens), write=True, rows=row_t, starts=starts, packed=True)
             logits = self.model.forward(tokens, step, self.cache, torch_ops, last=ends)
@@ -277,6 +281,8 @@ class Engine:
         else:
             row_t, lens_t = torch.tensor(key, device=self.device), torch.tensor(lens, device=self.device)
         self._decode_rows = (key, lens, row_t, lens_t)
+        if self._cap is not None:
+            self._cap.begin_step()
         with op("decode"):
             logits = self._decode_logits(rows.last[row_t], lens_t, lens, row_t)
             tokens = self._sample(rows, row_t, logits, sampler)

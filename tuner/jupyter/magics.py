@@ -42,7 +42,9 @@ def _workload_flags(func):
                                    "one per line in the cell too")
 @_workload_flags
 @argument("--prompt", action="append", help="a text prompt instead of synthetic ones (repeatable)")
-@argument("--profile", action="store_true", help="profile: per-op times, roofline verdicts, traces")
+@argument("--profile", nargs="?", const=True, default=False, metavar="EXTRAS",
+          help="profile: per-op times, roofline verdicts, traces; EXTRAS (comma-separated) also records shapes, "
+               "memory, stack")
 @argument("-o", "--output", action="store_true", help="return the RunResult instead of displaying it")
 def _run_args(line):
     """Run the engine on a workload and show its metrics (and op profile with --profile)."""
@@ -275,13 +277,13 @@ class TunerMagics(Magics):
                 print(f"stopped {self.tensorboard.url}")
                 self.tensorboard = None
             return None
-        from ..profile.tensorboard import tensorboard
+        from ..profile.tensorboard import OFFLINE_NOTE, tensorboard
 
         if self.tensorboard is not None:
             self.tensorboard.stop()
         self.tensorboard = tensorboard(args.logdir, args.port)
         print(f"TensorBoard: {self.tensorboard.profiler_url()} (log dir {self.tensorboard.logdir}); "
-              "%tuner tensorboard --stop ends it")
+              f"%tuner tensorboard --stop ends it\nnote: {OFFLINE_NOTE}")
 
 
     def _sweep(self, args, cell: str | None):

@@ -37,9 +37,12 @@ class Session:
         return self.engine
 
     def run(self, engine_knobs: dict | None = None, sampling_knobs: dict | None = None,
-            workload: dict | None = None, profile: bool = False, prompts: list[str] | None = None,
+            workload: dict | None = None, profile: bool | str = False, prompts: list[str] | None = None,
             on_step: Callable[[dict], bool | None] | None = None, progress=None):
         """Apply the knobs, generate (tuner.actions.run), store the record; returns the RunResult."""
+        from ..profile.capture import profile_extras
+
+        profile_extras(profile)  # a misspelt extra is refused before a model loads
         engine = self.load(progress=progress, **(engine_knobs or {}))
         result = run(engine, sampling_knobs, workload, prompts, profile, on_step)
         self.record(result)

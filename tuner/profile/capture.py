@@ -24,6 +24,29 @@ from .cost import FUSED, OPS, Precision, range_costs, step_costs
 from .hardware import cache_dir
 
 PHASES = ("prefill", "decode")
+# what torch.profiler may record beside the op times, each off unless asked for (each slows the run and grows
+# the trace): tuner's name -> torch.profiler.profile's argument
+EXTRAS = {"shapes": "record_shapes", "memory": "profile_memory", "stack": "with_stack"}
+CATEGORY = "tuner"  # the Chrome/Perfetto trace category of tuner's own ranges (ops and phases), apart from aten's
+
+
+def profile_extras(profile) -> tuple[str, ...]:
+    """The EXTRAS a `profile` argument asks for: True (none), a comma-separated string ("shapes,stack") or an
+    iterable of names. ValueError naming the allowed ones for anything else."""
+    if profile is True or profile is False or profile is None:
+        return ()
+    names = [x.strip() for x in profile.split(",")] if isinstance(profile, str) else list(profile)
+    bad = [n for n in names if n not in EXTRAS]
+    if bad:
+        raise ValueError(f"profile extra {bad[0]!r} is not allowed: use any of {', '.join(EXTRAS)} "
+                         "(comma-separated), or profile=True for op times alone")
+    return tuple(dict.fromkeys(n for n in names if n))
+
+
+def _record_every_step(step: int):
+    """A profiler schedule that records every step: unlike no schedule, it makes torch.profiler mark each
+    prof.step() as a ProfilerStep#N range, which TensorBoard's overview lists as steps."""
+    return torch.profiler.ProfilerAction.RECORD
 BOUND_PCT = 0.30  # below this share of both measured peaks an op is overhead-bound
 LAUNCH_US = {"cuda": 5.0, "cpu": 2.0}  # an op shorter than this per call is shorter than its launch/dispatch
 
@@ -41,14 +64,15 @@ class Capture:
     """`with Capture(...) as cap:` around a generation; then cap.steps are filled by the engine and
     cap.finish(...) writes the traces and returns the op table and summary."""
 
-    def __init__(self, device: torch.device, logdir: str | Path | None, run_id: str):
-        self.device, self.run_id = device, run_id
+    def __init__(self, device: torch.device, logdir: str | Path | None, run_id: str, extras: tuple[str, ...] = ()):
+        self.device, self.run_id, self.extras = device, run_id, extras
         self.run_dir = Path(logdir or default_logdir()) / run_id
         self.steps: list[dict] = []  # per forward pass: phase, seqs [(new, past)], logits_rows
         activities = [torch.profiler.ProfilerActivity.CPU]
         if device.type == "cuda":
             activities.append(torch.profiler.ProfilerActivity.CUDA)
-        self._prof = torch.profiler.profile(activities=activities)
+        self._prof = torch.profiler.profile(activities=activities, schedule=_record_every_step,
+                                            **{EXTRAS[x]: True for x in extras})
         self._rec = recording()
 
     def __enter__(self) -> Capture:
@@ -71,7 +95,14 @@ class Capture:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def begin_step(self) -> None:
+        """An engine step begins: from the second on, the profiler starts its next step, so the trace holds one
+        ProfilerStep#N range per engine forward pass (the first opened with the profile)."""
+        if self.steps:
+            self._prof.step()
+
     def step(self, phase: str, seqs: list[tuple[int, int]], logits_rows: int) -> None:
+        """An engine step was queued: keep its shapes for the cost model."""
         self.steps.append({"phase": phase, "seqs": seqs, "logits_rows": logits_rows})
 
     # -- after the run ----------------------------------------------------------------------------
@@ -157,13 +188,20 @@ class Capture:
         self._prof.export_chrome_trace(str(perfetto))
         with gzip.open(perfetto, "rt") as f:
             trace = json.load(f)
+        ours = set(OPS) | set(FUSED) | set(PHASES)
         for ev in trace.get("traceEvents", []):
             if ev.get("cat") in ("cuda_runtime", "cuda_driver"):
                 ev["cat"] = "runtime"
         tb = self.run_dir / "tuner.pt.trace.json.gz"
-        with gzip.open(tb, "wt") as f:
+        with gzip.open(tb, "wt") as f:  # TensorBoard's plugin counts user_annotation ranges as operators
             json.dump(trace, f)
-        return {"perfetto_trace": str(perfetto), "tensorboard_trace": str(tb)}
+        for ev in trace.get("traceEvents", []):  # Perfetto: tuner's ranges in their own category
+            if ev.get("cat") in ("user_annotation", "cpu_op") and ev.get("name") in ours:
+                ev["cat"] = CATEGORY
+        with gzip.open(perfetto, "wt") as f:
+            json.dump(trace, f)
+        return {"perfetto_trace": str(perfetto), "tensorboard_trace": str(tb), "extras": list(self.extras),
+                "profiler_steps": len(self.steps)}
 
 
 @contextlib.contextmanager

@@ -16,6 +16,11 @@ from pathlib import Path
 
 from .capture import default_logdir
 
+# torch-tb-profiler's pages draw with Google Charts, loaded from www.gstatic.com: offline its views spin forever
+OFFLINE_NOTE = ("offline, the profiler plugin's views spin forever (they load Google Charts from a CDN); "
+                "without a network open a run's trace.json.gz in chrome://tracing (built into Chrome and "
+                "Chromium), or read its op table: tuner run --profile, or RunResult.ops_text()")
+
 
 def free_port() -> int:
     with socket.socket() as s:
