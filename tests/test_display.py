@@ -169,3 +169,83 @@ def test_a_busy_machine_is_recorded_in_the_run_and_warned_about_in_one_line():
     first = busy.table().splitlines()[0]
     assert first.startswith("warning") and "busy machine: other processes used" in first
     assert f"on {busy.machine_load['cpus']} CPUs" in first
+
+
+@pytest.fixture(scope="module")
+def profiled_run(tmp_path_factory):
+    e = tuner.Engine(model="smollm2-135m", batch_size=4, max_seq_len=256)
+    e.warmup()
+    return e.generate(tuner.Workload(batch=4, prompt_len=64, output_len=8), profile=True,
+                      logdir=tmp_path_factory.mktemp("runs"))
+
+
+def test_roofline_labels_never_overlap_and_the_rest_are_listed(profiled_run):
+    from tuner.profile.plots import LABELLED
+
+    fig = profiled_run.roofline()
+    renderer = fig.canvas.get_renderer()
+    boxes = [a.get_window_extent(renderer) for a in fig.tuner_labels]
+    assert 3 <= len(boxes) <= LABELLED
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    drawn = profiled_run.ops[(profiled_run.ops.flops > 0) & (profiled_run.ops.time_ms > 0)]
+    assert len(boxes) + len(fig.tuner_unlabelled) == len(drawn)  # every op named once: on the chart or listed
+    labelled = {a.get_text() for a in fig.tuner_labels}
+    slowest = drawn.sort_values("time_ms").iloc[-1]
+    assert f"{slowest.op} ({slowest.phase})" in labelled
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    hw = profiled_run.hardware
+    assert any(t.startswith("memory ") and t.endswith("GB/s") for t in texts)  # the ceilings' values
+    assert any(t.startswith("compute ") and "FLOP/s" in t for t in texts)
+    assert any(t.startswith("ridge ") and t.endswith("FLOP/B") for t in texts)
+    from tuner.profile.plots import si
+
+    assert f"memory {si(hw['bandwidth_gbs'] * 1e9, 'B/s')}" in texts
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"prefill", "decode"} <= set(legend)  # the phase markers explained
+    ticks = [t.get_text() for t in ax.get_yticklabels()]
+    assert any(t.endswith("FLOP/s") for t in ticks) and not any("e+" in t or "e-" in t for t in ticks)
+
+
+def test_knob_effects_read_numbers_in_order_and_parallel_axes_have_ticks(tmp_path):
+    r = sweep({"batch_size": [4, 1, 8, 2], "quant": ["none", "int8"]}, workload={"prompt_len": 8, "output_len": 4},
+              base={"model": "tiny", "max_seq_len": 32}, sampler="grid", storage=None, runs_dir=tmp_path,
+              progress=False)
+    fig = r.plot_effects()
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "2", "4", "8"]
+    assert [t.get_text() for t in fig.axes[1].get_xticklabels()] == ["none", "int8"]  # the space's order
+    fig = r.plot_parallel()
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["batch size", "quant", "output tok s"]
+    texts = {t.get_text() for t in ax.texts}
+    assert {"1", "2", "4", "8", "none", "int8"} <= texts
+
+
+def test_every_chart_leaves_matplotlib_as_it_was(profiled_run, infeasible, tmp_path):
+    import matplotlib
+    from matplotlib import pyplot as plt
+
+    from tuner.tune.plots import optuna_views
+
+    before, figures = dict(matplotlib.rcParams), plt.get_fignums()
+    profiled_run.roofline(), profiled_run.time_breakdown(), profiled_run.step_latency()
+    result, _ = infeasible
+    result.plot_pareto(), result.plot_effects(), result.plot_parallel()
+    views = optuna_views(result)
+    assert [t for t, _ in views] == ["parameter importance", "slice", "contour", "parallel coordinates (Optuna)"]
+    assert isinstance(views[1][1], bytes) and views[1][1][:4] == b"\x89PNG"
+    assert views[2][1] == "needs two knobs or more"  # one knob: no contour, said so
+    changed = {k for k, v in matplotlib.rcParams.items() if before[k] != v}
+    assert changed == set() and plt.get_fignums() == figures
+
+
+def test_a_one_point_pareto_front_is_marked(tmp_path):
+    r = sweep({"batch_size": [1, 2]}, workload={"prompt_len": 8, "output_len": 4},
+              base={"model": "tiny", "max_seq_len": 32}, objectives=["max:output_tok_s", "min:decode_bytes_per_token"],
+              sampler="grid", storage=None, runs_dir=tmp_path, progress=False)
+    fig = r.plot_pareto()
+    front = [line for line in fig.axes[0].lines if line.get_label().startswith("Pareto front")]
+    assert len(front) == 1 and front[0].get_marker() == "D"
+    assert len(front[0].get_xdata()) == len(r.pareto) >= 1

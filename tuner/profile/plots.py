@@ -22,7 +22,11 @@ def figure(figsize):
         def _repr_png_(self):
             return png(self)
 
-    return TunerFigure(figsize=figsize)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = TunerFigure(figsize=figsize)
+    FigureCanvasAgg(fig)  # a renderer to measure text with (label placement), still no pyplot
+    return fig
 
 
 def styled(plot):
@@ -60,37 +64,122 @@ def _ops(result, phase: str | None):
     return df
 
 
+def tick(v: float) -> str:
+    """An axis tick: the shortest exact decimal, never scientific notation (0.01, 1, 30.5, 1000)."""
+    import numpy as np
+
+    return np.format_float_positional(float(f"{v:.3g}"), trim="-")
+
+
+def si(v: float, unit: str) -> str:
+    """A value with an SI prefix and its unit, as axis ticks and ceilings read: 30.5 GB/s, 1.2 TFLOP/s, 40 MFLOP/s."""
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{tick(v / scale)} {prefix}{unit}"
+    return f"{tick(v)} {unit}"
+
+
+LABELLED = 6  # ops named on the roofline: the ones that take most time; the rest are listed under it
+
+
+def _place_labels(ax, points: list[tuple[float, float, str]], obstacles: list) -> list:
+    """Annotate each (x, y, text) at the first offset around its point whose box overlaps no label placed before
+    it and no obstacle (display-space boxes: the ceilings' labels, the points), measured with the figure's
+    renderer; far offsets get a leader line. A label that fits nowhere is left for the list under the chart."""
+    renderer = ax.figure.canvas.get_renderer()
+    near = [(6, 5), (6, -12), (-6, 5), (-6, -12), (8, 16), (8, -22), (-8, 16), (-8, -22)]
+    far = [(dx * r, dy * r) for r in (30, 45, 60) for dx, dy in ((1, 1), (1, -1), (-1, 1), (-1, -1), (1.4, 0),
+                                                                  (-1.4, 0), (0, 1), (0, -1))]
+    inside = ax.get_window_extent(renderer)
+    placed, boxes = [], list(obstacles)
+    for x, y, text in points:
+        for dx, dy in near + far:
+            leader = {"arrowstyle": "-", "lw": 0.5, "color": "#555555"} if (dx, dy) in far else None
+            a = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                            ha="left" if dx >= 0 else "right", va="bottom" if dy >= 0 else "top", arrowprops=leader,
+                            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+            box = a.get_window_extent(renderer).expanded(1.02, 1.08)
+            fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+            if fits and not any(box.overlaps(b) for b in boxes):
+                placed.append(a)
+                boxes.append(box)
+                break
+            a.remove()
+    return placed
+
+
 @styled
 def roofline(result, phase: str | None = None, ax=None):
     """Ops as points (arithmetic intensity, achieved FLOP/s) on log-log axes under the measured ceilings
-    (bandwidth slope and matmul roof), coloured by their bound; prefill circles, decode triangles."""
+    (bandwidth slope and matmul roof, their values written on them), coloured by their bound; prefill circles,
+    decode triangles. The LABELLED ops that take most time are named, with labels that never overlap; the rest
+    are listed under the chart (fig.tuner_unlabelled)."""
     import numpy as np
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     df = _ops(result, phase)
     df = df[(df.flops > 0) & (df.time_ms > 0)]
     hw = result.hardware
     bw, peak = hw["bandwidth_gbs"] * 1e9, hw["matmul_tflops"] * 1e12
     fig, ax = (ax.figure, ax) if ax is not None else subplots(figsize=(8, 5.5))
-    lo = max(min(df.intensity.min(), peak / bw) / 10, 1e-3)
-    hi = max(df.intensity.max(), peak / bw) * 10
+    ridge = peak / bw
+    lo = max(min(df.intensity.min(), ridge) / 10, 1e-3)
+    hi = max(df.intensity.max(), ridge) * 10
     x = np.logspace(np.log10(lo), np.log10(hi), 200)
-    ax.plot(x, np.minimum(x * bw, peak) / 1e12, color="black", lw=1.5,
-            label=f"measured roof: {hw['bandwidth_gbs']:.0f} GB/s, {hw['matmul_tflops']:.3g} TFLOP/s")
-    ax.axvline(peak / bw, color="black", lw=0.8, ls=":")
+    ax.plot(x, np.minimum(x * bw, peak), color="black", lw=1.5, zorder=2)
+    ax.axvline(ridge, color="black", lw=0.8, ls=":", zorder=1)
     markers = {"prefill": "o", "decode": "^"}
+    flops = df.achieved_tflops * 1e12
     for (ph, bound), g in df.groupby(["phase", "bound"]):
-        ax.scatter(g.intensity, g.achieved_tflops, s=60, marker=markers.get(ph, "o"),
-                   color=BOUND_COLORS.get(bound, "C0"), edgecolor="white", label=f"{ph}: {bound}-bound", zorder=3)
-    for _, r in df.iterrows():
-        if r.time_ms >= 0.03 * df[df.phase == r.phase].time_ms.sum():  # label the ops that matter
-            up = r.phase == "prefill"
-            ax.annotate(f"{r.op} ({r.phase})", (r.intensity, r.achieved_tflops), textcoords="offset points",
-                        xytext=(5, 4 if up else -10), fontsize=7, rotation=20 if up else -20)
-    ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte, analytic)",
-           ylabel="achieved TFLOP/s", title=f"Roofline: {result.config['model']} on {hw.get('name')}")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+        ax.scatter(g.intensity, g.achieved_tflops * 1e12, s=60, marker=markers.get(ph, "o"),
+                   color=BOUND_COLORS.get(bound, "C0"), edgecolor="white", zorder=3)
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(min(flops.min(), lo * bw) / 3, peak * 3),
+           xlabel="arithmetic intensity (FLOP / byte, analytic)", ylabel="achieved FLOP/s",
+           title=f"Roofline: {result.config['model']} on {hw.get('name')}")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: tick(v)))
+    ax.yaxis.set_major_locator(LogLocator(base=10))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: si(v, "FLOP/s")))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    handles = [Line2D([], [], color="black", lw=1.5, label="measured ceilings")]
+    handles += [Line2D([], [], ls="", marker=m, color="#555555", label=ph) for ph, m in markers.items()
+                if ph in set(df.phase)]
+    handles += [Line2D([], [], ls="", marker="s", color=c, label=f"{b}-bound") for b, c in BOUND_COLORS.items()
+                if b in set(df.bound)]
+    legend = ax.legend(handles=handles, fontsize=8, loc="lower right")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))  # room under the axes for the list of unlabelled ops
+    ceilings = [
+        ax.annotate(f"memory {si(bw, 'B/s')}", (lo * 1.3, lo * 1.3 * bw), fontsize=8, xytext=(0, 8),
+                    textcoords="offset points", rotation=0),
+        ax.annotate(f"compute {si(peak, 'FLOP/s')}", (hi / 1.3, peak), fontsize=8, ha="right", xytext=(0, 6),
+                    textcoords="offset points"),
+        ax.annotate(f"ridge {tick(ridge)} FLOP/B", (ridge, 0.5), xycoords=("data", "axes fraction"), fontsize=7,
+                    xytext=(-3, 0), textcoords="offset points", rotation=90, ha="right", va="center"),
+    ]
+    renderer = fig.canvas.get_renderer()
+    obstacles = [a.get_window_extent(renderer) for a in ceilings] + [legend.get_window_extent(renderer)]
+    for px, py in zip(df.intensity, flops, strict=True):  # every point: a label must not hide one
+        cx, cy = ax.transData.transform((px, py))
+        obstacles.append(type(obstacles[0]).from_bounds(cx - 5, cy - 5, 10, 10))
+    top = df.sort_values("time_ms", ascending=False)
+    named = _place_labels(ax, [(r.intensity, r.achieved_tflops * 1e12, f"{r.op} ({r.phase})")
+                               for r in top.head(LABELLED).itertuples()], obstacles)
+    shown = {a.get_text() for a in named}
+    fig.tuner_labels = named
+    fig.tuner_unlabelled = [f"{r.op} ({r.phase}) {fmt_num(r.time_ms)} ms" for r in top.itertuples()
+                            if f"{r.op} ({r.phase})" not in shown]
+    if fig.tuner_unlabelled:
+        rest = fig.tuner_unlabelled
+        fig.text(0.01, 0.005, "not labelled, by time: " + ", ".join(rest[:10]) + (" ..." if len(rest) > 10 else ""),
+                 fontsize=6.5, wrap=True, va="bottom")
     return fig
+
+
+def fmt_num(v: float) -> str:
+    from .. import fmt
+
+    return fmt.num(v)
 
 
 @styled

@@ -11,7 +11,11 @@ from ..profile.plots import png
 
 
 def _img(fig) -> str:
-    return f"<img alt='' src='data:image/png;base64,{base64.b64encode(png(fig, dpi=100)).decode()}'/>"
+    return _png(png(fig, dpi=100))
+
+
+def _png(data: bytes) -> str:
+    return f"<img alt='' src='data:image/png;base64,{base64.b64encode(data).decode()}'/>"
 
 
 def write_report(result, path: str | Path, exports: dict[str, Path] | None = None,
@@ -39,6 +43,15 @@ def write_report(result, path: str | Path, exports: dict[str, Path] | None = Non
             parts.append(f"<h3>{name}</h3>" + _img(fn()))
         except ValueError as e:
             parts.append(f"<p>{name}: {html.escape(str(e))}</p>")
+    parts.append(f"<h2>Optuna's views ({html.escape(result.objectives[0].metric)})</h2>")
+    try:
+        from .plots import optuna_views
+
+        for name, view in optuna_views(result):
+            parts.append(f"<h3>{name}</h3>" + (_png(view) if isinstance(view, bytes) else
+                                               f"<p>{html.escape(view)}</p>"))
+    except ImportError as e:  # optuna.visualization.matplotlib needs matplotlib (tuner[tune] brings it)
+        parts.append(f"<p>not drawn: {html.escape(str(e))}</p>")
     parts.append("<h2>Trials</h2>")
     parts.append(fmt.frame(result.frame()).to_html(index=False))
     try:

@@ -75,6 +75,16 @@ class Dim:
             return trial.suggest_int(self.name, self.low, self.high, log=self.log, step=int(self.step or 1))
         return trial.suggest_float(self.name, self.low, self.high, log=self.log, step=self.step)
 
+    def distribution(self):
+        """The Optuna distribution `suggest` draws from (to rebuild a study from a sweep record)."""
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        if self.values is not None:
+            return CategoricalDistribution(list(self.values))
+        if isinstance(self.low, int) and isinstance(self.high, int):
+            return IntDistribution(self.low, self.high, log=self.log, step=int(self.step or 1))
+        return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
     def to_spec(self) -> Any:
         if self.values is not None:
             return list(self.values)
