@@ -51,7 +51,7 @@ def test_renderer_unit_tests():
           "Node and extension/node_modules are needed (npm install in extension/)")
     r = subprocess.run(["npm", "test"], cwd=EXT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert "# pass 6" in r.stdout and "# fail 0" in r.stdout
+    assert "# pass 9" in r.stdout and "# fail 0" in r.stdout
 
 
 def test_the_wheel_ships_the_prebuilt_renderer_and_jupyterlab_lists_it(tmp_path, labext_path):
@@ -87,9 +87,16 @@ def _saved_notebook(path: Path) -> tuple[int, int, int]:
     show."""
     e = tuner.Engine(model="smollm2-135m", batch_size=2, max_seq_len=64)
     run = e.generate(tuner.Workload(prompt_len=16, output_len=4), profile=True, logdir=str(path.parent / "traces"))
-    sweep = tuner.sweep({"batch_size": [1, 2, 4]}, workload={"prompt_len": 16, "output_len": 4},
-                        base={"model": "smollm2-135m", "max_seq_len": 64}, sampler="grid", storage=None,
-                        runs_dir=path.parent / "runs", progress=False, warmup=False)
+    kw = dict(workload={"prompt_len": 16, "output_len": 4}, base={"model": "smollm2-135m", "max_seq_len": 64},
+              sampler="grid", storage=None, runs_dir=path.parent / "runs", progress=False, warmup=False,
+              objectives=["max:output_tok_s", "min:decode_bytes_per_token"])
+    # an SLO between batch 1's and batch 2's bytes per token (analytic, the same on any machine): batch 1 breaks
+    # it, and batch 4, fastest and leanest, is the whole Pareto front
+    first = tuner.sweep({"batch_size": [1, 2]}, **kw)
+    per_token = sorted(t["metrics"]["decode_bytes_per_token"] for t in first.trials)
+    sweep = tuner.sweep({"batch_size": [1, 2, 4]}, constraints=[f"decode_bytes_per_token <= {sum(per_token) / 2:.0f}"],
+                        **kw)
+    assert len(sweep.pareto) == 1 and sweep.pareto[0]["params"] == {"batch_size": 4}
     served = tuner.serve_bench(e, tuner.Traffic(rate=50.0, num_prompts=6, prompt_len=(4, 16), output_len=3),
                                slo={"ttft_ms": 1e5}, warmup=False)
     nb = nbformat.v4.new_notebook()
@@ -121,6 +128,20 @@ def test_a_saved_notebook_renders_in_chromium_with_no_kernel(labext_path, tmp_pa
         assert page.locator(".tuner-breakdown .tuner-bar").count() > 0
         assert page.locator(".tuner-sweep .tuner-pareto .tuner-point[data-trial]").count() == trials
         assert page.locator(".tuner-sweep .tuner-trials tbody tr").count() == trials
+        slo = page.locator(".tuner-sweep .tuner-pareto .tuner-slo")
+        assert slo.count() == 1 and slo.get_attribute("data-slo").startswith("decode_bytes_per_token <= ")
+        assert page.locator(".tuner-sweep .tuner-pareto .tuner-front-mark").count() == 1  # a one-point front
+        # roofline labels: the slowest ops named, no two boxes overlapping (measured by the browser)
+        boxes = page.evaluate("() => [...document.querySelectorAll('.tuner-roofline .tuner-oplabel')]"
+                              ".map(t => { const b = t.getBBox(); return [b.x, b.y, b.x + b.width, b.y + b.height]; })")
+        assert len(boxes) >= 3
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert a[2] <= b[0] or b[2] <= a[0] or a[3] <= b[1] or b[3] <= a[1], (a, b)
+        ticks = page.locator(".tuner-roofline .tuner-tick").all_text_contents()
+        assert any(t.endswith("FLOP/s") for t in ticks) and not any(re.search(r"\de[+-]?\d", t) for t in ticks)
+        ceilings = page.locator(".tuner-roofline .tuner-ceiling").all_text_contents()
+        assert any(c.startswith("memory ") and c.endswith("B/s") for c in ceilings) and len(ceilings) == 3
         page.wait_for_selector(".tuner-serve .tuner-queue")
         assert page.locator(".tuner-serve .tuner-metrics tr").count() >= 8  # model, ..., goodput, scheduler did
         assert page.locator(".tuner-serve .tuner-queue path[data-series]").count() == 2  # running, waiting

@@ -2,8 +2,10 @@
 // style/index.css, which follow JupyterLab's theme variables, so light and dark themes both work.
 
 import {
+  Box,
   breakdown,
   cdf,
+  constraintsOn,
   fmt,
   linearScale,
   logScale,
@@ -11,13 +13,16 @@ import {
   metricRows,
   paretoAxes,
   pct,
+  placeLabels,
   roof,
   rooflinePoints,
   RunRecord,
   Scale,
   serveRows,
   ServeRecord,
+  si,
   SweepRecord,
+  tick,
   trialKind,
   trialMetric
 } from './data';
@@ -47,40 +52,76 @@ const W = 560;
 const H = 360;
 const M = { left: 64, right: 16, top: 28, bottom: 44 };
 
-function axes(svg: SVGSVGElement, x: Scale, y: Scale, xlabel: string, ylabel: string, title: string, log: boolean) {
+function axes(svg: SVGSVGElement, x: Scale, y: Scale, xlabel: string, ylabel: string, title: string,
+              xtick: (v: number) => string = tick, ytick: (v: number) => string = tick, m = M) {
   const g = el('g', { class: 'tuner-axes' }, svg);
-  el('rect', { x: M.left, y: M.top, width: W - M.left - M.right, height: H - M.top - M.bottom, class: 'tuner-frame' }, g);
+  el('rect', { x: m.left, y: M.top, width: W - m.left - M.right, height: H - M.top - M.bottom, class: 'tuner-frame' }, g);
   for (const t of x.ticks) {
     el('line', { x1: x(t), x2: x(t), y1: M.top, y2: H - M.bottom, class: 'tuner-grid' }, g);
-    text(g, x(t), H - M.bottom + 14, log ? tick(t) : fmt(t), 'tuner-tick');
+    text(g, x(t), H - M.bottom + 14, xtick(t), 'tuner-tick');
   }
   for (const t of y.ticks) {
-    el('line', { x1: M.left, x2: W - M.right, y1: y(t), y2: y(t), class: 'tuner-grid' }, g);
-    text(g, M.left - 4, y(t) + 3, log ? tick(t) : fmt(t), 'tuner-tick', 'end');
+    el('line', { x1: m.left, x2: W - M.right, y1: y(t), y2: y(t), class: 'tuner-grid' }, g);
+    text(g, m.left - 4, y(t) + 3, ytick(t), 'tuner-tick', 'end');
   }
-  text(g, (M.left + W - M.right) / 2, H - 8, xlabel, 'tuner-label');
-  const yl = text(g, 14, (M.top + H - M.bottom) / 2, ylabel, 'tuner-label');
-  yl.setAttribute('transform', `rotate(-90 14 ${(M.top + H - M.bottom) / 2})`);
+  text(g, (m.left + W - M.right) / 2, H - 8, xlabel, 'tuner-label');
+  const yl = text(g, 12, (M.top + H - M.bottom) / 2, ylabel, 'tuner-label');
+  yl.setAttribute('transform', `rotate(-90 12 ${(M.top + H - M.bottom) / 2})`);
   text(g, W / 2, 16, title, 'tuner-title');
 }
 
-function tick(v: number): string {
-  const e = Math.round(Math.log10(v));
-  return `1e${e}`;
-}
+const LABELLED = 6; // ops named on the roofline: those that take most time; the rest are listed under it
+const RM = { ...M, left: 84 }; // the roofline's left margin: room for ticks in FLOP/s
 
-/** The roofline: the measured bandwidth slope and matmul roof, one point per op (hover: its figures). */
+/** The roofline: the measured bandwidth slope and matmul roof with their values, one point per op (hover: its
+ * figures). The LABELLED slowest ops are named beside their points, with labels that never overlap; the others
+ * are listed under the chart. */
 export function rooflineChart(run: RunRecord): SVGSVGElement {
-  const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: 'tuner-chart tuner-roofline' });
   const pts = rooflinePoints(run);
+  const byTime = [...pts].sort((a, b) => b.time_ms - a.time_ms);
   const { bw, peak, ridge } = roof(run);
-  const x = logScale([...pts.map(p => p.x), ridge / 10, ridge * 10], M.left, W - M.right);
+  const x = logScale([...pts.map(p => p.x), ridge / 10, ridge * 10], RM.left, W - M.right);
   const y = logScale([...pts.map(p => p.y), peak, peak / 1e4], H - M.bottom, M.top);
-  axes(svg, x, y, 'arithmetic intensity (FLOP/byte)', 'achieved FLOP/s', 'Roofline (measured ceilings)', true);
+  const frame: Box = { x0: RM.left, y0: M.top, x1: W - M.right, y1: H - M.bottom };
+  // the labels are placed first, so the chart knows how many lines the list of the others takes
+  const obstacles: Box[] = pts.map(p => ({ x0: x(p.x) - 6, x1: x(p.x) + 6, y0: y(p.y) - 6, y1: y(p.y) + 6 }));
+  const legendBox: Box = { x0: RM.left + 4, y0: M.top + 2, x1: RM.left + 120, y1: M.top + 6 + 14 * 5 };
+  const ceilingBoxes: Box[] = [];
+  const [x0, x1] = x.domain;
   if (bw > 0 && peak > 0) {
-    const [x0, x1] = x.domain;
+    ceilingBoxes.push({ x0: x(x1) - 140, x1: x(x1), y0: y(peak) - 16, y1: y(peak) });
+    ceilingBoxes.push({ x0: x(x0) + 4, x1: x(x0) + 130, y0: y(bw * x0 * 2) - 20, y1: y(bw * x0 * 2) });
+    ceilingBoxes.push({ x0: x(ridge) - 12, x1: x(ridge), y0: (M.top + H - M.bottom) / 2 - 50,
+                        y1: (M.top + H - M.bottom) / 2 + 50 });
+  }
+  const { placed, unplaced } = placeLabels(
+    byTime.slice(0, LABELLED).map(p => ({ text: `${p.op} (${p.phase})`, px: x(p.x), py: y(p.y) })),
+    [...obstacles, legendBox, ...ceilingBoxes], frame);
+  const rest = [...unplaced.map(t => byTime.find(p => `${p.op} (${p.phase})` === t)!),
+                ...byTime.slice(LABELLED)].map(p => `${p.op} (${p.phase}) ${fmt(p.time_ms)} ms`);
+  const lines: string[] = [];
+  for (const item of rest) {
+    const last = lines.length ? lines[lines.length - 1] : null;
+    if (last !== null && (last + ', ' + item).length * 5.3 < W - 16) {
+      lines[lines.length - 1] = last + ', ' + item;
+    } else {
+      lines.push(item);
+    }
+  }
+  const h = H + (lines.length ? 10 + 12 * lines.length : 0);
+  const svg = el('svg', { viewBox: `0 0 ${W} ${h}`, width: W, height: h, class: 'tuner-chart tuner-roofline' });
+  axes(svg, x, y, 'arithmetic intensity (FLOP/byte)', 'achieved FLOP/s', 'Roofline (measured ceilings)', tick,
+       v => si(v, 'FLOP/s'), RM);
+  if (bw > 0 && peak > 0) {
     const path = [x0, ridge, x1].map(v => `${x(v)},${y(Math.min(bw * v, peak))}`).join(' ');
     el('polyline', { points: path, class: 'tuner-roof' }, svg);
+    el('line', { x1: x(ridge), x2: x(ridge), y1: M.top, y2: H - M.bottom, class: 'tuner-ridge' }, svg);
+    text(svg, x(x1) - 4, y(peak) - 4, `compute ${si(peak, 'FLOP/s')}`, 'tuner-ceiling', 'end');
+    const mx = x0 * 2;
+    text(svg, x(mx) + 4, y(bw * mx) - 8, `memory ${si(bw, 'B/s')}`, 'tuner-ceiling', 'start');
+    const ry = (M.top + H - M.bottom) / 2;
+    const r = text(svg, x(ridge) - 4, ry, `ridge ${tick(ridge)} FLOP/B`, 'tuner-ceiling');
+    r.setAttribute('transform', `rotate(-90 ${x(ridge) - 4} ${ry})`);
   }
   const g = el('g', { class: 'tuner-points' }, svg);
   for (const p of pts) {
@@ -92,8 +133,33 @@ export function rooflineChart(run: RunRecord): SVGSVGElement {
     const title = el('title', {}, shape);
     title.textContent = p.tooltip;
   }
-  legend(svg, ['memory', 'compute', 'overhead'].map(b => [`tuner-${b}`, `${b}-bound`]));
+  const labels = el('g', { class: 'tuner-oplabels' }, svg);
+  for (const l of placed) {
+    if (Math.hypot(l.x - l.px, l.y - l.py) > 25) {
+      el('line', { x1: l.px, y1: l.py, x2: l.x, y2: l.y - 4, class: 'tuner-leader' }, labels);
+    }
+    text(labels, l.x, l.y, l.text, 'tuner-tick tuner-oplabel', l.anchor);
+  }
+  rooflineLegend(svg);
+  lines.forEach((line, i) =>
+    text(svg, 8, H + 8 + 12 * i, (i === 0 ? 'not labelled, by time: ' : '') + line, 'tuner-tick tuner-unlabelled', 'start'));
   return svg;
+}
+
+function rooflineLegend(svg: SVGSVGElement) {
+  const g = el('g', { class: 'tuner-legend' }, svg);
+  const x0 = RM.left + 12;
+  let yy = M.top + 12;
+  el('circle', { cx: x0, cy: yy, r: 4, class: 'tuner-point tuner-marker' }, g);
+  text(g, x0 + 8, yy + 4, 'prefill', 'tuner-tick', 'start');
+  yy += 14;
+  el('path', { d: `M${x0},${yy - 5} l4,8 l-8,0 z`, class: 'tuner-point tuner-marker' }, g);
+  text(g, x0 + 8, yy + 4, 'decode', 'tuner-tick', 'start');
+  for (const b of ['memory', 'compute', 'overhead']) {
+    yy += 14;
+    el('rect', { x: x0 - 4, y: yy - 4, width: 8, height: 8, class: `tuner-point tuner-${b}` }, g);
+    text(g, x0 + 8, yy + 4, `${b}-bound`, 'tuner-tick', 'start');
+  }
 }
 
 function legend(svg: SVGSVGElement, items: [string, string][]) {
@@ -131,12 +197,27 @@ export function paretoChart(sweep: SweepRecord): SVGSVGElement {
   const trials = measuredTrials(sweep)
     .map(t => ({ t, xv: trialMetric(sweep, t, xm), yv: trialMetric(sweep, t, ym) }))
     .filter(p => p.xv !== null && p.yv !== null) as { t: any; xv: number; yv: number }[];
-  const x = linearScale(trials.map(p => p.xv), M.left, W - M.right);
-  const y = linearScale(trials.map(p => p.yv), H - M.bottom, M.top);
-  axes(svg, x, y, xm, ym, `Sweep ${sweep.study_name}`, false);
+  // the SLO bounds are in the scales, so their lines are on the chart
+  const x = linearScale([...trials.map(p => p.xv), ...constraintsOn(sweep, xm).map(c => c.bound)], M.left, W - M.right);
+  const y = linearScale([...trials.map(p => p.yv), ...constraintsOn(sweep, ym).map(c => c.bound)], H - M.bottom, M.top);
+  axes(svg, x, y, xm, ym, `Sweep ${sweep.study_name}`, fmt, fmt);
+  for (const c of constraintsOn(sweep, xm)) {  // the SLOs, where the chart's axes show their metric
+    const line = el('line', { x1: x(c.bound), x2: x(c.bound), y1: M.top, y2: H - M.bottom, class: 'tuner-slo' }, svg);
+    line.setAttribute('data-slo', c.text);
+    text(svg, x(c.bound) + 3, M.top + 10, `SLO ${c.op} ${fmt(c.bound)}`, 'tuner-tick tuner-slo-label', 'start');
+  }
+  for (const c of constraintsOn(sweep, ym)) {
+    const line = el('line', { x1: M.left, x2: W - M.right, y1: y(c.bound), y2: y(c.bound), class: 'tuner-slo' }, svg);
+    line.setAttribute('data-slo', c.text);
+    text(svg, W - M.right - 3, y(c.bound) - 3, `SLO ${c.op} ${fmt(c.bound)}`, 'tuner-tick tuner-slo-label', 'end');
+  }
   const front = trials.filter(p => sweep.pareto.includes(p.t.number)).sort((a, b) => a.xv - b.xv);
   if (front.length > 1) {
     el('polyline', { points: front.map(p => `${x(p.xv)},${y(p.yv)}`).join(' '), class: 'tuner-front' }, svg);
+  }
+  for (const p of front) {  // a ring on every point of the front: a front of one point is marked too
+    const ring = el('circle', { cx: x(p.xv), cy: y(p.yv), r: 8.5, class: 'tuner-front-mark' }, svg);
+    ring.setAttribute('data-front', String(p.t.number));
   }
   const g = el('g', { class: 'tuner-points' }, svg);
   for (const p of trials) {
@@ -194,7 +275,7 @@ export function queueChart(s: ServeRecord): SVGSVGElement {
   const t = s.timeline.map(p => p.t_ms / 1e3);
   const x = linearScale([0, ...t], M.left, W - M.right);
   const y = linearScale([0, ...s.timeline.map(p => Math.max(p.running, p.waiting))], H - M.bottom, M.top, true);
-  axes(svg, x, y, 'time (s)', 'requests', 'Queue and batch over time', false);
+  axes(svg, x, y, 'time (s)', 'requests', 'Queue and batch over time', fmt, fmt);
   for (const [key, cls] of [['running', 'tuner-running'], ['waiting', 'tuner-waiting']] as const) {
     let d = '';
     s.timeline.forEach((p, i) => {
@@ -217,7 +298,7 @@ export function cdfChart(s: ServeRecord, key: 'ttft_ms' | 'tpot_ms', label: stri
   const limit = s.slo[key];
   const x = linearScale([0, ...pts.map(p => p.x), ...(limit ? [limit] : [])], M.left, W - M.right);
   const y = linearScale([0, 1], H - M.bottom, M.top);
-  axes(svg, x, y, `${label} (ms)`, 'share of requests', `${label} CDF`, false);
+  axes(svg, x, y, `${label} (ms)`, 'share of requests', `${label} CDF`, fmt, fmt);
   if (pts.length) {
     let d = `M${x(pts[0].x)},${y(0)}`;
     for (const p of pts) {

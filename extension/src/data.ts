@@ -88,8 +88,9 @@ export function metricRows(run: RunRecord): [string, string][] {
     if (m[key] === null || m[key] === undefined) {
       continue;
     }
-    const ps = [50, 90, 99].map(p => `p${p} ${fmt(m[`${key}_p${p}`])}`).join('  ');
-    rows.push([label, `mean ${fmt(m[key])}  ${ps}`]);
+    const requests = run.workload?.n_prompts as number | undefined;
+    const n = key === 'itl_ms' ? (requests ? Number(m.output_tokens) - requests : null) : requests;
+    rows.push([label, percentiles(m, key, n)]);
   }
   if (m.output_tok_s !== undefined && m.output_tok_s !== null) {
     rows.push(['throughput', `${fmt(m.output_tok_s)} output tok/s, ${fmt(m.total_tok_s)} total tok/s`]);
@@ -100,18 +101,154 @@ export function metricRows(run: RunRecord): [string, string][] {
   return rows;
 }
 
-export function fmt(x: number | null | undefined, digits = 4): string {
+/** A number as tuner.fmt.num writes it: `digits` significant digits, never scientific notation, thousands
+ * separators from 10,000 up (0.000660, 4.12, 412, 19,370). */
+export function fmt(x: number | null | undefined, digits = 3): string {
+  if (x === null || x === undefined || Number.isNaN(x)) {
+    return '–';
+  }
+  if (!isFinite(x)) {
+    return x > 0 ? 'inf' : '-inf';
+  }
+  if (x === 0) {
+    return '0';
+  }
+  if (Number.isInteger(x) && Math.abs(x) < 1e15) {
+    return Math.abs(x) >= 10000 ? x.toLocaleString('en-US') : String(x);
+  }
+  return sig(x, digits);
+}
+
+/** `digits` significant digits of a non-zero finite number, as a float is written (1 -> "1.00"). */
+function sig(x: number, digits = 3): string {
+  const mag = Math.floor(Math.log10(Math.abs(x)));
+  if (mag >= digits - 1) {
+    const r = Math.round(x);
+    return Math.abs(r) >= 10000 ? r.toLocaleString('en-US') : String(r);
+  }
+  const places = digits - 1 - mag;
+  if (places > 8) {
+    return Math.abs(x) < 5e-9 ? '0' : x.toFixed(8).replace(/0+$/, '');
+  }
+  return x.toFixed(places);
+}
+
+/** A fraction as a percent, as tuner.fmt.pct writes it: one decimal from 10% up, three significant digits below. */
+export function pct(x: number | null | undefined): string {
   if (x === null || x === undefined || !isFinite(x)) {
     return '–';
   }
-  if (x !== 0 && (Math.abs(x) >= 1e5 || Math.abs(x) < 1e-3)) {
-    return x.toExponential(2);
+  const p = 100 * x;
+  if (p === 0) {
+    return '0%';
   }
-  return Number(x.toPrecision(digits)).toString();
+  return Math.abs(p) >= 10 ? `${p.toFixed(1)}%` : `${sig(p)}%`;
 }
 
-export function pct(x: number | null | undefined): string {
-  return x === null || x === undefined || !isFinite(x) ? '–' : `${(100 * x).toFixed(1)}%`;
+/** An axis tick: the shortest decimal of 3 significant digits, never scientific notation (0.01, 1, 30.5). */
+export function tick(v: number): string {
+  if (v === 0) {
+    return '0';
+  }
+  const r = Number(v.toPrecision(3));
+  const places = Math.max(0, 2 - Math.floor(Math.log10(Math.abs(r))));
+  return places > 0 ? r.toFixed(places).replace(/\.?0+$/, '') : r.toFixed(0);
+}
+
+/** A value with an SI prefix and its unit: 30.5 GB/s, 1 TFLOP/s, 40 MFLOP/s. */
+export function si(v: number, unit: string): string {
+  for (const [prefix, scale] of [['P', 1e15], ['T', 1e12], ['G', 1e9], ['M', 1e6], ['k', 1e3]] as [string, number][]) {
+    if (Math.abs(v) >= scale) {
+      return `${tick(v / scale)} ${prefix}${unit}`;
+    }
+  }
+  return `${tick(v)} ${unit}`;
+}
+
+/** A box in SVG coordinates (x0 < x1, y0 < y1). */
+export interface Box {
+  x0: number;
+  y0: number;
+  x1: number;
+  y1: number;
+}
+
+export function overlaps(a: Box, b: Box): boolean {
+  return a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1;
+}
+
+export interface PlacedLabel {
+  text: string;
+  x: number; // where the text starts (anchor start) or ends (anchor end), at its baseline y
+  y: number;
+  anchor: 'start' | 'end';
+  box: Box;
+  px: number; // the point it names
+  py: number;
+}
+
+/** Place each label beside its point (px, py) at the first offset whose box, with text `charW` wide per character
+ * and `lineH` tall, stays inside `frame` and overlaps no label placed before and no obstacle; far offsets are for a
+ * leader line. Labels that fit nowhere come back in `unplaced`, for a list under the chart. */
+export function placeLabels(
+  points: { text: string; px: number; py: number }[],
+  obstacles: Box[],
+  frame: Box,
+  charW = 6.2,
+  lineH = 12
+): { placed: PlacedLabel[]; unplaced: string[] } {
+  const offsets: [number, number][] = [[7, -6], [7, 14], [-7, -6], [-7, 14], [9, -16], [9, 24], [-9, -16], [-9, 24]];
+  for (const r of [30, 45, 60]) {
+    for (const [dx, dy] of [[1, -1], [1, 1], [-1, -1], [-1, 1], [1.4, 0], [-1.4, 0], [0, -1], [0, 1]]) {
+      offsets.push([dx * r, dy * r]);
+    }
+  }
+  const boxes = [...obstacles];
+  const placed: PlacedLabel[] = [];
+  const unplaced: string[] = [];
+  for (const p of points) {
+    const w = p.text.length * charW + 4;
+    let done = false;
+    for (const [dx, dy] of offsets) {
+      const anchor = dx >= 0 ? 'start' : 'end';
+      const x = p.px + dx;
+      const y = p.py + dy;
+      const box = { x0: anchor === 'start' ? x - 2 : x - w + 2, x1: anchor === 'start' ? x + w - 2 : x + 2,
+                    y0: y - lineH + 2, y1: y + 3 };
+      const inside = box.x0 >= frame.x0 && box.x1 <= frame.x1 && box.y0 >= frame.y0 && box.y1 <= frame.y1;
+      if (inside && !boxes.some(b => overlaps(b, box))) {
+        placed.push({ text: p.text, x, y, anchor, box, px: p.px, py: p.py });
+        boxes.push(box);
+        done = true;
+        break;
+      }
+    }
+    if (!done) {
+      unplaced.push(p.text);
+    }
+  }
+  return { placed, unplaced };
+}
+
+/** The constraints of a sweep on one metric, parsed from "metric <= bound" strings. */
+export function constraintsOn(sweep: SweepRecord, metric: string): { op: string; bound: number; text: string }[] {
+  const out = [];
+  for (const c of sweep.constraints ?? []) {
+    const m = /^\s*(\w+)\s*(<=|>=)\s*([-+0-9.eE]+)\s*$/.exec(c);
+    if (m && m[1] === metric) {
+      out.push({ op: m[2], bound: Number(m[3]), text: c });
+    }
+  }
+  return out;
+}
+
+/** "mean 4.12  p50 4.01  p90 4.60  p99 5.31", or "4.12 (1 sample)" when the figures rest on one sample. */
+export function percentiles(m: Record<string, any>, key: string, samples?: number | null): string {
+  const n = samples ?? m[`${key}_samples`];
+  if (n === 1) {
+    return `${fmt(m[key])} (1 sample)`;
+  }
+  return `mean ${fmt(m[key])}  ` + [50, 90, 99].map(p => `p${p} ${fmt(m[`${key}_p${p}`])}`).join('  ');
 }
 
 /** A log10 scale: maps [lo, hi] (positive) onto [r0, r1]. */
@@ -176,6 +313,7 @@ export interface RooflinePoint {
   op: string;
   x: number;
   y: number;
+  time_ms: number;
   bound: string;
   tooltip: string;
 }
@@ -189,6 +327,7 @@ export function rooflinePoints(run: RunRecord): RooflinePoint[] {
       op: o.op,
       x: o.intensity,
       y: o.achieved_tflops * 1e12,
+      time_ms: o.time_ms,
       bound: o.bound,
       tooltip:
         `${o.phase}: ${o.op} (${o.bound}-bound)\n` +
@@ -321,13 +460,10 @@ export function serveRows(s: ServeRecord): [string, string][] {
     if (!n) {
       continue;
     }
-    rows.push([
-      label,
-      n === 1 ? `${fmt(m[key])} (1 sample)` : `mean ${fmt(m[key])}  ` + [50, 90, 99].map(p => `p${p} ${fmt(m[`${key}_p${p}`])}`).join('  ')
-    ]);
+    rows.push([label, percentiles(m, key)]);
   }
   rows.push(['throughput', `${fmt(m.request_throughput)} req/s, ${fmt(m.output_tok_s)} output tok/s`]);
-  const limits = Object.entries(s.slo).map(([k, v]) => `${k} <= ${v}`);
+  const limits = Object.entries(s.slo).map(([k, v]) => `${k} <= ${fmt(v as number)}`);
   if (limits.length) {
     rows.push(['goodput', `${fmt(m.goodput_req_s)} req/s met the SLO (${limits.join(', ')}): ${pct(m.slo_attainment)} of requests`]);
   }

@@ -5,6 +5,14 @@ import { test } from 'node:test';
 import {
   breakdown,
   cdf,
+  constraintsOn,
+  fmt,
+  overlaps,
+  pct,
+  percentiles,
+  placeLabels,
+  si,
+  tick,
   linearScale,
   logScale,
   measuredTrials,
@@ -45,8 +53,8 @@ test('a run record is checked and its metrics read as rows', () => {
   assert.equal(rows.model, 'smollm2-135m (float32, quant=int8, kv=paged/auto)');
   assert.equal(rows['TTFT ms'], 'mean 10  p50 10  p90 11  p99 12');
   assert.equal(rows['TPOT ms'], undefined); // a null metric is left out, not drawn as 0
-  assert.equal(rows.throughput, '123.5 output tok/s, 400 total tok/s');
-  assert.equal(rows.decode, 'MBU 50.0% of 50 GB/s; MFU 1.0%');
+  assert.equal(rows.throughput, '123 output tok/s, 400 total tok/s'); // tuner.fmt.num: 3 digits
+  assert.equal(rows.decode, 'MBU 50.0% of 50 GB/s; MFU 1.00%');
 });
 
 test('one roofline point per op with work; the roof from the measured ceilings', () => {
@@ -137,11 +145,51 @@ test('a serve record: its table rows, one sample said as such, and latency CDFs'
   const s = parseServe(SERVE);
   const rows = Object.fromEntries(serveRows(s));
   assert.equal(rows.traffic, '3 requests at 2 req/s, prompt 8-32 tokens, output 4');
-  assert.equal(rows.finished, '2 of 3 (1 rejected) in 1.5 s');
+  assert.equal(rows.finished, '2 of 3 (1 rejected) in 1.50 s');
   assert.equal(rows['TTFT ms'], 'mean 30  p50 30  p90 46  p99 49.6');
   assert.equal(rows['TPOT ms'], '5 (1 sample)');
-  assert.equal(rows.goodput, '0.6667 req/s met the SLO (ttft_ms <= 100): 50.0% of requests');
+  assert.equal(rows.goodput, '0.667 req/s met the SLO (ttft_ms <= 100): 50.0% of requests');
   assert.equal(rows['queue ms'], undefined);
   assert.deepEqual(cdf([30, null, 10, 20]), [{ x: 10, p: 1 / 3 }, { x: 20, p: 2 / 3 }, { x: 30, p: 1 }]);
   assert.deepEqual(parseServe({ ...SERVE, timeline: undefined }).timeline, []);
+});
+
+test('numbers as tuner.fmt writes them: 3 significant digits, percents, no scientific notation', () => {
+  const cases: [number | null, string][] = [[0.00066, '0.000660'], [4.123, '4.12'], [41.23, '41.2'], [412.3, '412'],
+    [9665.2, '9665'], [19370.4, '19,370'], [0, '0'], [-3.14159, '-3.14'], [12345, '12,345'], [1e-9, '0'],
+    [null, '–']];
+  for (const [x, want] of cases) {
+    assert.equal(fmt(x), want, String(x));
+  }
+  assert.deepEqual([0.1088, 0.0294, 0.0042, 1, 0].map(pct), ['10.9%', '2.94%', '0.420%', '100.0%', '0%']);
+  assert.deepEqual([0.01, 1, 30.5, 1000, 3.5612].map(tick), ['0.01', '1', '30.5', '1000', '3.56']);
+  assert.equal(si(30.5e9, 'B/s'), '30.5 GB/s');
+  assert.equal(si(1.2e12, 'FLOP/s'), '1.2 TFLOP/s');
+  assert.equal(si(4e7, 'FLOP/s'), '40 MFLOP/s');
+  assert.equal(percentiles({ x: 3.31, x_p50: 3.31, x_p90: 3.31, x_p99: 3.31 }, 'x', 1), '3.31 (1 sample)');
+  const rows = Object.fromEntries(metricRows(parseRun({ ...RUN, workload: { n_prompts: 1 } })));
+  assert.equal(rows['TTFT ms'], '10 (1 sample)');
+});
+
+test('labels are placed where no two overlap, inside the frame, and what fits nowhere is listed', () => {
+  const frame = { x0: 0, y0: 0, x1: 300, y1: 200 };
+  const pts = [0, 1, 2, 3, 4, 5].map(i => ({ text: `gate_up_proj (decode) ${i}`, px: 150, py: 100 + i }));
+  const { placed, unplaced } = placeLabels(pts, [], frame);
+  assert.equal(placed.length + unplaced.length, 6);
+  assert.ok(placed.length >= 4, String(placed.length));
+  for (let i = 0; i < placed.length; i++) {
+    const b = placed[i].box;
+    assert.ok(b.x0 >= 0 && b.x1 <= 300 && b.y0 >= 0 && b.y1 <= 200);
+    for (let j = i + 1; j < placed.length; j++) {
+      assert.ok(!overlaps(b, placed[j].box), `${i} overlaps ${j}`);
+    }
+  }
+  const crowded = placeLabels([{ text: 'x', px: 10, py: 10 }], [frame], frame);  // the frame is full
+  assert.deepEqual(crowded, { placed: [], unplaced: ['x'] });
+});
+
+test('a sweep names its SLO lines by metric', () => {
+  const s = parseSweep(SWEEP);
+  assert.deepEqual(constraintsOn(s, 'tpot_ms_p99'), [{ op: '<=', bound: 20, text: 'tpot_ms_p99 <= 20' }]);
+  assert.deepEqual(constraintsOn(s, 'output_tok_s'), []);
 });
