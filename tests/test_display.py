@@ -249,3 +249,30 @@ def test_a_one_point_pareto_front_is_marked(tmp_path):
     front = [line for line in fig.axes[0].lines if line.get_label().startswith("Pareto front")]
     assert len(front) == 1 and front[0].get_marker() == "D"
     assert len(front[0].get_xdata()) == len(r.pareto) >= 1
+
+
+def test_telemetry_is_sampled_off_the_main_thread_and_kept_in_the_record():
+    import psutil
+
+    from tuner.profile.telemetry import INTERVAL_S, line
+
+    e = tuner.Engine(model="tiny", max_seq_len=2048)
+    seen = []
+    r = e.generate(tuner.Workload(batch=1, prompt_len=8, output_len=1500),
+                   on_step=lambda ev: seen.append(ev["telemetry"]))
+    tel = r.telemetry
+    samples = tel["samples"]
+    duration = r.metrics["duration_s"]
+    assert tel["source"] == "psutil" and tel["interval_s"] == INTERVAL_S
+    assert len(samples) >= 2 and abs(len(samples) - duration / INTERVAL_S) <= 2, (len(samples), duration)
+    total = psutil.virtual_memory().total
+    for s in samples:
+        assert 0 <= s["cpu_pct"] <= 100
+        assert 0 <= s["process_cpu_pct"] <= 100 * psutil.cpu_count() + 10
+        assert 50 * 2**20 < s["rss_bytes"] < total
+    ts = [s["t_s"] for s in samples]
+    assert ts == sorted(ts) and ts[0] >= INTERVAL_S * 0.9
+    assert max(s["process_cpu_pct"] for s in samples) > 0  # this process worked
+    assert any(x is not None for x in seen)  # the steps' events carried the newest sample
+    assert line(samples[-1]).startswith("CPU ")
+    assert tuner.RunResult.from_dict(r.to_dict()).telemetry == tel

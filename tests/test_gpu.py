@@ -299,3 +299,15 @@ def test_nvtx_ranges_run_on_the_gpu_and_change_no_token(tmp_path):
     with ranges.nvtx():
         marked = e.generate([[1, 2, 3, 4]], tuner.SamplingParams(max_new_tokens=8))
     assert marked.tokens == plain.tokens
+
+
+def test_gpu_telemetry_comes_from_nvml_with_values_in_range(tmp_path):
+    pytest.importorskip("pynvml", reason="GPU telemetry reads NVML through nvidia-ml-py (tuner[gpu])")
+    e = tuner.Engine(model=_engine_checkpoint(tmp_path), device="cuda", dtype="bfloat16", max_seq_len=2048)
+    r = e.generate([[1, 2, 3, 4]], tuner.SamplingParams(max_new_tokens=1500, ignore_eos=True))
+    tel = r.telemetry
+    assert tel["source"] == "nvml" and tel["samples"]
+    for s in tel["samples"]:
+        assert 0 <= s["gpu_util_pct"] <= 100 and 0 <= s["gpu_mem_bw_util_pct"] <= 100
+        assert 0 < s["gpu_mem_used_bytes"] <= s["gpu_mem_total_bytes"]
+        assert 0 < s["gpu_power_w"] < 2000

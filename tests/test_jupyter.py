@@ -1,6 +1,7 @@
 """The notebook front end: %tuner magics in a real IPython shell, the session, the widget panel driven
 by clicks, and the rich display of a run."""
 
+import re
 import subprocess
 import sys
 import time
@@ -146,6 +147,8 @@ def test_panel_run_button_runs_the_engine_and_fills_the_outputs(tmp_path):
         assert image.value[:8] == b"\x89PNG\r\n\x1a\n"
     assert p.progress.value == p.progress.max == 16
     assert not p.run_button.disabled and p.stop_button.disabled
+    assert re.fullmatch(r"CPU \d+% \(this process \d+%\), RSS [\d.]+ [MG]iB", p.telemetry.value), p.telemetry.value
+    assert run.telemetry["samples"] and run.telemetry["source"] == "psutil"  # kept in the run record
     p.engine_controls["kv_cache"].value = "paged"  # a second run reuses the weights
     model = p.session.engine.model
     p.profile.value = False

@@ -62,6 +62,7 @@ class RunResult:
     profile: dict = field(default_factory=dict)  # profiled runs: trace paths and the per-phase summary
     stopped: bool = False
     machine_load: dict = field(default_factory=dict)  # how busy the machine was (tuner.profile.load.LoadMeter)
+    telemetry: dict = field(default_factory=dict)  # utilisation samples over the run (tuner.profile.telemetry)
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     tuner_version: str = ""
@@ -168,7 +169,7 @@ class RunResult:
                 "workload": self.workload, "hardware": self.hardware, "metrics": self.metrics,
                 "memory": self.memory, "timings": self.timings, "tokens": self.tokens, "text": self.text,
                 "ops": self.ops_records, "profile": self.profile, "stopped": self.stopped,
-                "machine_load": self.machine_load}
+                "machine_load": self.machine_load, "telemetry": self.telemetry}
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
@@ -181,6 +182,7 @@ class RunResult:
                    metrics=d["metrics"], tokens=d["tokens"], text=d.get("text"), timings=d.get("timings", {}),
                    memory=d.get("memory", {}), ops_records=d.get("ops", []), profile=d.get("profile", {}),
                    stopped=d.get("stopped", False), machine_load=d.get("machine_load") or {},
+                   telemetry=d.get("telemetry") or {},
                    run_id=d["run_id"], created=d["created"], tuner_version=d.get("tuner_version", ""))
 
     @classmethod

@@ -129,9 +129,13 @@ class Engine:
             torch.cuda.reset_peak_memory_stats(self.device)
         stops = frozenset(sampling.stop_token_ids) | (frozenset() if sampling.ignore_eos else frozenset(self.eos_ids))
         seqs = [Sequence(p, sampling.max_new_tokens, stops, id=i) for i, p in enumerate(requests)]
-        stats = RunStats(-(-len(requests) // self.config.batch_size), len(requests), sampling.max_new_tokens, on_step)
-        with self._cap or contextlib.nullcontext():
-            self._loop(seqs, sampling, stats)
+        stats = RunStats(-(-len(requests) // self.config.batch_size), len(requests), sampling.max_new_tokens, on_step,
+                         self.config.device)
+        try:
+            with self._cap or contextlib.nullcontext():
+                self._loop(seqs, sampling, stats)
+        finally:
+            stats.telemetry.stop()
         ops_records, profile_info = [], {}
         if self._cap is not None:
             ops_records, profile_info = self._cap.finish(self.config.to_dict(), hw, sampling.temperature == 0.0,
@@ -152,12 +156,14 @@ class Engine:
             self._check_ids(seq.prompt)
             self._check_length(len(seq.prompt), seq.max_new_tokens)
         with self._busy:
-            stats = RunStats(0, len(seqs), sampling.max_new_tokens, on_step)
+            stats = RunStats(0, len(seqs), sampling.max_new_tokens, on_step, self.config.device)
             try:
                 sched = self._loop(seqs, sampling, stats, realtime=True, max_concurrency=max_concurrency)
             except KeyboardInterrupt:
                 stats.stopped = stats.interrupted = True
                 sched = None
+            finally:
+                stats.telemetry.stop()
             return stats, sched
 
     def scheduler(self) -> Scheduler:
@@ -448,7 +454,7 @@ class Engine:
             timings={"token_times_ms": [[round(x, 4) for x in s.times_ms] for s in seqs],
                      "prefill_ms": stats.prefill_ms, "decode_step_ms": stats.decode_ms},
             memory=self._memory(rss_reset), ops_records=ops_records, profile=profile_info, run_id=run_id,
-            machine_load=stats.meter.stop(),
+            machine_load=stats.meter.stop(), telemetry=stats.telemetry.record(),
         )
 
     def _requests(self, prompts, sampling):

@@ -8,17 +8,19 @@ import time
 from collections.abc import Callable
 
 from ..profile.load import LoadMeter
+from ..profile.telemetry import Telemetry
 from .batch import Pending
 from .scheduler import Sequence
 
 
 class RunStats:
     def __init__(self, n_batches: int, n_requests: int, max_new_tokens: int,
-                 on_step: Callable[[dict], bool | None] | None = None):
+                 on_step: Callable[[dict], bool | None] | None = None, device: str = "cpu"):
         self.n_batches, self.n_requests, self.max_new_tokens = n_batches, n_requests, max_new_tokens
         self.on_step = on_step
         self.t0 = self.last = time.perf_counter()
         self.meter = LoadMeter()  # how busy the machine is while the run is timed
+        self.telemetry = Telemetry(device).start()  # utilisation and memory, sampled off this thread
         self.seqs: list[Sequence] = []  # every request of the run
         self.wave = 0
         self.prefill_ms: list[float] = []  # steps that only prefilled
@@ -89,7 +91,8 @@ class RunStats:
                 "elapsed_s": now - self.t0, "tokens": sum(len(s.tokens) for s in wave),
                 "batch_tokens_max": len(wave) * self.max_new_tokens, "n_requests": self.n_requests,
                 # the whole run's progress, what a progress bar shows
-                "done_tokens": self.done_tokens, "total_tokens": self.total_tokens}
+                "done_tokens": self.done_tokens, "total_tokens": self.total_tokens,
+                "telemetry": self.telemetry.latest}  # the newest utilisation sample (None before the first)
 
 
     def decode_metrics(self, hardware: dict) -> dict:

@@ -17,6 +17,7 @@ import traceback
 
 from .. import fmt
 from ..knobs import ENGINE_KNOBS, SAMPLING_ALIASES, SAMPLING_KNOBS, WORKLOAD_KNOBS, Knob
+from ..profile.telemetry import line as telemetry_line
 from .session import Session
 
 LIVE_INTERVAL_S = 0.3  # redraw the live chart at most ~3 times a second
@@ -79,6 +80,7 @@ class Panel:
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.progress = w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="240px"))
         self.status = w.HTML("ready")
+        self.telemetry = w.HTML("")  # utilisation and memory while a run goes (tuner.profile.telemetry)
         # images stay hidden until they hold a chart (an empty image shows as a broken one)
         self.live = w.Image(format="png", layout=w.Layout(max_width="720px", display="none"))
         self.metrics = w.HTML()
@@ -99,6 +101,7 @@ class Panel:
             w.HTML("<b>tuner</b>: set knobs, then Run. Changing model, dtype or quant reloads weights; "
                    "other knobs reuse them."),
             tabs, w.HBox([self.run_button, self.serve_button, self.stop_button, self.progress, self.status]),
+            self.telemetry,
             self.errors,
             self.live, self.metrics, w.HBox([self.roofline, self.breakdown]), self.history])
         self.run_button.on_click(lambda _: self.start())
@@ -182,7 +185,8 @@ class Panel:
             if now - last[0] >= LIVE_INTERVAL_S and len(steps) > 1:
                 last[0] = now
                 _set_image(self.live, _live_chart(steps))
-                self.status.value = f"{event['tokens']} tokens, {event['step_ms']:.1f} ms/step"
+                self.status.value = f"{event['tokens']} tokens, {fmt.num(event['step_ms'])} ms/step"
+                self.telemetry.value = html.escape(telemetry_line(event.get("telemetry")))
             return self._stop.is_set()
 
         def go():
@@ -227,6 +231,7 @@ class Panel:
                 _set_image(self.live, _serving_chart(queue, ttft, slo))
                 self.status.value = (f"{len(ttft)} of {traffic.num_prompts} requests done, {event['running']} "
                                      f"running, {event['waiting']} waiting")
+                self.telemetry.value = html.escape(telemetry_line(event.get("telemetry")))
             return self._stop.is_set()
 
         def go():
@@ -246,6 +251,9 @@ class Panel:
 
     def _show(self, result) -> None:
         self.metrics.value = f"<pre>{html.escape(result.table())}</pre>"
+        samples = result.telemetry.get("samples") or [None]
+        note = result.telemetry.get("note")
+        self.telemetry.value = html.escape(" · ".join(x for x in (telemetry_line(samples[-1]), note) if x))
         if result.ops_records:
             from ..profile.plots import png, roofline, time_breakdown
 

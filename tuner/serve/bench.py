@@ -94,7 +94,7 @@ def serve_bench(config=None, traffic: Traffic | dict | None = None, slo: dict | 
     return ServeResult(config=engine.config.to_dict(), sampling=sampling.to_dict(), traffic=traffic.to_dict(),
                        slo=slo, hardware={**hw, **price}, metrics=metrics, requests=rows, timeline=stats.timeline,
                        notes=notes, stopped=stats.stopped, run_id=new_run_id(), tuner_version=__version__,
-                       machine_load=stats.meter.stop())
+                       machine_load=stats.meter.stop(), telemetry=stats.telemetry.record())
 
 
 # -- capacity ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ class ServeResult:
     notes: list[str] = field(default_factory=list)
     stopped: bool = False
     machine_load: dict = field(default_factory=dict)  # how busy the machine was (tuner.profile.load.LoadMeter)
+    telemetry: dict = field(default_factory=dict)  # utilisation samples over the run (tuner.profile.telemetry)
     run_id: str = ""
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     tuner_version: str = ""
@@ -165,7 +166,7 @@ class ServeResult:
                 "config": self.config, "sampling": self.sampling, "traffic": self.traffic, "slo": self.slo,
                 "hardware": self.hardware, "metrics": self.metrics, "requests": self.requests,
                 "timeline": self.timeline, "notes": self.notes, "stopped": self.stopped,
-                "machine_load": self.machine_load}
+                "machine_load": self.machine_load, "telemetry": self.telemetry}
 
     @classmethod
     def from_dict(cls, d: dict) -> ServeResult:
@@ -174,7 +175,8 @@ class ServeResult:
         return cls(**{k: d[k] for k in ("config", "sampling", "traffic", "slo", "hardware", "metrics", "requests",
                                         "run_id")},
                    timeline=d.get("timeline", []), notes=d.get("notes", []), stopped=d.get("stopped", False),
-                   machine_load=d.get("machine_load") or {}, created=d.get("created", ""),
+                   machine_load=d.get("machine_load") or {},
+                   telemetry=d.get("telemetry") or {}, created=d.get("created", ""),
                    tuner_version=d.get("tuner_version", ""))
 
     def save(self, path: str | Path) -> Path:
