@@ -67,7 +67,7 @@ def test_a_run_table_writes_one_format_per_quantity(two_runs):
 
 def test_compare_has_headed_columns_and_the_runs_formats(two_runs):
     one, four = two_runs
-    lines = compare(one, four).splitlines()
+    lines = compare(one, four).table().splitlines()
     head = lines[0].split()
     assert head == ["A", one.run_id, "B", four.run_id, "B/A"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[1:] if line.strip()}
@@ -276,3 +276,36 @@ def test_telemetry_is_sampled_off_the_main_thread_and_kept_in_the_record():
     assert any(x is not None for x in seen)  # the steps' events carried the newest sample
     assert line(samples[-1]).startswith("CPU ")
     assert tuner.RunResult.from_dict(r.to_dict()).telemetry == tel
+
+
+def test_comparing_runs_overlays_their_steps_and_roofline_and_tables_each_op(profiled_run, tmp_path):
+    from tuner.compare import Comparison
+
+    e = tuner.Engine(model="smollm2-135m", batch_size=4, max_seq_len=256, quant="int8")
+    b = e.generate(tuner.Workload(batch=4, prompt_len=64, output_len=8), profile=True, logdir=tmp_path)
+    c = compare(profiled_run, b)
+    rows = {(r["phase"], r["op"]): r for r in c.ops_rows()}
+    qkv = rows["decode", "qkv_proj"]
+    a_ms = next(o["time_ms"] for o in profiled_run.ops_records if (o["phase"], o["op"]) == ("decode", "qkv_proj"))
+    b_ms = next(o["time_ms"] for o in b.ops_records if (o["phase"], o["op"]) == ("decode", "qkv_proj"))
+    assert qkv["A_ms"] == a_ms and qkv["B_ms"] == b_ms
+    assert qkv["B_change"] == pytest.approx((b_ms - a_ms) / a_ms)
+    text = c.ops_table()
+    assert text.splitlines()[0].split() == ["phase", "op", "A", "ms", "B", "ms", "B", "vs", "A"]
+    assert "quant" in c.table() and not SCI.search(text)
+    fig = c.plot_steps()
+    lines = [line for line in fig.axes[0].lines if line.get_label().startswith(("A ", "B "))]
+    assert [len(line.get_xdata()) for line in lines] == [len(r.timings["decode_step_ms"]) for r in (profiled_run, b)]
+    fig = c.plot_roofline()
+    arrows = [a for a in fig.axes[0].texts if a.arrow_patch is not None]
+    assert len(arrows) == sum(1 for o in profiled_run.ops_records if o["flops"] > 0 and o["time_ms"] > 0)
+    bundle = c._repr_mimebundle_()
+    assert bundle["text/html"].count("data:image/png;base64,") == 2
+    record = bundle[Comparison.MIME]
+    assert record["schema"] == "tuner.compare/1" and record["names"] == ["A", "B"]
+    assert [r["run_id"] for r in record["runs"]] == [profiled_run.run_id, b.run_id]
+    assert all("tokens" not in r for r in record["runs"])
+    three = compare(profiled_run, b, profiled_run)
+    assert three.table().splitlines()[0].split()[-2:] == ["B/A", "C/A"]
+    with pytest.raises(ValueError, match="two runs or more"):
+        Comparison([b])

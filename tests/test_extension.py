@@ -51,7 +51,7 @@ def test_renderer_unit_tests():
           "Node and extension/node_modules are needed (npm install in extension/)")
     r = subprocess.run(["npm", "test"], cwd=EXT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert "# pass 9" in r.stdout and "# fail 0" in r.stdout
+    assert "# pass 10" in r.stdout and "# fail 0" in r.stdout
 
 
 def test_the_wheel_ships_the_prebuilt_renderer_and_jupyterlab_lists_it(tmp_path, labext_path):
@@ -99,9 +99,13 @@ def _saved_notebook(path: Path) -> tuple[int, int, int]:
     assert len(sweep.pareto) == 1 and sweep.pareto[0]["params"] == {"batch_size": 4}
     served = tuner.serve_bench(e, tuner.Traffic(rate=50.0, num_prompts=6, prompt_len=(4, 16), output_len=3),
                                slo={"ttft_ms": 1e5}, warmup=False)
+    run2 = e.generate(tuner.Workload(prompt_len=16, output_len=6), profile=True, logdir=str(path.parent / "traces"))
+    from tuner.compare import Comparison
+
     nb = nbformat.v4.new_notebook()
     for code, obj in (("run = engine.generate(w, profile=True)\nrun", run), ("tuner.sweep(space, ...)", sweep),
-                      ("tuner.serve_bench(engine, traffic, slo)", served)):
+                      ("tuner.serve_bench(engine, traffic, slo)", served),
+                      ("%tuner compare -2 -1", Comparison([run, run2]))):
         bundle = obj._repr_mimebundle_()
         cell = nbformat.v4.new_code_cell(code, execution_count=1)
         cell.outputs = [nbformat.v4.new_output("execute_result", data=bundle, execution_count=1)]
@@ -149,6 +153,15 @@ def test_a_saved_notebook_renders_in_chromium_with_no_kernel(labext_path, tmp_pa
         assert cdf.get_attribute("data-points") == str(finished)
         assert page.locator(".tuner-serve .tuner-cdf-ttft_ms .tuner-slo").count() == 1
         assert "met the SLO" in page.locator(".tuner-serve .tuner-metrics").text_content()
+        compared = page.locator(".tuner-compare")
+        compared.wait_for()
+        assert compared.locator(".tuner-compare-table th").first.text_content() == ""
+        heads = compared.locator(".tuner-compare-table th").all_text_contents()
+        assert heads[1].startswith("A ") and heads[2].startswith("B ") and heads[3] == "B/A"
+        steps = compared.locator(".tuner-compare-steps path[data-run]")
+        assert steps.count() == 2 and steps.nth(1).get_attribute("data-steps") == "5"  # run2: 6 tokens, 5 steps
+        assert compared.locator(".tuner-compare-roofline .tuner-arrow[data-op]").count() == points
+        assert compared.locator(".tuner-compare-ops tbody tr").count() >= points
         hover = page.locator(".tuner-roofline .tuner-point[data-op] title").first.text_content()
         assert "-bound" in hover and "of peak" in hover
         kernels = json.loads(urllib.request.urlopen(url + "api/kernels", timeout=5).read())
@@ -157,6 +170,7 @@ def test_a_saved_notebook_renders_in_chromium_with_no_kernel(labext_path, tmp_pa
         page.locator(".tuner-run").first.screenshot(path=str(ARTIFACTS / "renderer-run.png"))
         page.locator(".tuner-sweep").first.screenshot(path=str(ARTIFACTS / "renderer-sweep.png"))
         page.locator(".tuner-serve").first.screenshot(path=str(ARTIFACTS / "renderer-serve.png"))
+        compared.screenshot(path=str(ARTIFACTS / "renderer-compare.png"))
         # the charts follow JupyterLab's theme
         background = ("() => getComputedStyle(document.querySelector('.tuner-roofline'))"
                       ".backgroundColor.match(/\\d+/g).slice(0, 3).map(Number)")

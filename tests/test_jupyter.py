@@ -156,6 +156,11 @@ def test_panel_run_button_runs_the_engine_and_fills_the_outputs(tmp_path):
     p.wait(300)
     assert p.session.engine.model is model and len(p.session.history) == 2
     assert p.history.value.count("<tr") == 3  # header + two runs
+    assert not p.compare_button.disabled
+    p.compare_button.click()  # the two runs side by side: the knob that changed, and their steps overlaid
+    assert "kv_cache" in p.comparison.value and "contiguous" in p.comparison.value and "paged" in p.comparison.value
+    assert p.compare_steps.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert p.compare_roofline.layout.display == "none"  # the second run has no op profile
 
 
 def test_panel_serve_button_serves_traffic_with_live_charts(tmp_path):

@@ -5,6 +5,10 @@ import {
   Box,
   breakdown,
   cdf,
+  change,
+  compareOps,
+  CompareRecord,
+  compareRows,
   constraintsOn,
   fmt,
   linearScale,
@@ -314,4 +318,72 @@ export function cdfChart(s: ServeRecord, key: 'ttft_ms' | 'tpot_ms', label: stri
 
 export function serveTable(s: ServeRecord): HTMLTableElement {
   return table(['', ''], serveRows(s), 'tuner-metrics');
+}
+
+const RUN_CLASSES = ['tuner-run-a', 'tuner-run-b', 'tuner-run-c', 'tuner-run-d'];
+
+/** Decode step latency over each run of a comparison, one line per run. */
+export function compareStepsChart(c: CompareRecord): SVGSVGElement {
+  const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: 'tuner-chart tuner-compare-steps' });
+  const series = c.runs.map(r => r.timings?.decode_step_ms ?? []);
+  const x = linearScale([1, ...series.map(s => s.length)], M.left, W - M.right);
+  const y = linearScale([0, ...series.flat()], H - M.bottom, M.top, true);
+  axes(svg, x, y, 'decode step', 'ms', 'Per-step latency, run against run', fmt, fmt);
+  series.forEach((steps, i) => {
+    if (!steps.length) {
+      return;
+    }
+    const d = steps.map((v, j) => `${j === 0 ? 'M' : 'L'}${x(j + 1)},${y(v)}`).join(' ');
+    const path = el('path', { d, class: `tuner-line ${RUN_CLASSES[i % RUN_CLASSES.length]}` }, svg);
+    path.setAttribute('data-run', c.names[i]);
+    path.setAttribute('data-steps', String(steps.length));
+  });
+  legend(svg, c.names.map((n, i) => [RUN_CLASSES[i % RUN_CLASSES.length], `${n} ${c.runs[i].run_id}`] as [string, string]));
+  return svg;
+}
+
+/** Each op profiled in both A and B: its roofline point in A (hollow) and in B (filled), an arrow from A to B. */
+export function compareRooflineChart(c: CompareRecord): SVGSVGElement {
+  const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: 'tuner-chart tuner-compare-roofline' });
+  const [a, b] = c.runs;
+  const pb = new Map(rooflinePoints(b).map(p => [p.label, p]));
+  const pairs = rooflinePoints(a).filter(p => pb.has(p.label)).map(p => [p, pb.get(p.label)!] as const);
+  const { bw, peak, ridge } = roof(a);
+  const xs = pairs.flatMap(([p, q]) => [p.x, q.x]);
+  const ys = pairs.flatMap(([p, q]) => [p.y, q.y]);
+  const x = logScale([...xs, ridge / 10, ridge * 10], RM.left, W - M.right);
+  const y = logScale([...ys, peak, peak / 1e4], H - M.bottom, M.top);
+  axes(svg, x, y, 'arithmetic intensity (FLOP/byte)', 'achieved FLOP/s', `Roofline: ${c.names[0]} (hollow) to ${c.names[1]}`,
+       tick, v => si(v, 'FLOP/s'), RM);
+  const defs = el('defs', {}, svg);
+  const marker = el('marker', { id: 'tuner-arrowhead', viewBox: '0 0 10 10', refX: 9, refY: 5, markerWidth: 6,
+                                markerHeight: 6, orient: 'auto-start-reverse' }, defs);
+  el('path', { d: 'M0,0 L10,5 L0,10 z', class: 'tuner-arrowhead' }, marker);
+  if (bw > 0 && peak > 0) {
+    const [x0, x1] = x.domain;
+    el('polyline', { points: [x0, ridge, x1].map(v => `${x(v)},${y(Math.min(bw * v, peak))}`).join(' '),
+                     class: 'tuner-roof' }, svg);
+  }
+  const g = el('g', { class: 'tuner-points' }, svg);
+  for (const [p, q] of pairs) {
+    const arrow = el('line', { x1: x(p.x), y1: y(p.y), x2: x(q.x), y2: y(q.y), class: 'tuner-arrow',
+                               'marker-end': 'url(#tuner-arrowhead)' }, g);
+    arrow.setAttribute('data-op', p.label);
+    el('title', {}, arrow).textContent = `${p.label}: ${fmt(p.time_ms)} ms -> ${fmt(q.time_ms)} ms ` +
+      `(${change((q.time_ms - p.time_ms) / p.time_ms)})`;
+    el('circle', { cx: x(p.x), cy: y(p.y), r: 5, class: `tuner-before tuner-stroke-${p.bound}` }, g);
+    el('circle', { cx: x(q.x), cy: y(q.y), r: 5, class: `tuner-point tuner-${q.bound}` }, g);
+  }
+  return svg;
+}
+
+export function compareTable(c: CompareRecord): HTMLTableElement {
+  const [head, ...rows] = compareRows(c);
+  return table(head, rows, 'tuner-compare-table');
+}
+
+export function compareOpsTable(c: CompareRecord): HTMLTableElement {
+  const rows = compareOps(c).map(r => [r.phase, r.op, ...r.ms.map(v => fmt(v)), ...r.change.map(change)]);
+  return table(['phase', 'op', ...c.names.map(n => `${n} ms`), ...c.names.slice(1).map(n => `${n} vs A`)], rows,
+               'tuner-compare-ops');
 }

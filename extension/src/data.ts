@@ -24,9 +24,11 @@ export interface RunRecord {
   schema: string;
   run_id: string;
   config: Record<string, unknown>;
+  sampling?: Record<string, unknown>;
   workload: Record<string, unknown>;
   hardware: Record<string, unknown>;
   metrics: Record<string, number | null>;
+  timings?: { decode_step_ms?: number[] };
   ops?: OpRecord[];
 }
 
@@ -475,4 +477,83 @@ export function serveRows(s: ServeRecord): [string, string][] {
 export function cdf(values: (number | null)[]): { x: number; p: number }[] {
   const xs = values.filter((v): v is number => v !== null && isFinite(v)).sort((a, b) => a - b);
   return xs.map((x, i) => ({ x, p: (i + 1) / xs.length }));
+}
+
+export const COMPARE_MIME = 'application/vnd.tuner.compare+json';
+
+export interface CompareRecord {
+  schema: string;
+  names: string[];
+  runs: RunRecord[];
+}
+
+export function parseCompare(data: unknown): CompareRecord {
+  const c = data as CompareRecord;
+  if (!c || typeof c !== 'object' || c.schema !== 'tuner.compare/1') {
+    throw new Error(`not a tuner comparison (schema ${JSON.stringify((c as any)?.schema)}, expected "tuner.compare/1")`);
+  }
+  if (!Array.isArray(c.runs) || c.runs.length < 2) {
+    throw new Error('not a complete tuner comparison: it needs two runs or more');
+  }
+  return { ...c, runs: c.runs.map(parseRun), names: c.names ?? c.runs.map((_, i) => String.fromCharCode(65 + i)) };
+}
+
+const COMPARED = ['ttft_ms', 'ttft_ms_p99', 'tpot_ms', 'tpot_ms_p99', 'itl_ms_p99', 'output_tok_s', 'mbu', 'mfu',
+                  'usd_per_1m_output_tokens'];
+const PERCENT = new Set(['mbu', 'mfu']);
+
+/** The comparison's table as tuner.compare.Comparison.table() writes it: a header (A <id>, B <id>, ..., B/A, ...),
+ * the knobs that differ, then the headline metrics and their ratios to A. */
+export function compareRows(c: CompareRecord): string[][] {
+  const blank = c.runs.slice(1).map(() => '');
+  const rows: string[][] = [['', ...c.runs.map((r, i) => `${c.names[i]} ${r.run_id}`), ...c.names.slice(1).map(n => `${n}/A`)]];
+  for (const section of ['config', 'sampling'] as const) {
+    const maps = c.runs.map(r => (r[section] ?? {}) as Record<string, unknown>);
+    const keys = [...new Set(maps.flatMap(m => Object.keys(m)))].sort();
+    for (const k of keys) {
+      const vs = maps.map(m => m[k]);
+      if (vs.some(v => JSON.stringify(v) !== JSON.stringify(vs[0]))) {
+        rows.push([section === 'config' ? k : `sampling ${k}`, ...vs.map(v => String(v)), ...blank]);
+      }
+    }
+  }
+  for (const key of COMPARED) {
+    const vs = c.runs.map(r => r.metrics[key] ?? null);
+    if (vs.every(v => v === null)) {
+      continue;
+    }
+    const a = vs[0];
+    rows.push([key, ...vs.map(v => (PERCENT.has(key) ? pct(v) : key.startsWith('usd') && v !== null ? `$${fmt(v)}` : fmt(v))),
+               ...vs.slice(1).map(v => (a && v ? `${(v / a).toFixed(2)}x` : ''))]);
+  }
+  return rows;
+}
+
+/** Op by op: each run's time and each later run's change against A, the slowest first. */
+export function compareOps(c: CompareRecord): { phase: string; op: string; ms: (number | null)[]; change: (number | null)[] }[] {
+  const keys: string[] = [];
+  const times = c.runs.map(r => {
+    const m = new Map<string, number>();
+    for (const o of r.ops ?? []) {
+      const k = `${o.phase}\u0000${o.op}`;
+      m.set(k, o.time_ms);
+      if (!keys.includes(k)) {
+        keys.push(k);
+      }
+    }
+    return m;
+  });
+  return keys
+    .map(k => {
+      const [phase, op] = k.split('\u0000');
+      const ms = times.map(t => t.get(k) ?? null);
+      const a = ms[0];
+      return { phase, op, ms, change: ms.slice(1).map(b => (a && b !== null ? (b - a) / a : null)) };
+    })
+    .sort((x, y) => Math.max(...y.ms.map(v => v ?? 0)) - Math.max(...x.ms.map(v => v ?? 0)));
+}
+
+/** A change against A: "+25.0%", "-8.10%". */
+export function change(x: number | null): string {
+  return x === null ? '' : `${x > 0 ? '+' : ''}${pct(x)}`;
 }

@@ -9,6 +9,10 @@ import { Widget } from '@lumino/widgets';
 import {
   breakdownChart,
   cdfChart,
+  compareOpsTable,
+  compareRooflineChart,
+  compareStepsChart,
+  compareTable,
   metricsTable,
   paretoChart,
   queueChart,
@@ -16,7 +20,17 @@ import {
   serveTable,
   trialsTable
 } from './charts';
-import { measuredTrials, parseRun, parseServe, parseSweep, RUN_MIME, SERVE_MIME, SWEEP_MIME } from './data';
+import {
+  COMPARE_MIME,
+  measuredTrials,
+  parseCompare,
+  parseRun,
+  parseServe,
+  parseSweep,
+  RUN_MIME,
+  SERVE_MIME,
+  SWEEP_MIME
+} from './data';
 
 function heading(s: string): HTMLElement {
   const h = document.createElement('div');
@@ -94,6 +108,24 @@ function drawServe(node: HTMLElement, data: unknown): void {
   node.appendChild(charts);
 }
 
+function drawCompare(node: HTMLElement, data: unknown): void {
+  const c = parseCompare(data);
+  node.appendChild(heading(`tuner compare: ${c.runs.map((r, i) => `${c.names[i]} ${r.run_id}`).join(', ')}`));
+  node.appendChild(compareTable(c));
+  const charts = document.createElement('div');
+  charts.className = 'tuner-charts';
+  if (c.runs.slice(0, 2).every(r => (r.timings?.decode_step_ms ?? []).length > 1)) {
+    charts.appendChild(compareStepsChart(c));
+  }
+  if (c.runs.slice(0, 2).every(r => (r.ops ?? []).length)) {
+    charts.appendChild(compareRooflineChart(c));
+  }
+  node.appendChild(charts);
+  if (c.runs.some(r => (r.ops ?? []).length)) {
+    node.appendChild(compareOpsTable(c));
+  }
+}
+
 const extensions: IRenderMime.IExtension[] = [
   {
     id: 'tuner-jupyterlab:run',
@@ -121,6 +153,16 @@ const extensions: IRenderMime.IExtension[] = [
       safe: true,
       mimeTypes: [SERVE_MIME],
       createRenderer: () => new TunerRenderer(SERVE_MIME, 'serve', drawServe)
+    },
+    rank: 0,
+    dataType: 'json'
+  },
+  {
+    id: 'tuner-jupyterlab:compare',
+    rendererFactory: {
+      safe: true,
+      mimeTypes: [COMPARE_MIME],
+      createRenderer: () => new TunerRenderer(COMPARE_MIME, 'compare', drawCompare)
     },
     rank: 0,
     dataType: 'json'

@@ -81,6 +81,7 @@ class Engine:
         self._hardware: dict | None = None
         self._plans: dict = {}
         self._cap: Capture | None = None
+        self._ahead = self.device.type == "cuda"  # queue step k+1 before reading step k (the device runs async)
         self._busy = threading.Lock()  # one generate() at a time: runs share the KV cache
         self._decode_rows = None  # the last decode step's rows and lengths, host and device (Engine.decode)
         self.graphs = CudaGraphs(self) if graphs else None
@@ -178,9 +179,12 @@ class Engine:
         them, and their tokens go back to their sequences; until every sequence has finished.
 
         Requests join at their arrival times (arrival_ms since the run began: `realtime`, as a server sees them;
-        otherwise all are there at once). The host queues step k+1 before it waits for step k's tokens (it needs
-        them only to stop a sequence), so the device does not idle while Python prepares a step; a sequence that
-        stops on a stop token has had one step queued past it, whose token is dropped.
+        otherwise all are there at once). On a GPU the host queues step k+1 before it waits for step k's tokens (it
+        needs them only to stop a sequence), so the device does not idle while Python prepares a step; a sequence
+        that stops on a stop token has had one step queued past it, whose token is dropped. On a CPU an op runs as
+        it is called, so queueing ahead gains nothing, and each step is read before the next runs: otherwise a
+        step's tokens would be timed after the next step's work (the first token late by a decode step, the last
+        gap near zero).
         """
         sched = self.scheduler()
         sched.max_concurrency = max_concurrency
@@ -200,7 +204,7 @@ class Engine:
             queued = None
             if plan:
                 queued = (self._step(plan, rows, sampler), plan.phase, {**sched.figures(), "sched_ms": sched_ms})
-            read, pending = pending, queued
+            read, pending = (pending, queued) if self._ahead else (queued, None)
             self._read(read, sched, stats)
             if pending is None:
                 if stats.stopped or sched.idle:

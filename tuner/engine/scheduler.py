@@ -163,7 +163,8 @@ class Scheduler:
         budget -= len(decode)
         prefill = []
         for seq in self.running:  # prompts of sequences admitted earlier, still prefilling (chunked)
-            if budget > 0 and not seq.inflight and seq.cached < seq.n_known:
+            # (a decoding sequence's one uncached token is its newest, which its decode row computes)
+            if budget > 0 and not seq.inflight and not seq.decoding and seq.cached < seq.n_known:
                 end = self._chunk_end(seq, budget)
                 if end is not None:
                     prefill.append((seq, seq.cached, end))

@@ -64,10 +64,11 @@ def _history_args(line):
 
 
 @magic_arguments(name="%tuner compare")
-@argument("a", help="run id (or prefix) or history index, e.g. -2")
-@argument("b", help="run id (or prefix) or history index, e.g. -1")
+@argument("runs", nargs="+", help="two runs or more: run ids (or prefixes) or history indices, e.g. -2 -1")
+@argument("-o", "--output", action="store_true", help="return the Comparison instead of displaying it")
 def _compare_args(line):
-    """Two runs side by side: the knobs that differ and the metrics they gave."""
+    """Runs side by side: the knobs that differ, the metrics they gave (and each one's ratio to the first), the
+    op-by-op change, and overlaid step latency and roofline charts."""
 
 
 @magic_arguments(name="%tuner tensorboard")
@@ -266,7 +267,15 @@ class TunerMagics(Magics):
         display(fmt.frame(df.tail(args.n) if args.n else df))
 
     def _compare(self, args):
-        print(compare(self.session.get(args.a), self.session.get(args.b)))
+        if len(args.runs) < 2:
+            raise ValueError(f"%tuner compare needs two runs or more, got {len(args.runs)}: e.g. %tuner compare -2 -1")
+        result = compare(*(self.session.get(r) for r in args.runs))
+        if args.output:
+            return result
+        from IPython.display import display
+
+        display(result)
+        return None
 
     def _tensorboard(self, args):
         if args.stop:

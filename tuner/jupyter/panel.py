@@ -87,6 +87,12 @@ class Panel:
         self.roofline = w.Image(format="png", layout=w.Layout(max_width="560px", display="none"))
         self.breakdown = w.Image(format="png", layout=w.Layout(max_width="560px", display="none"))
         self.history = w.HTML()
+        self.compare_button = w.Button(description="Compare last two", icon="columns", disabled=True,
+                                       tooltip="the last two runs side by side: metrics, op-by-op change, step "
+                                               "latency and roofline overlaid")
+        self.comparison = w.HTML()
+        self.compare_steps = w.Image(format="png", layout=w.Layout(max_width="640px", display="none"))
+        self.compare_roofline = w.Image(format="png", layout=w.Layout(max_width="640px", display="none"))
         self.errors = w.HTML()
 
         def grid(controls):
@@ -103,10 +109,12 @@ class Panel:
             tabs, w.HBox([self.run_button, self.serve_button, self.stop_button, self.progress, self.status]),
             self.telemetry,
             self.errors,
-            self.live, self.metrics, w.HBox([self.roofline, self.breakdown]), self.history])
+            self.live, self.metrics, w.HBox([self.roofline, self.breakdown]), self.history, self.compare_button,
+            self.comparison, w.HBox([self.compare_steps, self.compare_roofline])])
         self.run_button.on_click(lambda _: self.start())
         self.serve_button.on_click(lambda _: self.start(serve=True))
         self.stop_button.on_click(lambda _: self.stop())
+        self.compare_button.on_click(lambda _: self.compare())
         self.thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._show_history()
@@ -264,6 +272,20 @@ class Panel:
     def _show_history(self) -> None:
         df = self.session.history_frame()
         self.history.value = "" if df.empty else "<b>runs</b>" + fmt.frame(df).to_html(index=False)
+        self.compare_button.disabled = len(self.session.history) < 2
+
+    def compare(self) -> None:
+        """The last two runs of the history side by side (tuner.compare.Comparison), charts included."""
+        from ..profile.plots import png
+        from .session import compare
+
+        c = compare(*self.session.history[-2:])
+        self.comparison.value = f"<b>A against B</b><pre>{html.escape(c.table())}\n\n{html.escape(c.ops_table())}</pre>"
+        for image, draw in ((self.compare_steps, c.plot_steps), (self.compare_roofline, c.plot_roofline)):
+            try:
+                _set_image(image, png(draw(), dpi=72))
+            except ValueError:  # no decode steps, or no op profile in one of the runs: that chart is left out
+                image.layout.display = "none"
 
     def _error(self, message: str, detail: str = "") -> None:
         more = f"<details><summary>traceback</summary><pre>{html.escape(detail)}</pre></details>" if detail else ""

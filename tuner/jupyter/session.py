@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import fmt
 from ..actions import parse_knobs, run
+from ..compare import Comparison
 
 __all__ = ["Session", "compare", "parse_knobs"]
 
@@ -102,27 +102,7 @@ class Session:
         return pd.DataFrame(rows)
 
 
-COMPARED = ("ttft_ms", "ttft_ms_p99", "tpot_ms", "tpot_ms_p99", "itl_ms_p99", "output_tok_s", "mbu", "mfu",
-            "usd_per_1m_output_tokens")
-
-
-def compare(a, b) -> str:
-    """Two runs side by side under headed columns A, B and B/A: the knobs that differ, then the headline metrics
-    (tuner.fmt's formats) and their ratio."""
-    rows = [("", f"A {a.run_id}", f"B {b.run_id}", "B/A")]
-    for section, x, y in (("config", a.config, b.config), ("sampling", a.sampling, b.sampling)):
-        for k in sorted(set(x) | set(y)):
-            if x.get(k) != y.get(k):
-                rows.append((k if section == "config" else f"sampling {k}", str(x.get(k)), str(y.get(k)), ""))
-    if len(rows) == 1:
-        rows.append(("knobs", "the same", "the same", ""))
-    rows.append(("", "", "", ""))
-    for key in COMPARED:
-        x, y = a.metrics.get(key), b.metrics.get(key)
-        if x is None and y is None:
-            continue
-        ratio = f"{y / x:.2f}x" if x and y else ""
-        rows.append((key, fmt.value(key, x), fmt.value(key, y), ratio))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  {r[3]:>{widths[3]}}".rstrip()
-                     for r in rows)
+def compare(*runs):
+    """Runs side by side (tuner.compare.Comparison): headed columns A, B, ... and their ratios to A, the op-by-op
+    change, and overlaid step latency and roofline charts."""
+    return Comparison(runs)

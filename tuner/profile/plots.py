@@ -218,3 +218,83 @@ def step_latency(result, ax=None):
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
+
+
+@styled
+def compare_steps(comparison):
+    """Decode step latency over each run of a tuner.compare.Comparison, overlaid, each median dashed."""
+    import numpy as np
+
+    fig, ax = subplots(figsize=(8, 3.6))
+    drawn = 0
+    for i, (name, r) in enumerate(zip(comparison.names, comparison.runs, strict=True)):
+        steps = r.timings.get("decode_step_ms") or []
+        if not steps:
+            continue
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        med = float(np.median(steps))
+        ax.plot(np.arange(1, len(steps) + 1), steps, lw=1.2, color=color,
+                label=f"{name} {r.run_id}: median {fmt_num(med)} ms")
+        ax.axhline(med, color=color, lw=0.8, ls="--")
+        drawn += 1
+    if not drawn:
+        raise ValueError("none of these runs has decode steps")
+    ax.set(xlabel="decode step", ylabel="ms", title="Per-step latency, run against run", ylim=(0, None))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@styled
+def compare_roofline(comparison, b: int = 1):
+    """Each (phase, op) profiled in both run A and run `b`: its point in A (hollow) and in B (filled), an arrow from
+    A to B, under A's measured ceilings; the ops that moved most are named."""
+    import numpy as np
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    a_run, b_run = comparison.runs[0], comparison.runs[b]
+    if not a_run.ops_records or not b_run.ops_records:
+        raise ValueError("both runs need an op profile: run them with profile=True")
+    ops_b = {(o["phase"], o["op"]): o for o in b_run.ops_records}
+    pairs = [(o, ops_b[o["phase"], o["op"]]) for o in a_run.ops_records
+             if (o["phase"], o["op"]) in ops_b and o["flops"] > 0 and ops_b[o["phase"], o["op"]]["flops"] > 0
+             and o["time_ms"] > 0 and ops_b[o["phase"], o["op"]]["time_ms"] > 0]
+    if not pairs:
+        raise ValueError("the two runs share no op with measurable work")
+    hw = a_run.hardware
+    bw, peak = hw["bandwidth_gbs"] * 1e9, hw["matmul_tflops"] * 1e12
+    xs = [o["intensity"] for p in pairs for o in p]
+    ys = [o["achieved_tflops"] * 1e12 for p in pairs for o in p]
+    lo, hi = max(min(min(xs), peak / bw) / 10, 1e-3), max(max(xs), peak / bw) * 10
+    fig, ax = subplots(figsize=(8, 5.5))
+    x = np.logspace(np.log10(lo), np.log10(hi), 200)
+    ax.plot(x, np.minimum(x * bw, peak), color="black", lw=1.5)
+    markers = {"prefill": "o", "decode": "^"}
+    for oa, ob in pairs:
+        m = markers.get(oa["phase"], "o")
+        pa, pb = (oa["intensity"], oa["achieved_tflops"] * 1e12), (ob["intensity"], ob["achieved_tflops"] * 1e12)
+        ax.scatter(*pa, s=55, marker=m, facecolor="none", edgecolor=BOUND_COLORS.get(oa["bound"], "C0"), zorder=3)
+        ax.scatter(*pb, s=55, marker=m, color=BOUND_COLORS.get(ob["bound"], "C0"), edgecolor="white", zorder=3)
+        ax.annotate("", pb, pa, arrowprops={"arrowstyle": "->", "color": "#555555", "lw": 0.8})
+    moved = sorted(pairs, key=lambda p: -abs(p[1]["time_ms"] - p[0]["time_ms"]))[:5]
+    for oa, ob in moved:
+        change = (ob["time_ms"] - oa["time_ms"]) / oa["time_ms"]
+        ax.annotate(f"{ob['op']} ({ob['phase']}) {'+' if change > 0 else ''}{change:.0%}",
+                    (ob["intensity"], ob["achieved_tflops"] * 1e12), textcoords="offset points", xytext=(6, 4),
+                    fontsize=7)
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(min(ys) / 3, peak * 3),
+           xlabel="arithmetic intensity (FLOP / byte, analytic)", ylabel="achieved FLOP/s",
+           title=f"Roofline: {comparison.names[0]} {a_run.run_id} (hollow) -> {comparison.names[b]} {b_run.run_id}")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: tick(v)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: si(v, "FLOP/s")))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    handles = [Line2D([], [], ls="", marker="o", mfc="none", color="#555555", label=f"{comparison.names[0]} (before)"),
+               Line2D([], [], ls="", marker="o", color="#555555", label=f"{comparison.names[b]} (after)")]
+    ax.legend(handles=handles, fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig

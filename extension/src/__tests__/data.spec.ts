@@ -5,6 +5,9 @@ import { test } from 'node:test';
 import {
   breakdown,
   cdf,
+  compareOps,
+  compareRows,
+  parseCompare,
   constraintsOn,
   fmt,
   overlaps,
@@ -192,4 +195,25 @@ test('a sweep names its SLO lines by metric', () => {
   const s = parseSweep(SWEEP);
   assert.deepEqual(constraintsOn(s, 'tpot_ms_p99'), [{ op: '<=', bound: 20, text: 'tpot_ms_p99 <= 20' }]);
   assert.deepEqual(constraintsOn(s, 'output_tok_s'), []);
+});
+
+test('a comparison: headed columns, ratios to A, and the change of each op', () => {
+  assert.throws(() => parseCompare({ schema: 'tuner.compare/1', runs: [RUN] }), /two runs or more/);
+  const b = { ...RUN, run_id: 'def', config: { ...RUN.config, quant: 'int4' },
+              metrics: { ...RUN.metrics, ttft_ms: 5, mbu: 0.25 },
+              ops: [op('decode', 'qkv_proj', 1.5, 2e6, 4e6, 'memory'), op('prefill', 'qkv_proj', 2, 5e9, 4e6, 'compute')] };
+  const c = parseCompare({ schema: 'tuner.compare/1', names: ['A', 'B'], runs: [RUN, b] });
+  const rows = compareRows(c);
+  assert.deepEqual(rows[0], ['', 'A abc', 'B def', 'B/A']);
+  const byKey = Object.fromEntries(rows.slice(1).map(r => [r[0], r.slice(1)]));
+  assert.deepEqual(byKey.quant, ['int8', 'int4', '']);
+  assert.deepEqual(byKey.ttft_ms, ['10', '5', '0.50x']);
+  assert.deepEqual(byKey.mbu, ['50.0%', '25.0%', '0.50x']);
+  assert.equal(byKey.model, undefined); // the same in both: not listed
+  const ops = compareOps(c);
+  assert.deepEqual(ops.map(o => `${o.phase}:${o.op}`), ['decode:qkv_proj', 'prefill:qkv_proj', 'decode:rope']);
+  assert.deepEqual(ops[0].ms, [3, 1.5]);
+  assert.deepEqual(ops[0].change, [-0.5]);
+  assert.deepEqual(ops[2].ms, [1, null]); // profiled in A only
+  assert.deepEqual(ops[2].change, [null]);
 });
