@@ -148,8 +148,8 @@ def test_a_busy_machine_is_recorded_in_the_run_and_warned_about_in_one_line():
 
     from tuner.profile.load import warning
 
-    e = tuner.Engine(model="tiny", max_seq_len=256)
-    w = tuner.Workload(batch=1, prompt_len=8, output_len=200)
+    e = tuner.Engine(model="tiny", max_seq_len=1024)
+    w = tuner.Workload(batch=1, prompt_len=8, output_len=1000)  # long enough for CPU time in 10 ms ticks
     quiet = e.generate(w)
     _check_load_record(quiet.machine_load)
     assert quiet.machine_load["own_cpu_share"] > 0

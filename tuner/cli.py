@@ -66,9 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("--threads", type=_positive_int, default=None, help="CPU threads torch may use (default: torch's)")
     out.add_argument("--no-warmup", action="store_true", help="skip the short warm-up batch before the run")
     out.add_argument("--json", type=Path, default=None, help="write the RunResult (tuner.run/1) to this file")
-    out.add_argument("--profile", nargs="?", const=True, default=False, metavar="EXTRAS",
+    out.add_argument("--profile", action="store_true",
                      help="profile the run: print each op's time, rates and bound; write traces (one profiler step "
-                          "per engine step). EXTRAS, comma-separated, also records: shapes, memory, stack")
+                          "per engine step)")
+    out.add_argument("--profile-extras", default=None, metavar="EXTRAS",
+                     help="with --profile, also record (comma-separated): shapes, memory, stack")
     out.add_argument("--logdir", type=Path, default=None,
                      help="where profiled runs write their traces (default ~/.cache/tuner/runs)")
 
@@ -191,6 +193,7 @@ def cmd_run(args) -> int:
         raise ValueError(f"--json {args.json} is a directory: give the file to write the run record to")
     if args.logdir is not None and args.logdir.exists() and not args.logdir.is_dir():
         raise ValueError(f"--logdir {args.logdir} is a file: give the directory the traces go to")
+    args.profile = args.profile_extras or args.profile  # extras imply a profile
     profile_extras(args.profile)  # a misspelt extra is refused before the model loads
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -42,9 +42,9 @@ def _workload_flags(func):
                                    "one per line in the cell too")
 @_workload_flags
 @argument("--prompt", action="append", help="a text prompt instead of synthetic ones (repeatable)")
-@argument("--profile", nargs="?", const=True, default=False, metavar="EXTRAS",
-          help="profile: per-op times, roofline verdicts, traces; EXTRAS (comma-separated) also records shapes, "
-               "memory, stack")
+@argument("--profile", action="store_true", help="profile: per-op times, roofline verdicts, traces")
+@argument("--profile-extras", default=None, metavar="EXTRAS",
+          help="with --profile, also record (comma-separated): shapes, memory, stack")
 @argument("-o", "--output", action="store_true", help="return the RunResult instead of displaying it")
 def _run_args(line):
     """Run the engine on a workload and show its metrics (and op profile with --profile)."""
@@ -195,8 +195,8 @@ class TunerMagics(Magics):
             print(f"no model loaded: using {DEFAULT_MODEL} (dummy weights); %tuner load MODEL picks another")
         bar = TokenBar()
         try:
-            result = self.session.run(engine_knobs, sampling, workload, profile=args.profile, prompts=args.prompt,
-                                      on_step=bar, progress=load_progress("loading"))
+            result = self.session.run(engine_knobs, sampling, workload, profile=args.profile_extras or args.profile,
+                                      prompts=args.prompt, on_step=bar, progress=load_progress("loading"))
         finally:
             bar.close()
         if args.output:
