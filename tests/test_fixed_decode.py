@@ -90,19 +90,28 @@ def test_rope_kv_write_twin_is_rope_then_cache_write(paged, kv_dtype):
     assert c1.k[1].abs().sum() > 0 and c1.k[0].abs().sum() == 0  # layer 1 written, layer 0 untouched
 
 
-@pytest.mark.parametrize("paged", [False, True])
-def test_decode_attention_twin_matches_cache_read_and_attention(paged):
+def _filled_cache(paged: bool, lens: list[int], seed: int):
+    """A float32 CPU cache (paged in blocks of 8, or contiguous) whose row b holds lens[b] random K/V tokens in
+    layer 0; returns it, each row's (k, v) and a random query per row."""
     a = _args()
-    g = torch.Generator().manual_seed(1)
-    B, H, Hkv, D = 3, a.n_heads, a.n_kv_heads, a.head_dim
+    g = torch.Generator().manual_seed(seed)
+    B, H, Hkv, D = len(lens), a.n_heads, a.n_kv_heads, a.head_dim
     c = PagedKVCache(a, B, 64, torch.float32, "auto", torch.device("cpu"), 8) if paged else \
         KVCache(a, B, 64, torch.float32, "auto", torch.device("cpu"))
-    lens = [33, 5, 17]
     c.reserve(lens)
+    kvs = []
     for b, n in enumerate(lens):
         k, v = torch.randn(n, Hkv, D, generator=g), torch.randn(n, Hkv, D, generator=g)
         c.write(0, k, v, c.slots(torch.full((n,), b), torch.arange(n)))
-    q = torch.randn(B, H, D, generator=g)
+        kvs.append((k, v))
+    return c, kvs, torch.randn(B, H, D, generator=g)
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_decode_attention_twin_matches_cache_read_and_attention(paged):
+    lens = [33, 5, 17]
+    c, _, q = _filled_cache(paged, lens, seed=1)
+    B = len(lens)
     out = torch_ops.decode_attention(q, c, 0, c.decode_tables(B), c.block_len, torch.tensor(lens))
     for b, n in enumerate(lens):
         k, v = c.read(0, B, max(lens))
@@ -231,16 +240,9 @@ def test_the_attention_plan_refuses_a_context_its_grid_does_not_cover():
 
 @pytest.mark.parametrize("paged", [False, True])
 def test_decode_attention_twin_gives_zeros_for_a_sequence_with_no_keys(paged):
-    a = _args()
-    g = torch.Generator().manual_seed(2)
-    B, H, Hkv, D = 3, a.n_heads, a.n_kv_heads, a.head_dim
-    c = PagedKVCache(a, B, 64, torch.float32, "auto", torch.device("cpu"), 8) if paged else \
-        KVCache(a, B, 64, torch.float32, "auto", torch.device("cpu"))
     lens = [0, 9, 0]
-    c.reserve(lens)
-    k, v = torch.randn(9, Hkv, D, generator=g), torch.randn(9, Hkv, D, generator=g)
-    c.write(0, k, v, c.slots(torch.full((9,), 1), torch.arange(9)))
-    q = torch.randn(B, H, D, generator=g)
+    c, kvs, q = _filled_cache(paged, lens, seed=2)
+    B, (k, v) = len(lens), kvs[1]
     out = torch_ops.decode_attention(q, c, 0, c.decode_tables(B), c.block_len, torch.tensor(lens))
     assert torch.isfinite(out).all()
     assert out[0].abs().sum() == 0 and out[2].abs().sum() == 0

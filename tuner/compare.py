@@ -117,13 +117,7 @@ class Comparison:
     # -- records -----------------------------------------------------------------------------------------
 
     def to_dict(self) -> dict:
-        runs = []
-        for r in self.runs:
-            d = r.to_dict()
-            d.pop("tokens"), d.pop("text")
-            d["timings"] = {k: v for k, v in d["timings"].items() if k != "token_times_ms"}
-            runs.append(d)
-        return {"schema": SCHEMA, "names": self.names, "runs": runs}
+        return {"schema": SCHEMA, "names": self.names, "runs": [r.display_record() for r in self.runs]}
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         import base64

@@ -126,10 +126,14 @@ class RunResult:
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         """Notebook display: text/plain, text/html (metrics, op table, charts) and the tuner MIME type
         (the record without per-token data) for the JupyterLab renderer."""
+        return {"text/plain": self.table(), "text/html": self._html(), self.MIME: self.display_record()}
+
+    def display_record(self) -> dict[str, Any]:
+        """The record without per-token data (tokens, text, token times): what a notebook output carries."""
         record = self.to_dict()
         record.pop("tokens"), record.pop("text")
         record["timings"] = {k: v for k, v in record["timings"].items() if k != "token_times_ms"}
-        return {"text/plain": self.table(), "text/html": self._html(), self.MIME: record}
+        return record
 
     def _html(self) -> str:
         import base64

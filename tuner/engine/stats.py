@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 from ..profile.load import LoadMeter
 from ..profile.telemetry import Telemetry
 from .batch import Pending
@@ -115,11 +117,5 @@ def spread(values: list[float]) -> float | None:
     """The noise of repeated measurements: (p90 - p10) / p50, a fraction; None under 5 values."""
     if len(values) < 5:
         return None
-    v = sorted(values)
-
-    def q(f: float) -> float:
-        x = f * (len(v) - 1)
-        i = int(x)
-        return v[i] + (v[min(i + 1, len(v) - 1)] - v[i]) * (x - i)
-
-    return (q(0.9) - q(0.1)) / q(0.5) if q(0.5) else None
+    p10, p50, p90 = np.percentile(values, (10, 50, 90))
+    return float((p90 - p10) / p50) if p50 else None

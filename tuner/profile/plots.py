@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 
+from .. import fmt
+
 BOUND_COLORS = {"memory": "#1f77b4", "compute": "#d62728", "overhead": "#7f7f7f"}
 
 
@@ -167,19 +169,13 @@ def roofline(result, phase: str | None = None, ax=None):
                                for r in top.head(LABELLED).itertuples()], obstacles)
     shown = {a.get_text() for a in named}
     fig.tuner_labels = named
-    fig.tuner_unlabelled = [f"{r.op} ({r.phase}) {fmt_num(r.time_ms)} ms" for r in top.itertuples()
+    fig.tuner_unlabelled = [f"{r.op} ({r.phase}) {fmt.num(r.time_ms)} ms" for r in top.itertuples()
                             if f"{r.op} ({r.phase})" not in shown]
     if fig.tuner_unlabelled:
         rest = fig.tuner_unlabelled
         fig.text(0.01, 0.005, "not labelled, by time: " + ", ".join(rest[:10]) + (" ..." if len(rest) > 10 else ""),
                  fontsize=6.5, wrap=True, va="bottom")
     return fig
-
-
-def fmt_num(v: float) -> str:
-    from .. import fmt
-
-    return fmt.num(v)
 
 
 @styled
@@ -237,7 +233,7 @@ def compare_steps(comparison):
         color = RUN_COLORS[i % len(RUN_COLORS)]
         med = float(np.median(steps))
         ax.plot(np.arange(1, len(steps) + 1), steps, lw=1.2, color=color,
-                label=f"{name} {r.run_id}: median {fmt_num(med)} ms")
+                label=f"{name} {r.run_id}: median {fmt.num(med)} ms")
         ax.axhline(med, color=color, lw=0.8, ls="--")
         drawn += 1
     if not drawn:
