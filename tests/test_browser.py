@@ -1,5 +1,6 @@
 """A real browser: JupyterLab on 127.0.0.1, headless Chromium (Debian's, through Playwright) opens the
-quickstart, runs it, sees the panel render, clicks Run and sees the live chart and the history update.
+quickstart, runs it, sees the panel render, clicks Run and sees the live chart and the history update,
+then compares the last two runs.
 The screenshot is kept as a test artifact (tests/artifacts/panel.png).
 
 Needs Debian's `chromium` (apt-get install chromium; never a downloaded browser) and the playwright
@@ -53,7 +54,7 @@ def _until(cond, timeout: float, what: str, page) -> None:
 def test_quickstart_panel_renders_and_runs_in_chromium(lab):
     need_chromium()
     url, root = lab
-    with chromium() as page:
+    with chromium(viewport=(1400, 3000)) as page:  # tall enough for the whole panel's screenshot
         page.goto(url + "lab/tree/quickstart.ipynb")
         page.wait_for_function("() => window.jupyterapp && "
                                "window.jupyterapp.commands.hasCommand('notebook:run-all-cells')")
@@ -75,6 +76,14 @@ def test_quickstart_panel_renders_and_runs_in_chromium(lab):
         history = page.locator(".jupyter-widgets table.dataframe tbody tr")
         assert history.count() == records_before + 1
         assert page.locator(".jupyter-widgets img:visible").count() == 1  # no empty (broken) charts shown
+        compare = page.locator(".jupyter-widgets button:has-text('Compare last two')")
+        assert compare.is_enabled()  # the quickstart's own runs are in the history too
+        compare.click()
+        table = page.locator(".widget-html-content", has_text="A against B")
+        _until(lambda: table.count() == 1 and page.locator(".jupyter-widgets img:visible").count() == 2, 120,
+               "the comparison of the last two runs", page)
+        text = table.inner_text()
+        assert " B/A" in text and "tpot_ms_p99" in text  # headed columns: run A, run B and their ratio
         news = page.locator(".jp-Notification-Toast button", has_text="No")
         if news.count():  # JupyterLab's "get notified about news?" toast, out of the screenshot
             news.first.click()

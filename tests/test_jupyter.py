@@ -161,6 +161,7 @@ def test_panel_run_button_runs_the_engine_and_fills_the_outputs(tmp_path):
     assert "kv_cache" in p.comparison.value and "contiguous" in p.comparison.value and "paged" in p.comparison.value
     assert p.compare_steps.value[:8] == b"\x89PNG\r\n\x1a\n"
     assert p.compare_roofline.layout.display == "none"  # the second run has no op profile
+    assert "no op-by-op change: run B has no op profile" in p.comparison.value  # said once, not a column of n/a
 
 
 def test_panel_serve_button_serves_traffic_with_live_charts(tmp_path):

@@ -386,6 +386,21 @@ def test_cli_sweep_export_and_demo(tmp_path):
     assert len(runs) >= 4 and sweep_record["schema"] == "tuner.sweep/1"
 
 
+def test_demo_with_an_slo_nothing_meets_exits_3_with_one_line(tmp_path):
+    real_file()  # the demo's model
+    out = subprocess.run([sys.executable, "-m", "tuner.cli", "demo", "--out", "demo", "--n-trials", "1",
+                          "--tpot-slo", "0.001"], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 3, out.stderr
+    lines = [x for x in out.stderr.splitlines() if x.startswith("tuner: ")]
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("tuner: no trial was feasible: the closest, trial 0 ")
+    assert "missed: tpot_ms_p99 was " in lines[0] and lines[0].endswith("x the bound")  # 1 µs is missed by far
+    assert lines[0].removeprefix("tuner: ") in out.stdout  # the summary says the same line
+    assert "Pareto front:" not in out.stdout  # no empty front
+    assert not (tmp_path / "demo" / "exports").exists()  # nothing feasible, nothing exported
+
+
 # -- one study, two processes, a real PostgreSQL ----------------------------------------------------------
 
 

@@ -88,8 +88,12 @@ class Comparison:
 
     def ops_table(self) -> str:
         rows = self.ops_rows()
+        missing = [n for n, r in zip(self.names, self.runs, strict=True) if not r.ops_records]
         if not rows:
             return "no op profile in these runs: run them with profile=True (%tuner run --profile)"
+        if missing:  # a column of n/a says nothing: name the runs to profile instead
+            return (f"no op-by-op change: run {', '.join(missing)} has no op profile; run every compared run with "
+                    "profile=True (%tuner run --profile)")
         head = ["phase", "op", *(f"{n} ms" for n in self.names), *(f"{n} vs A" for n in self.names[1:])]
         body = [[r["phase"], r["op"], *(fmt.num(r[f"{n}_ms"]) for n in self.names),
                  *(_change(r[f"{n}_change"]) for n in self.names[1:])] for r in rows]

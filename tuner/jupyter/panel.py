@@ -88,6 +88,7 @@ class Panel:
         self.breakdown = w.Image(format="png", layout=w.Layout(max_width="560px", display="none"))
         self.history = w.HTML()
         self.compare_button = w.Button(description="Compare last two", icon="columns", disabled=True,
+                                       layout=w.Layout(width="auto"),
                                        tooltip="the last two runs side by side: metrics, op-by-op change, step "
                                                "latency and roofline overlaid")
         self.comparison = w.HTML()
