@@ -53,11 +53,11 @@ def test_int8_dequantized_weight_is_within_half_a_step_per_channel():
     assert ((lin.dequantize() - w).abs() <= step / 2 + 1e-6).all()
 
 
-@pytest.mark.parametrize("out_features", [48, 40])  # 48: torch's packed CPU kernel; 40: the dequantizing path
-def test_int4_dequantized_weight_is_within_half_a_step_per_group(out_features):
+@pytest.mark.parametrize("out_features", [48, 40])  # 48: torch's packed CPU kernel or tuner's; 40: tuner's (or
+def test_int4_dequantized_weight_is_within_half_a_step_per_group(out_features):  # the dequantizing path)
     w = torch.randn(out_features, 128, generator=torch.Generator().manual_seed(1))
     lin = Int4Linear(w, None, 32)
-    assert lin.packed_cpu == (out_features % 16 == 0)
+    assert lin.packed_cpu == (out_features % 16 == 0 and not lin.native)
     deq = lin.dequantize().float()
     groups = w.view(out_features, 4, 32)
     step = ((groups.amax(-1) - groups.amin(-1)) / 15).repeat_interleave(32, dim=1)

@@ -1,9 +1,10 @@
 """Linear layers: float, and weight-only int8 / int4 / fp8 that replace the float weight they quantize.
 
 On CPU, float layers keep their weight prepacked for oneDNN (the path torch.compile's CPU freezing
-takes), which streams weights 2-3x faster than `F.linear` at decode batch sizes (benchmarks/decode_cpu.py);
-int8 and int4 run torch's packed matmul kernels (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`)
-with bf16 activations, which is where those kernels are fast.
+takes), which streams weights 2-3x faster than `F.linear` at decode batch sizes (benchmarks/decode_cpu.py).
+int8 and int4 decode rows run tuner's own CPU kernels (tuner.backends.cpu_kernels, float32 activations, each
+weight byte read once) where they are faster than torch's packed kernels (`_weight_int8pack_mm`,
+`_weight_int4pack_mm_for_cpu`, bf16 activations) on this CPU, timed once per shape; otherwise torch's.
 Elsewhere a quantized layer dequantizes into the activation dtype and calls `F.linear` (correct,
 not fast: the CuPy backend brings real GEMV kernels).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..backends import cpu_kernels
 from ..knobs import ENGINE_KNOBS
 
 INT4_GROUP_SIZES = ENGINE_KNOBS["group_size"].choices
@@ -112,6 +114,37 @@ def packed_wins(weight: torch.Tensor) -> bool:
     return first_wins(("onednn", weight.dtype, tuple(weight.shape)), candidates)
 
 
+NATIVE_ROWS = 2 * cpu_kernels.MAX_M  # rows up to which a quantized layer runs tuner's CPU kernel (decode); more
+# rows (prefill) take torch's kernel or a dequantized weight, which reuse each weight across many rows
+
+
+def native_wins(scheme: str, shape: tuple, group_size: int = 0) -> bool:
+    """Whether tuner's CPU kernel (tuner.backends.cpu_kernels) runs a one-row product of this int8 or int4 weight
+    shape at least 5% faster than torch's packed kernel on this CPU (timed once per shape); False where the
+    kernel cannot be built here. torch's int4 kernel needs N % 16 == 0: other shapes take tuner's kernel."""
+    if cpu_kernels.library() is None:
+        return False
+    N, K = shape
+    if scheme == "int4" and N % 16:
+        return True
+
+    def candidates():
+        x = torch.randn(1, K)
+        if scheme == "int8":
+            q, scale = torch.randint(-127, 128, (N, K), dtype=torch.int8), torch.rand(N).bfloat16()
+            return ((lambda: cpu_kernels.int8_gemv(x, q, scale, None)),
+                    (lambda: torch.ops.aten._weight_int8pack_mm(x.bfloat16(), q, scale).float()), N * K)
+        nib = torch.randint(0, 256, (N, K // 2), dtype=torch.uint8)
+        scale = zero = torch.rand(N, K // group_size).bfloat16()
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.randint(0, 16, (N, K), dtype=torch.int32), 2)
+        sz = torch.rand(K // group_size, N, 2).bfloat16()
+        return ((lambda: cpu_kernels.int4_gemv(x, nib, scale, zero, None, group_size)),
+                (lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x.bfloat16(), packed, group_size, sz).float()),
+                N * K)
+
+    return first_wins(("native", scheme, N, K, group_size), candidates)
+
+
 class TiedLMHead(Linear):
     """The output projection sharing the float embedding table [vocab, dim], which stays unpacked so the
     embedding can read its rows. Where it is faster on this CPU (timed once per shape), 1-3 rows are computed as
@@ -161,7 +194,9 @@ class Int8Linear(Linear):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         self.dtype, self.bias = weight.dtype, bias
         self.cpu = weight.device.type == "cpu"
-        scale_dtype = torch.bfloat16 if self.cpu else weight.dtype  # the CPU kernel wants bf16 scales
+        scale_dtype = torch.bfloat16 if self.cpu else weight.dtype  # both CPU kernels read bf16 scales
+        # tuner's kernel for decode rows (same layout as torch's), where it is the faster of the two here
+        self.native = self.cpu and native_wins("int8", weight.shape)
         self.weight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
         self.scale = torch.empty(weight.shape[0], dtype=scale_dtype, device=weight.device)
         for rows, w in _row_chunks(weight):
@@ -171,7 +206,10 @@ class Int8Linear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        if self.cpu:
+        if self.native and x.numel() <= NATIVE_ROWS * shape[-1]:
+            y = cpu_kernels.int8_gemv(x.reshape(-1, shape[-1]).float().contiguous(), self.weight, self.scale,
+                                      None).to(x.dtype).view(*shape[:-1], -1)
+        elif self.cpu:
             y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight, self.scale)
             y = y.to(x.dtype).view(*shape[:-1], -1)
         else:
@@ -218,8 +256,11 @@ class Int4Linear(Linear):
             z = (lo + 8.0 * s).to(store).float()
             scale[rows], zero[rows] = s, z
             q[rows] = ((w - (z - 8.0 * s)[..., None]) / s[..., None]).round_().clamp_(0, 15).view(-1, K)
-        # CPU kernel needs N % 16 == 0; other shapes take the dequantizing path.
-        self.packed_cpu = weight.device.type == "cpu" and N % 16 == 0
+        # tuner's CPU kernel (nibbles [N, K/2]) where it is faster here than torch's, which needs N % 16 == 0;
+        # other shapes take the dequantizing path
+        cpu = weight.device.type == "cpu"
+        self.native = cpu and native_wins("int4", (N, K), group_size)
+        self.packed_cpu = cpu and N % 16 == 0 and not self.native
         if self.packed_cpu:
             self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)
             self.scales_zeros = torch.stack([scale.t(), zero.t()], dim=-1).contiguous()  # [K/g, N, 2]
@@ -230,7 +271,10 @@ class Int4Linear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        if self.packed_cpu:
+        if self.native:  # any rows: a pass per MAX_M rows beats dequantizing the weight for a prefill
+            y = cpu_kernels.int4_gemv(x.reshape(-1, shape[-1]).float().contiguous(), self.weight, self.scale,
+                                      self.zero, None, self.group_size).to(x.dtype).view(*shape[:-1], -1)
+        elif self.packed_cpu:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight, self.group_size, self.scales_zeros
             )

@@ -1,0 +1,152 @@
+/* CPU weight-only int8 / int4 matrix products for decode: y[M, N] = x[M, K] @ W^T, float32 in and out.
+
+   Weights are stored as the CUDA kernels store them (kernels/gemv.cu) and dequantized inside the dot
+   product, in registers, so each weight byte is read from memory once per pass:
+     int8: W[n, k] = q[n, k] * scale[n]                          q int8 [N, K], scale bf16 [N]
+     int4: W[n, k] = (q[n, k] - 8) * scale[n, g] + zero[n, g]     packed uint8 [N, K/2] (low nibble = even k),
+                                                                  scale, zero bf16 [N, K/G], g = k / G
+   The int4 product is computed per group as scale * sum((q - 8) x) + zero * sum(x); sum(x) over each group,
+   and x split into its even and odd elements (the low and high nibbles' inputs), are made once per call.
+   Rows of W are split across OpenMP threads (torch's own runtime: the library is loaded after torch, whose
+   libgomp.so.1 then serves it). Up to MAX_M rows of x share one pass over W.
+
+   Built by tuner/backends/cpu_kernels.py with `gcc -O3 -march=native -fopenmp`. With AVX-512 the dot products
+   are written in intrinsics (int8 and nibbles widened to float in registers, FMA into 16 lanes); elsewhere the
+   plain loops below them run, as the compiler vectorizes them. */
+
+#include <stdint.h>
+#include <stdlib.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#define MAX_M 8
+
+/* bf16 (the upper half of a float32) to float */
+static inline float bf(uint16_t h) {
+    union { uint32_t u; float f; } v = {(uint32_t)h << 16};
+    return v.f;
+}
+
+/* sum_k w[k] x[k] over K int8 weights */
+static inline float dot_i8(const int8_t *w, const float *x, int K) {
+    int k = 0;
+    float a = 0.0f;
+#if defined(__AVX512F__)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (; k + 32 <= K; k += 32) {
+        __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + k))));
+        __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + k + 16))));
+        a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + k), a0);
+        a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + k + 16), a1);
+    }
+    a = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+#endif
+    for (; k < K; k++) a += (float)w[k] * x[k];
+    return a;
+}
+
+/* sum over the groups of one row of scale[g] * sum((q - 8) x) for int4 weights (HG = G/2 bytes a group, a
+   multiple of 16), as 16 lanes. Four accumulators (low and high nibbles, even and odd groups) keep four FMA
+   chains in flight; the scale multiplies the widened nibbles before their FMA. */
+#if defined(__AVX512F__)
+static inline void bytes_i4(__m128i b, __m512 s, const float *e, const float *o, __m512 *a0, __m512 *a1) {
+    const __m128i nib = _mm_set1_epi8(15);
+    const __m512i eight = _mm512_set1_epi32(8);
+    __m512 lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(b, nib)), eight));
+    __m512 hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), nib)),
+                                                    eight));
+    *a0 = _mm512_fmadd_ps(_mm512_mul_ps(lo, s), _mm512_loadu_ps(e), *a0);
+    *a1 = _mm512_fmadd_ps(_mm512_mul_ps(hi, s), _mm512_loadu_ps(o), *a1);
+}
+
+static inline __m512 row_i4(const uint8_t *p, const float *e, const float *o, const uint16_t *sc, int NG, int HG) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    int g = 0;
+    for (; g + 2 <= NG; g += 2) {
+        const __m512 s0 = _mm512_set1_ps(bf(sc[g])), s1 = _mm512_set1_ps(bf(sc[g + 1]));
+        for (int j = 0; j < HG; j += 16) {
+            const int j0 = g * HG + j, j1 = j0 + HG;
+            bytes_i4(_mm_loadu_si128((const __m128i *)(p + j0)), s0, e + j0, o + j0, &a0, &a1);
+            bytes_i4(_mm_loadu_si128((const __m128i *)(p + j1)), s1, e + j1, o + j1, &a2, &a3);
+        }
+    }
+    for (; g < NG; g++) {
+        const __m512 s0 = _mm512_set1_ps(bf(sc[g]));
+        for (int j = g * HG; j < (g + 1) * HG; j += 16)
+            bytes_i4(_mm_loadu_si128((const __m128i *)(p + j)), s0, e + j, o + j, &a0, &a1);
+    }
+    return _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+}
+#endif
+
+void tuner_int8_gemv(const float *x, int M, int K, const int8_t *q, const uint16_t *scale, const float *bias,
+                     float *y, int N) {
+    for (int m0 = 0; m0 < M; m0 += MAX_M) {
+        const int mb = M - m0 < MAX_M ? M - m0 : MAX_M;
+        const float *xb = x + (int64_t)m0 * K;
+        float *yb = y + (int64_t)m0 * N;
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const int8_t *w = q + (int64_t)n * K;
+            for (int m = 0; m < mb; m++) {
+                const float *xm = xb + (int64_t)m * K;
+                yb[(int64_t)m * N + n] = dot_i8(w, xm, K) * bf(scale[n]) + (bias ? bias[n] : 0.0f);
+            }
+        }
+    }
+}
+
+/* Returns 0, or -1 when the scratch buffer cannot be allocated. */
+int tuner_int4_gemv(const float *x, int M, int K, const uint8_t *packed, const uint16_t *scale, const uint16_t *zero,
+                    const float *bias, int G, float *y, int N) {
+    const int H = K / 2, NG = K / G, HG = G / 2;
+    float *xe = malloc(sizeof(float) * ((size_t)MAX_M * K + (size_t)MAX_M * NG));
+    if (!xe) return -1;
+    float *xo = xe + (size_t)MAX_M * H, *xsum = xe + (size_t)MAX_M * K;
+    for (int m0 = 0; m0 < M; m0 += MAX_M) {
+        const int mb = M - m0 < MAX_M ? M - m0 : MAX_M;
+        for (int m = 0; m < mb; m++) {
+            const float *xm = x + (int64_t)(m0 + m) * K;
+            for (int j = 0; j < H; j++) {
+                xe[m * H + j] = xm[2 * j];
+                xo[m * H + j] = xm[2 * j + 1];
+            }
+            for (int g = 0; g < NG; g++) {
+                float s = 0.0f;
+                for (int k = g * G; k < (g + 1) * G; k++) s += xm[k];
+                xsum[m * NG + g] = s;
+            }
+        }
+        float *yb = y + (int64_t)m0 * N;
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const uint8_t *p = packed + (int64_t)n * H;
+            const uint16_t *sc = scale + (int64_t)n * NG, *ze = zero + (int64_t)n * NG;
+            for (int m = 0; m < mb; m++) {
+                const float *e = xe + m * H, *o = xo + m * H, *xs = xsum + m * NG;
+                float acc = 0.0f;
+#if defined(__AVX512F__)
+                if (HG % 16 == 0) {
+                    for (int g = 0; g < NG; g++) acc += bf(ze[g]) * xs[g];
+                    acc += _mm512_reduce_add_ps(row_i4(p, e, o, sc, NG, HG));
+                    yb[(int64_t)m * N + n] = acc + (bias ? bias[n] : 0.0f);
+                    continue;
+                }
+#endif
+                for (int g = 0; g < NG; g++) {
+                    const uint8_t *pg = p + g * HG;
+                    const float *eg = e + g * HG, *og = o + g * HG;
+                    float a = 0.0f;
+#pragma omp simd reduction(+ : a)
+                    for (int j = 0; j < HG; j++)
+                        a += (float)((int)(pg[j] & 15) - 8) * eg[j] + (float)((int)(pg[j] >> 4) - 8) * og[j];
+                    acc += a * bf(sc[g]) + bf(ze[g]) * xs[g];
+                }
+                yb[(int64_t)m * N + n] = acc + (bias ? bias[n] : 0.0f);
+            }
+        }
+    }
+    free(xe);
+    return 0;
+}

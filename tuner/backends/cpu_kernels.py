@@ -1,0 +1,151 @@
+"""tuner's CPU kernels (kernels/cpu_gemv.c): weight-only int8 and int4 matrix products that read each weight byte
+once and keep float32 activations, built with this machine's C compiler on first use.
+
+torch's own CPU kernels for these formats (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) take bf16
+activations and, at decode's one row, run below memory speed on a 2-core VM (benchmarks/vs_llamacpp.py's note);
+these run at it. The library is compiled once per source, compiler and CPU into ~/.cache/tuner/cpu (or
+$TUNER_CACHE/cpu) with `gcc -O3 -march=native -fopenmp`, and loaded with ctypes. Without a compiler `library()` is
+None and `why_not()` says why: the quantized layers then use torch's kernels.
+
+Like every backend this imports nothing of tuner.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = "cpu_gemv.c"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
+MAX_M = 8  # rows of x that share one pass over the weight (MAX_M in the source)
+
+_lib: ctypes.CDLL | None = None
+_why: str | None = None
+_tried = False
+
+
+def source_path() -> Path:
+    """kernels/cpu_gemv.c inside the installed package (the wheel), else beside it in a source checkout."""
+    here = Path(__file__).resolve().parent.parent
+    for d in (here / "kernels", here.parent / "kernels"):
+        if (d / SOURCE).exists():
+            return d / SOURCE
+    raise FileNotFoundError(f"tuner's CPU kernel source is missing: looked for kernels/{SOURCE} in {here} and "
+                            f"{here.parent}")
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("TUNER_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
+                                                           os.path.expanduser("~/.cache"), "tuner")
+    return Path(root) / "cpu"
+
+
+def _cpu_id() -> str:
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        flags = platform.processor()
+    return flags
+
+
+def compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+
+
+def build() -> Path:
+    """The compiled library for this source, compiler and CPU (compiled now if it is not in the cache)."""
+    cc = compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (gcc or $CC) on PATH")
+    src = source_path()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    key = hashlib.sha256("\0".join([src.read_text(), version, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"cpu_gemv-{key}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            part = Path(tmp) / out.name
+            done = subprocess.run([cc, *FLAGS, str(src), "-o", str(part)], capture_output=True, text=True)
+            if done.returncode:
+                raise RuntimeError(f"{cc} failed on {src}: {done.stderr.strip()[:2000]}")
+            os.replace(part, out)  # atomic: another process may build the same file
+    return out
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or None where they cannot be built here (see why_not()). TUNER_CPU_KERNELS=0 turns
+    them off (the quantized layers then run torch's kernels)."""
+    global _lib, _why, _tried
+    if not _tried:
+        _tried = True
+        if os.environ.get("TUNER_CPU_KERNELS", "1") == "0":
+            _why = "turned off by TUNER_CPU_KERNELS=0"
+        else:
+            try:
+                lib = ctypes.CDLL(str(build()))
+            except (OSError, RuntimeError, FileNotFoundError) as e:
+                _why = str(e)
+            else:
+                p, i = ctypes.c_void_p, ctypes.c_int
+                lib.tuner_int8_gemv.argtypes = [p, i, i, p, p, p, p, i]
+                lib.tuner_int8_gemv.restype = None
+                lib.tuner_int4_gemv.argtypes = [p, i, i, p, p, p, p, i, p, i]
+                lib.tuner_int4_gemv.restype = i
+                _lib = lib
+    return _lib
+
+
+def why_not() -> str | None:
+    """Why the CPU kernels are not in use, or None when they are."""
+    library()
+    return _why
+
+
+def _check(name: str, t: torch.Tensor, dtype: torch.dtype, shape: tuple) -> None:
+    if t.device.type != "cpu" or t.dtype != dtype or tuple(t.shape) != shape or not t.is_contiguous():
+        raise ValueError(f"{name} must be a contiguous CPU {dtype} tensor of shape {shape}, got "
+                         f"{t.device.type} {t.dtype} {tuple(t.shape)}{'' if t.is_contiguous() else ' (strided)'}")
+
+
+def int8_gemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [M, K] float32 @ (q [N, K] int8 * scale [N] bf16).T (+ bias [N]) -> [M, N] float32."""
+    N, K = q.shape
+    M = x.shape[0]
+    _check("x", x, torch.float32, (M, K))
+    _check("q", q, torch.int8, (N, K))
+    _check("scale", scale, torch.bfloat16, (N,))
+    if bias is not None:
+        _check("bias", bias, torch.float32, (N,))
+    y = torch.empty(M, N)
+    library().tuner_int8_gemv(x.data_ptr(), M, K, q.data_ptr(), scale.data_ptr(),
+                              None if bias is None else bias.data_ptr(), y.data_ptr(), N)
+    return y
+
+
+def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+              bias: torch.Tensor | None, group_size: int) -> torch.Tensor:
+    """x [M, K] float32 @ W.T (+ bias) -> [M, N] float32, W = (q - 8) * scale + zero per group of `group_size`;
+    packed [N, K/2] uint8 (low nibble = even k), scale and zero [N, K/group_size] bf16."""
+    N, K = packed.shape[0], packed.shape[1] * 2
+    M = x.shape[0]
+    if group_size % 2 or K % group_size:
+        raise ValueError(f"group_size={group_size} must be even and divide K={K}")
+    _check("x", x, torch.float32, (M, K))
+    _check("packed", packed, torch.uint8, (N, K // 2))
+    _check("scale", scale, torch.bfloat16, (N, K // group_size))
+    _check("zero", zero, torch.bfloat16, (N, K // group_size))
+    if bias is not None:
+        _check("bias", bias, torch.float32, (N,))
+    y = torch.empty(M, N)
+    if library().tuner_int4_gemv(x.data_ptr(), M, K, packed.data_ptr(), scale.data_ptr(), zero.data_ptr(),
+                                 None if bias is None else bias.data_ptr(), group_size, y.data_ptr(), N):
+        raise MemoryError(f"int4_gemv: no memory for its {MAX_M} x {K} scratch rows")
+    return y
