@@ -46,37 +46,32 @@ static inline float dot_i8(const int8_t *w, const float *x, int K) {
     return a;
 }
 
-/* sum over the groups of one row of scale[g] * sum((q - 8) x) for int4 weights (HG = G/2 bytes a group, a
-   multiple of 16), as 16 lanes. Four accumulators (low and high nibbles, even and odd groups) keep four FMA
-   chains in flight; the scale multiplies the widened nibbles before their FMA. */
+/* sum over the groups of one row of scale[g] * sum(q x) for int4 weights q in [0, 15] (HG = G/2 bytes a group,
+   a multiple of 16), as 16 lanes; the -8 offset is folded into the zero term by the caller. 16 bytes widen to
+   16 int32 lanes once (one shuffle); their low and high nibbles FMA with the even and odd inputs, and each
+   group's sum is scaled into one of two accumulators (even and odd groups), so FMA chains overlap. */
 #if defined(__AVX512F__)
-static inline void bytes_i4(__m128i b, __m512 s, const float *e, const float *o, __m512 *a0, __m512 *a1) {
-    const __m128i nib = _mm_set1_epi8(15);
-    const __m512i eight = _mm512_set1_epi32(8);
-    __m512 lo = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(b, nib)), eight));
-    __m512 hi = _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(b, 4), nib)),
-                                                    eight));
-    *a0 = _mm512_fmadd_ps(_mm512_mul_ps(lo, s), _mm512_loadu_ps(e), *a0);
-    *a1 = _mm512_fmadd_ps(_mm512_mul_ps(hi, s), _mm512_loadu_ps(o), *a1);
+static inline __m512 group_i4(const uint8_t *p, const float *e, const float *o, int HG) {
+    const __m512i nib = _mm512_set1_epi32(15);
+    __m512 t0 = _mm512_setzero_ps(), t1 = _mm512_setzero_ps();
+    for (int j = 0; j < HG; j += 16) {
+        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + j)));
+        t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, nib)), _mm512_loadu_ps(e + j), t0);
+        t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), _mm512_loadu_ps(o + j), t1);
+    }
+    return _mm512_add_ps(t0, t1);
 }
 
 static inline __m512 row_i4(const uint8_t *p, const float *e, const float *o, const uint16_t *sc, int NG, int HG) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
     int g = 0;
     for (; g + 2 <= NG; g += 2) {
-        const __m512 s0 = _mm512_set1_ps(bf(sc[g])), s1 = _mm512_set1_ps(bf(sc[g + 1]));
-        for (int j = 0; j < HG; j += 16) {
-            const int j0 = g * HG + j, j1 = j0 + HG;
-            bytes_i4(_mm_loadu_si128((const __m128i *)(p + j0)), s0, e + j0, o + j0, &a0, &a1);
-            bytes_i4(_mm_loadu_si128((const __m128i *)(p + j1)), s1, e + j1, o + j1, &a2, &a3);
-        }
+        a0 = _mm512_fmadd_ps(group_i4(p + g * HG, e + g * HG, o + g * HG, HG), _mm512_set1_ps(bf(sc[g])), a0);
+        a1 = _mm512_fmadd_ps(group_i4(p + (g + 1) * HG, e + (g + 1) * HG, o + (g + 1) * HG, HG),
+                             _mm512_set1_ps(bf(sc[g + 1])), a1);
     }
-    for (; g < NG; g++) {
-        const __m512 s0 = _mm512_set1_ps(bf(sc[g]));
-        for (int j = g * HG; j < (g + 1) * HG; j += 16)
-            bytes_i4(_mm_loadu_si128((const __m128i *)(p + j)), s0, e + j, o + j, &a0, &a1);
-    }
-    return _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+    if (g < NG) a0 = _mm512_fmadd_ps(group_i4(p + g * HG, e + g * HG, o + g * HG, HG), _mm512_set1_ps(bf(sc[g])), a0);
+    return _mm512_add_ps(a0, a1);
 }
 #endif
 
@@ -128,7 +123,7 @@ int tuner_int4_gemv(const float *x, int M, int K, const uint8_t *packed, const u
                 float acc = 0.0f;
 #if defined(__AVX512F__)
                 if (HG % 16 == 0) {
-                    for (int g = 0; g < NG; g++) acc += bf(ze[g]) * xs[g];
+                    for (int g = 0; g < NG; g++) acc += (bf(ze[g]) - 8.0f * bf(sc[g])) * xs[g];
                     acc += _mm512_reduce_add_ps(row_i4(p, e, o, sc, NG, HG));
                     yb[(int64_t)m * N + n] = acc + (bias ? bias[n] : 0.0f);
                     continue;

@@ -67,6 +67,11 @@ class _EngineChecks(_Validated):
         on_cuda = self.device.startswith("cuda")
         if self.backend == "cupy" and not on_cuda:
             raise ValueError("backend='cupy' needs a CUDA device: on device='cpu' use backend='torch'")
+        if self.backend == "cpu" and on_cuda:
+            raise ValueError("backend='cpu' runs tuner's C kernels on device='cpu': on a GPU use 'torch' or 'cupy'")
+        if self.backend == "cpu" and (self.dtype != "float32" or self.kv_dtype != "auto"):
+            raise ValueError(f"backend='cpu' runs float32 models with kv_dtype='auto', not dtype={self.dtype!r} with "
+                             f"kv_dtype={self.kv_dtype!r}: use those, or backend='torch'")
         if self.cuda_graphs and not on_cuda:
             raise ValueError("cuda_graphs=True needs a CUDA device: on device='cpu' set cuda_graphs=False")
         if self.backend == "cupy":
@@ -111,6 +116,8 @@ class _EngineChecks(_Validated):
         if args.sliding_window is not None and self.max_seq_len > args.sliding_window:
             raise ValueError(f"max_seq_len={self.max_seq_len} exceeds {self.model}'s sliding_window="
                              f"{args.sliding_window}, which tuner does not implement: use at most that")
+        if self.backend == "cpu" and (args.head_dim % 2 or args.head_dim > 1024):
+            raise ValueError(f"backend='cpu' takes even head sizes up to 1024, not {args.head_dim} ({self.model})")
         if self.backend == "cupy":  # the kernels' shapes and their 32-bit KV offsets
             from .backends import cupy_ops
 

@@ -1,5 +1,6 @@
-"""tuner's CPU kernels (kernels/cpu_gemv.c): weight-only int8 and int4 matrix products that read each weight byte
-once and keep float32 activations, built with this machine's C compiler on first use.
+"""tuner's CPU kernels (kernels/cpu_gemv.c, cpu_decode.c), built with this machine's C compiler on first use:
+weight-only int8 and int4 matrix products that read each weight byte once and keep float32 activations, and the
+fused float32 ops of a decode step (tuner.backends.cpu_ops, the `cpu` backend).
 
 torch's own CPU kernels for these formats (`_weight_int8pack_mm`, `_weight_int4pack_mm_for_cpu`) take bf16
 activations and, at decode's one row, run below memory speed on a 2-core VM (benchmarks/vs_llamacpp.py's note);
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-SOURCE = "cpu_gemv.c"
+SOURCES = ("cpu_gemv.c", "cpu_decode.c")  # one library
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 MAX_M = 8  # rows of x that share one pass over the weight (MAX_M in the source)
 
@@ -32,14 +33,14 @@ _why: str | None = None
 _tried = False
 
 
-def source_path() -> Path:
-    """kernels/cpu_gemv.c inside the installed package (the wheel), else beside it in a source checkout."""
+def source_paths() -> list[Path]:
+    """kernels/cpu_*.c inside the installed package (the wheel), else beside it in a source checkout."""
     here = Path(__file__).resolve().parent.parent
     for d in (here / "kernels", here.parent / "kernels"):
-        if (d / SOURCE).exists():
-            return d / SOURCE
-    raise FileNotFoundError(f"tuner's CPU kernel source is missing: looked for kernels/{SOURCE} in {here} and "
-                            f"{here.parent}")
+        if all((d / s).exists() for s in SOURCES):
+            return [d / s for s in SOURCES]
+    raise FileNotFoundError(f"tuner's CPU kernel sources are missing: looked for kernels/{', '.join(SOURCES)} in "
+                            f"{here} and {here.parent}")
 
 
 def _cache_dir() -> Path:
@@ -65,17 +66,19 @@ def build() -> Path:
     cc = compiler()
     if cc is None:
         raise RuntimeError("no C compiler (gcc or $CC) on PATH")
-    src = source_path()
+    srcs = source_paths()
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
-    key = hashlib.sha256("\0".join([src.read_text(), version, *FLAGS, _cpu_id()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join([*(s.read_text() for s in srcs), version, *FLAGS, _cpu_id()]).encode())
+    key = key.hexdigest()[:16]
     out = _cache_dir() / f"cpu_gemv-{key}.so"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             part = Path(tmp) / out.name
-            done = subprocess.run([cc, *FLAGS, str(src), "-o", str(part)], capture_output=True, text=True)
+            done = subprocess.run([cc, *FLAGS, *map(str, srcs), "-o", str(part), "-lm"], capture_output=True,
+                                  text=True)
             if done.returncode:
-                raise RuntimeError(f"{cc} failed on {src}: {done.stderr.strip()[:2000]}")
+                raise RuntimeError(f"{cc} failed on {', '.join(map(str, srcs))}: {done.stderr.strip()[:2000]}")
             os.replace(part, out)  # atomic: another process may build the same file
     return out
 
@@ -99,6 +102,15 @@ def library() -> ctypes.CDLL | None:
                 lib.tuner_int8_gemv.restype = None
                 lib.tuner_int4_gemv.argtypes = [p, i, i, p, p, p, p, i, p, i]
                 lib.tuner_int4_gemv.restype = i
+                f, L = ctypes.c_float, ctypes.c_int64
+                lib.tuner_add_rms_norm.argtypes = [p, p, p, f, p, i, i]
+                lib.tuner_add_rms_norm.restype = None
+                lib.tuner_silu_mul.argtypes = [p, p, i, i]
+                lib.tuner_silu_mul.restype = None
+                lib.tuner_rope_kv_write.argtypes = [p, L, p, f, p, p, p, p, p, L, L, L, p, i, i, p, i, i, i, i]
+                lib.tuner_rope_kv_write.restype = None
+                lib.tuner_decode_attention.argtypes = [p, p, p, L, L, L, p, i, i, p, p, i, i, i, i]
+                lib.tuner_decode_attention.restype = i
                 _lib = lib
     return _lib
 

@@ -49,13 +49,17 @@ class Engine:
         self.args, checkpoint = check_machine(config)  # what only this machine can tell, before any weights load
         self.device, self.dtype = torch.device(config.device), _DTYPES[config.dtype]
         # The torch backend decodes through model.forward, or with cuda_graphs through the fixed-shape
-        # model.decode step on torch_ops; the cupy backend always through model.decode and its kernels
+        # model.decode step on torch_ops; the cupy and cpu backends always through model.decode and their kernels
         # (tests run that step on CPU with torch_ops, the kernels' twins). Prefill is model.forward on torch_ops.
         self.ops, self.fixed_decode = torch_ops, config.cuda_graphs
         if config.backend == "cupy":
             from ..backends import cupy_ops
 
             self.ops, self.fixed_decode = cupy_ops, True
+        if config.backend == "cpu":  # tuner's C kernels for the decode step (float32)
+            from ..backends import cpu_ops
+
+            self.ops, self.fixed_decode = cpu_ops, True
         if _weights_from is not None:  # same weights, other runtime knobs (see replace())
             self.model, self.load_s = _weights_from.model, 0.0
             self.tokenizer, self.eos_ids = _weights_from.tokenizer, _weights_from.eos_ids
@@ -309,7 +313,7 @@ class Engine:
     def _sample(self, rows: Rows, row_t: torch.Tensor, logits: torch.Tensor, sampler: Sampler) -> torch.Tensor:
         with op("sampling"):
             seen = rows.seen[row_t] if rows.seen is not None else None
-            if self.ops is not torch_ops:  # the cupy backend's fused sampler
+            if self.config.backend == "cupy":  # the cupy backend's fused sampler
                 tokens = self.ops.sample(logits, sampler.params, sampler.rng, seen)
             else:
                 tokens = sample(logits, sampler.params, sampler.generator, seen)

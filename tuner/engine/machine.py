@@ -39,6 +39,12 @@ def check_machine(config: EngineConfig) -> tuple[ModelArgs, Path | None]:
     if config.device == "cpu" and config.dtype == "float16" and not cpu_has_fast_float16():
         raise ValueError("dtype='float16' has no fast matmul on this CPU (torch would run it for minutes): "
                          "use dtype='bfloat16' or 'float32'")
+    if config.backend == "cpu":
+        from ..backends import cpu_kernels
+
+        if cpu_kernels.library() is None:
+            raise ValueError(f"backend='cpu' needs tuner's C kernels, which cannot be built here "
+                             f"({cpu_kernels.why_not()}): use backend='torch'")
     check_memory(config, args)
     return args, checkpoint
 
