@@ -1,12 +1,17 @@
-"""tuner's CPU kernels (kernels/cpu_gemv.c, built with gcc on first use): the int8 and int4 products equal the torch
-twins they replace (tuner.backends.torch_ops.int8_linear / int4_linear) on every path of the source: the AVX-512
-loops and their scalar tails, one pass and several passes of rows, with and without bias."""
+"""tuner's CPU kernels (kernels/cpu_gemv.c and cpu_decode.c, built with gcc on first use).
+
+The int8 and int4 products equal the torch twins they replace (tuner.backends.torch_ops.int8_linear / int4_linear)
+on every path of the source: the AVX-512 loops and their scalar tails, one pass and several passes of rows, with
+and without bias. The cpu backend's fused decode ops equal their torch twins, and an engine on backend='cpu' gives
+backend='torch''s tokens, paged, contiguous and solo."""
 
 import os
 
 import pytest
 import torch
 
+import tuner
+from conftest import VOCAB
 from tuner.backends import cpu_kernels, torch_ops
 from tuner.models.quant import Int4Linear, Int8Linear
 
@@ -82,3 +87,108 @@ def test_the_library_is_built_once_per_source_and_cached(tmp_path, monkeypatch):
     assert first.parent == tmp_path / "cpu" and first.stat().st_size > 1000
     mtime = first.stat().st_mtime_ns
     assert cpu_kernels.build() == first and first.stat().st_mtime_ns == mtime  # not rebuilt
+
+
+# -- backend='cpu': the fused decode ops against their torch twins, and the engine against backend='torch' --------
+
+
+def _cache(paged: bool, B: int, kv_dtype: str = "auto"):
+    from tuner.engine.kv_cache import KVCache, PagedKVCache
+
+    a = _args()
+    return PagedKVCache(a, B, 64, torch.float32, kv_dtype, torch.device("cpu"), 8) if paged else \
+        KVCache(a, B, 64, torch.float32, kv_dtype, torch.device("cpu"))
+
+
+def _args():
+    import dataclasses
+
+    from tuner.models.args import resolve_model
+
+    return dataclasses.replace(resolve_model("tiny")[0], n_layers=2, n_heads=6, n_kv_heads=2, head_dim=16)
+
+
+def test_add_rms_norm_and_silu_mul_equal_their_twins():
+    from tuner.backends import cpu_ops
+
+    x, d, w = torch.randn(3, 96, generator=gen), torch.randn(3, 96, generator=gen), torch.randn(96, generator=gen)
+    for delta in (None, d):
+        got_x, got_h = cpu_ops.add_rms_norm(x.clone(), delta, w, 1e-5)
+        ref_x, ref_h = torch_ops.add_rms_norm(x.clone(), delta, w, 1e-5)
+        assert torch.equal(got_x, ref_x) and _rel(got_h, ref_h) < 1e-6
+    gu = torch.randn(3, 2 * 40, generator=gen)
+    assert _rel(cpu_ops.silu_and_mul(gu), torch_ops.silu_and_mul(gu)) < 1e-6
+
+
+@pytest.mark.parametrize("paged", [False, True])
+@pytest.mark.parametrize("qk_norm", [False, True])  # True: Qwen3's per-head q/k RMSNorm
+def test_rope_kv_write_equals_its_twin_in_q_and_in_the_cache(paged, qk_norm):
+    from tuner.backends import cpu_ops
+    from tuner.models.model import rope_tables
+
+    a = _args()
+    B, H, Hkv, D = 3, a.n_heads, a.n_kv_heads, a.head_dim
+    c1, c2 = _cache(paged, B), _cache(paged, B)
+    for c in (c1, c2):
+        c.reserve([40, 9, 23])
+    cos, sin = rope_tables(a, 64, "cpu", torch.float32)
+    qkv = torch.randn(B, (H + 2 * Hkv) * D + 8, generator=gen)[:, 8:]  # strided rows, as a slice of a wider output
+    norm = torch.randn(H + Hkv, D, generator=gen) if qk_norm else None
+    pos = torch.tensor([39, 8, 22], dtype=torch.int32)
+    got = cpu_ops.rope_kv_write(qkv, norm, 1e-6, pos, cos, sin, c1, 1, c1.decode_tables(B), c1.block_len, H, Hkv)
+    ref = torch_ops.rope_kv_write(qkv, norm, 1e-6, pos, cos, sin, c2, 1, c2.decode_tables(B), c2.block_len, H, Hkv)
+    assert _rel(got, ref) < 1e-5
+    assert _rel(c1.k, c2.k) < 1e-5 and torch.equal(c1.v, c2.v) and c1.k[0].abs().sum() == 0  # layer 1 only
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_decode_attention_equals_its_twin_and_gives_zeros_without_keys(paged):
+    from tuner.backends import cpu_ops
+
+    lens = [33, 5, 0, 17]
+    c = _cache(paged, len(lens))
+    c.reserve([max(n, 1) for n in lens])
+    a = _args()
+    for b, n in enumerate(lens):
+        k, v = torch.randn(n, a.n_kv_heads, a.head_dim, generator=gen), torch.randn(n, a.n_kv_heads, a.head_dim,
+                                                                                   generator=gen)
+        c.write(0, k, v, c.slots(torch.full((n,), b), torch.arange(n)))
+    q = torch.randn(len(lens), a.n_heads, a.head_dim, generator=gen)
+    tables, seq_lens = c.decode_tables(len(lens)), torch.tensor(lens, dtype=torch.int32)
+    got = cpu_ops.decode_attention(q, c, 0, tables, c.block_len, seq_lens)
+    ref = torch_ops.decode_attention(q, c, 0, tables, c.block_len, seq_lens)
+    assert _rel(got, ref) < 1e-5 and got[2].abs().sum() == 0
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("quant", ["none", "int8", "int4"])
+def test_the_cpu_backend_gives_the_torch_backends_tokens_paged_contiguous_and_solo(checkpoint, family, quant):
+    path, _ = checkpoint(family)
+    g = torch.Generator().manual_seed(4)
+    ps = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (3, 17, 9)]
+    sampling = tuner.SamplingParams(max_new_tokens=12)
+    knobs = dict(model=str(path), batch_size=3, quant=quant, group_size=32)
+    ref = tuner.Engine(**knobs).generate(ps, sampling).tokens
+    for kv_cache in ("contiguous", "paged"):
+        got = tuner.Engine(**knobs, backend="cpu", kv_cache=kv_cache, block_size=8).generate(ps, sampling).tokens
+        assert got == ref, kv_cache
+    solo = tuner.Engine(**{**knobs, "batch_size": 1}, backend="cpu")
+    assert [solo.generate([p], sampling).tokens[0] for p in ps] == ref
+
+
+def test_the_cpu_backend_explains_what_it_cannot_run():
+    for knobs, message in (({"device": "cuda"}, "backend='cpu' runs tuner's C kernels on device='cpu'"),
+                           ({"dtype": "bfloat16"}, "backend='cpu' runs float32 models with kv_dtype='auto', not "
+                                                   "dtype='bfloat16'"),
+                           ({"kv_dtype": "int8"}, "kv_dtype='int8': use those, or backend='torch'")):
+        with pytest.raises(ValueError, match=message):
+            tuner.EngineConfig(model="tiny", backend="cpu", **knobs)
+
+
+def test_a_profiled_cpu_backend_run_names_its_fused_ops(checkpoint):
+    path, _ = checkpoint("llama")
+    r = tuner.Engine(model=str(path), backend="cpu").generate(tuner.Workload(batch=1, prompt_len=8, output_len=6),
+                                                              profile=True)
+    decode = set(r.ops[r.ops.phase == "decode"].op)
+    assert {"add_norm", "rope_kv_write", "attention", "act_mul", "qkv_proj", "lm_head"} <= decode
+    assert "kv_write" not in decode  # fused into rope_kv_write
