@@ -63,7 +63,8 @@ void tuner_rope_kv_write(const float *qkv, int64_t ld, const float *qk_norm, flo
             }
             for (int i = 0; i < D; i++) x[i] = qk_norm ? in[i] * r * qk_norm[h * D + i] : in[i];
             float *out = h < H ? q + ((int64_t)b * H + h) * D : kpool + at + (int64_t)(h - H) * sh;
-            for (int i = 0; i < D; i++) out[i] = x[i] * c[i] + x[(i + half) % D] * s[i];
+            for (int i = 0; i < half; i++) out[i] = x[i] * c[i] + x[i + half] * s[i];
+            for (int i = half; i < D; i++) out[i] = x[i] * c[i] + x[i - half] * s[i];
         }
         for (int h = 0; h < Hkv; h++)
             memcpy(vpool + at + (int64_t)h * sh, row + (int64_t)(H + Hkv + h) * D, sizeof(float) * D);
@@ -71,7 +72,8 @@ void tuner_rope_kv_write(const float *qkv, int64_t ld, const float *qk_norm, flo
 }
 
 /* out [B, H * D]: each query head of q [B, H, D] attends to the first seq_lens[b] positions of its KV head
-   (query heads h share KV head h / (H / Hkv)); no keys: zeros. Returns 0, or -1 without scratch memory. */
+   (query heads h share KV head h / (H / Hkv)); no keys: zeros. One task per (sequence, query head), so a
+   batch-1 step still spreads its 9-odd heads over the threads. Returns 0, or -1 without scratch memory. */
 int tuner_decode_attention(const float *q, const float *kpool, const float *vpool, int64_t sx, int64_t sh,
                            int64_t sy, const int32_t *tables, int ncols, int Y, const int32_t *seq_lens, float *out,
                            int B, int H, int Hkv, int D) {
@@ -79,46 +81,45 @@ int tuner_decode_attention(const float *q, const float *kpool, const float *vpoo
     int failed = 0;
     const float scale = 1.0f / sqrtf((float)D);
 #pragma omp parallel for schedule(static) reduction(| : failed)
-    for (int task = 0; task < B * Hkv; task++) {
-        const int b = task / Hkv, hk = task % Hkv, n = seq_lens[b];
-        float *o = out + ((int64_t)b * H + (int64_t)hk * G) * D;
-        if (n <= 0) {
-            memset(o, 0, sizeof(float) * G * D);
-            continue;
-        }
-        float *sc = malloc(sizeof(float) * (size_t)G * n);
+    for (int task = 0; task < B * H; task++) {
+        const int b = task / H, h = task % H, hk = h / G, n = seq_lens[b];
+        float *o = out + (int64_t)task * D;
+        memset(o, 0, sizeof(float) * D);
+        if (n <= 0) continue;
+        float *sc = malloc(sizeof(float) * (size_t)n);
         if (!sc) {
             failed = 1;
             continue;
         }
-        const float *qh = q + ((int64_t)b * H + (int64_t)hk * G) * D;
-        for (int t = 0; t < n; t++) {
-            const float *k = kpool + (int64_t)tables[(int64_t)b * ncols + t / Y] * sx + hk * sh + (int64_t)(t % Y) * sy;
-            for (int g = 0; g < G; g++) {
+        const float *qh = q + (int64_t)task * D;
+        const int32_t *tb = tables + (int64_t)b * ncols;
+        float m = -INFINITY;
+        for (int t0 = 0; t0 < n; t0 += Y) {  /* block by block: no division per key */
+            const float *kb = kpool + (int64_t)tb[t0 / Y] * sx + hk * sh;
+            const int len = n - t0 < Y ? n - t0 : Y;
+            for (int j = 0; j < len; j++) {
+                const float *k = kb + (int64_t)j * sy;
                 float a = 0.0f;
 #pragma omp simd reduction(+ : a)
-                for (int i = 0; i < D; i++) a += qh[g * D + i] * k[i];
-                sc[g * n + t] = a * scale;
+                for (int i = 0; i < D; i++) a += qh[i] * k[i];
+                sc[t0 + j] = a * scale;
+                m = sc[t0 + j] > m ? sc[t0 + j] : m;
             }
         }
-        for (int g = 0; g < G; g++) {
-            float *sg = sc + (int64_t)g * n, m = sg[0], sum = 0.0f;
-            for (int t = 1; t < n; t++) m = sg[t] > m ? sg[t] : m;
-            for (int t = 0; t < n; t++) {
-                sg[t] = expf(sg[t] - m);
-                sum += sg[t];
-            }
-            const float inv = 1.0f / sum;
-            for (int t = 0; t < n; t++) sg[t] *= inv;
-        }
-        memset(o, 0, sizeof(float) * G * D);
+        float sum = 0.0f;
         for (int t = 0; t < n; t++) {
-            const float *v = vpool + (int64_t)tables[(int64_t)b * ncols + t / Y] * sx + hk * sh + (int64_t)(t % Y) * sy;
-            for (int g = 0; g < G; g++) {
-                const float pg = sc[g * n + t];
-                float *og = o + g * D;
+            sc[t] = expf(sc[t] - m);
+            sum += sc[t];
+        }
+        const float inv = 1.0f / sum;
+        for (int t0 = 0; t0 < n; t0 += Y) {
+            const float *vb = vpool + (int64_t)tb[t0 / Y] * sx + hk * sh;
+            const int len = n - t0 < Y ? n - t0 : Y;
+            for (int j = 0; j < len; j++) {
+                const float *v = vb + (int64_t)j * sy;
+                const float pt = sc[t0 + j] * inv;
 #pragma omp simd
-                for (int i = 0; i < D; i++) og[i] += pg * v[i];
+                for (int i = 0; i < D; i++) o[i] += pt * v[i];
             }
         }
         free(sc);
