@@ -46,6 +46,29 @@ static inline float dot_i8(const int8_t *w, const float *x, int K) {
     return a;
 }
 
+/* y[r] = sum_k w[r * K + k] x[k] for 4 rows r at once: x is loaded once for the 4, and 4 FMA chains overlap */
+static inline void dot4_i8(const int8_t *w, const float *x, int K, float *y) {
+    int k = 0;
+    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#if defined(__AVX512F__)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + k);
+#define W(r) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + (int64_t)(r) * K + k))))
+        a0 = _mm512_fmadd_ps(W(0), xv, a0);
+        a1 = _mm512_fmadd_ps(W(1), xv, a1);
+        a2 = _mm512_fmadd_ps(W(2), xv, a2);
+        a3 = _mm512_fmadd_ps(W(3), xv, a3);
+#undef W
+    }
+    a[0] = _mm512_reduce_add_ps(a0), a[1] = _mm512_reduce_add_ps(a1);
+    a[2] = _mm512_reduce_add_ps(a2), a[3] = _mm512_reduce_add_ps(a3);
+#endif
+    for (; k < K; k++)
+        for (int r = 0; r < 4; r++) a[r] += (float)w[(int64_t)r * K + k] * x[k];
+    for (int r = 0; r < 4; r++) y[r] = a[r];
+}
+
 /* sum over the groups of one row of scale[g] * sum(q x) for int4 weights q in [0, 15] (HG = G/2 bytes a group,
    a multiple of 16), as 16 lanes; the -8 offset is folded into the zero term by the caller. 16 bytes widen to
    16 int32 lanes once (one shuffle); their low and high nibbles FMA with the even and odd inputs, and each
@@ -81,12 +104,19 @@ void tuner_int8_gemv(const float *x, int M, int K, const int8_t *q, const uint16
         const int mb = M - m0 < MAX_M ? M - m0 : MAX_M;
         const float *xb = x + (int64_t)m0 * K;
         float *yb = y + (int64_t)m0 * N;
+        const int N4 = N / 4;
 #pragma omp parallel for schedule(static)
-        for (int n = 0; n < N; n++) {
-            const int8_t *w = q + (int64_t)n * K;
+        for (int n4 = 0; n4 < N4 + (N % 4); n4++) {  /* blocks of 4 rows, then the last N % 4 rows one by one */
+            const int n = n4 < N4 ? 4 * n4 : 4 * N4 + (n4 - N4), rows = n4 < N4 ? 4 : 1;
             for (int m = 0; m < mb; m++) {
                 const float *xm = xb + (int64_t)m * K;
-                yb[(int64_t)m * N + n] = dot_i8(w, xm, K) * bf(scale[n]) + (bias ? bias[n] : 0.0f);
+                float d[4];
+                if (rows == 4)
+                    dot4_i8(q + (int64_t)n * K, xm, K, d);
+                else
+                    d[0] = dot_i8(q + (int64_t)n * K, xm, K);
+                for (int r = 0; r < rows; r++)
+                    yb[(int64_t)m * N + n + r] = d[r] * bf(scale[n + r]) + (bias ? bias[n + r] : 0.0f);
             }
         }
     }
