@@ -192,3 +192,15 @@ def test_a_profiled_cpu_backend_run_names_its_fused_ops(checkpoint):
     decode = set(r.ops[r.ops.phase == "decode"].op)
     assert {"add_norm", "rope_kv_write", "attention", "act_mul", "qkv_proj", "lm_head"} <= decode
     assert "kv_write" not in decode  # fused into rope_kv_write
+
+
+def test_the_cpu_backend_under_continuous_batching_gives_the_torch_backends_tokens(checkpoint):
+    path, _ = checkpoint("llama")
+    g = torch.Generator().manual_seed(6)
+    ps = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (5, 21, 3, 12, 8)]
+    sampling = tuner.SamplingParams(max_new_tokens=10)
+    # 5 requests through 2 rows: later ones join running sequences, prefilling beside their decodes (mixed steps)
+    knobs = dict(model=str(path), batch_size=2, kv_cache="paged", block_size=8, enable_chunked_prefill=True,
+                 max_num_batched_tokens=16)
+    ref = tuner.Engine(**knobs).generate(ps, sampling).tokens
+    assert tuner.Engine(**knobs, backend="cpu").generate(ps, sampling).tokens == ref
