@@ -127,15 +127,19 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, shape: tuple) -> None
                          f"{t.device.type} {t.dtype} {tuple(t.shape)}{'' if t.is_contiguous() else ' (strided)'}")
 
 
-def int8_gemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x [M, K] float32 @ (q [N, K] int8 * scale [N] bf16).T (+ bias [N]) -> [M, N] float32."""
+def int8_gemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+              checked: bool = True) -> torch.Tensor:
+    """x [M, K] float32 @ (q [N, K] int8 * scale [N] bf16).T (+ bias [N]) -> [M, N] float32. checked=False skips
+    the checks of q, scale and bias, for a layer that made them once (x is always checked)."""
     N, K = q.shape
     M = x.shape[0]
-    _check("x", x, torch.float32, (M, K))
-    _check("q", q, torch.int8, (N, K))
-    _check("scale", scale, torch.bfloat16, (N,))
-    if bias is not None:
-        _check("bias", bias, torch.float32, (N,))
+    if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != K:
+        _check("x", x, torch.float32, (M, K))
+    if checked:
+        _check("q", q, torch.int8, (N, K))
+        _check("scale", scale, torch.bfloat16, (N,))
+        if bias is not None:
+            _check("bias", bias, torch.float32, (N,))
     y = torch.empty(M, N)
     library().tuner_int8_gemv(x.data_ptr(), M, K, q.data_ptr(), scale.data_ptr(),
                               None if bias is None else bias.data_ptr(), y.data_ptr(), N)
@@ -143,19 +147,22 @@ def int8_gemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch
 
 
 def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-              bias: torch.Tensor | None, group_size: int) -> torch.Tensor:
+              bias: torch.Tensor | None, group_size: int, checked: bool = True) -> torch.Tensor:
     """x [M, K] float32 @ W.T (+ bias) -> [M, N] float32, W = (q - 8) * scale + zero per group of `group_size`;
-    packed [N, K/2] uint8 (low nibble = even k), scale and zero [N, K/group_size] bf16."""
+    packed [N, K/2] uint8 (low nibble = even k), scale and zero [N, K/group_size] bf16. checked=False skips the
+    checks of the weight tensors, for a layer that made them once (x is always checked)."""
     N, K = packed.shape[0], packed.shape[1] * 2
     M = x.shape[0]
-    if group_size % 2 or K % group_size:
-        raise ValueError(f"group_size={group_size} must be even and divide K={K}")
-    _check("x", x, torch.float32, (M, K))
-    _check("packed", packed, torch.uint8, (N, K // 2))
-    _check("scale", scale, torch.bfloat16, (N, K // group_size))
-    _check("zero", zero, torch.bfloat16, (N, K // group_size))
-    if bias is not None:
-        _check("bias", bias, torch.float32, (N,))
+    if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != K:
+        _check("x", x, torch.float32, (M, K))
+    if checked:
+        if group_size % 2 or K % group_size:
+            raise ValueError(f"group_size={group_size} must be even and divide K={K}")
+        _check("packed", packed, torch.uint8, (N, K // 2))
+        _check("scale", scale, torch.bfloat16, (N, K // group_size))
+        _check("zero", zero, torch.bfloat16, (N, K // group_size))
+        if bias is not None:
+            _check("bias", bias, torch.float32, (N,))
     y = torch.empty(M, N)
     if library().tuner_int4_gemv(x.data_ptr(), M, K, packed.data_ptr(), scale.data_ptr(), zero.data_ptr(),
                                  None if bias is None else bias.data_ptr(), group_size, y.data_ptr(), N):

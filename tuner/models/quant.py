@@ -206,9 +206,10 @@ class Int8Linear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        if self.native and x.numel() <= NATIVE_ROWS * shape[-1]:
-            y = cpu_kernels.int8_gemv(x.reshape(-1, shape[-1]).float().contiguous(), self.weight, self.scale,
-                                      None).to(x.dtype).view(*shape[:-1], -1)
+        if self.native and x.numel() <= NATIVE_ROWS * shape[-1]:  # its own tensors: right by construction
+            y = cpu_kernels.int8_gemv(x.reshape(-1, shape[-1]).float().contiguous(), self.weight, self.scale, None,
+                                      checked=False)
+            y = y.to(x.dtype).view(*shape[:-1], -1)
         elif self.cpu:
             y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight, self.scale)
             y = y.to(x.dtype).view(*shape[:-1], -1)
@@ -273,7 +274,8 @@ class Int4Linear(Linear):
         shape = x.shape
         if self.native:  # any rows: a pass per MAX_M rows beats dequantizing the weight for a prefill
             y = cpu_kernels.int4_gemv(x.reshape(-1, shape[-1]).float().contiguous(), self.weight, self.scale,
-                                      self.zero, None, self.group_size).to(x.dtype).view(*shape[:-1], -1)
+                                      self.zero, None, self.group_size, checked=False)
+            y = y.to(x.dtype).view(*shape[:-1], -1)
         elif self.packed_cpu:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight, self.group_size, self.scales_zeros
