@@ -175,3 +175,32 @@ int tuner_int4_gemv(const float *x, int M, int K, const uint8_t *packed, const u
     free(xe);
     return 0;
 }
+
+/* y[M, N] = x[M, K] @ w[N, K]^T (+ bias), float32: each weight row is loaded once per MAX_M rows of x, which FMA
+   into one accumulator each (a tied output projection read by 8 decode rows at once, where MKL's sgemm reads it
+   slower than memory speed on a 2-core VM). */
+void tuner_f32_gemv(const float *x, int M, int K, const float *w, const float *bias, float *y, int N) {
+    for (int m0 = 0; m0 < M; m0 += MAX_M) {
+        const int mb = M - m0 < MAX_M ? M - m0 : MAX_M;
+        const float *xb = x + (int64_t)m0 * K;
+        float *yb = y + (int64_t)m0 * N;
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const float *wn = w + (int64_t)n * K;
+            float a[MAX_M] = {0};
+            int k = 0;
+#if defined(__AVX512F__)
+            __m512 acc[MAX_M];
+            for (int m = 0; m < mb; m++) acc[m] = _mm512_setzero_ps();
+            for (; k + 16 <= K; k += 16) {
+                const __m512 wv = _mm512_loadu_ps(wn + k);
+                for (int m = 0; m < mb; m++) acc[m] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb + (int64_t)m * K + k), acc[m]);
+            }
+            for (int m = 0; m < mb; m++) a[m] = _mm512_reduce_add_ps(acc[m]);
+#endif
+            for (; k < K; k++)
+                for (int m = 0; m < mb; m++) a[m] += wn[k] * xb[(int64_t)m * K + k];
+            for (int m = 0; m < mb; m++) yb[(int64_t)m * N + n] = a[m] + (bias ? bias[n] : 0.0f);
+        }
+    }
+}

@@ -204,3 +204,16 @@ def test_the_cpu_backend_under_continuous_batching_gives_the_torch_backends_toke
                  max_num_batched_tokens=16)
     ref = tuner.Engine(**knobs).generate(ps, sampling).tokens
     assert tuner.Engine(**knobs, backend="cpu").generate(ps, sampling).tokens == ref
+
+
+@pytest.mark.parametrize("M", [1, 5, 8, 13])
+def test_f32_gemv_equals_f_linear_and_serves_the_tied_head_of_a_batch(M):
+    from tuner.models.quant import TiedLMHead
+
+    w, x = torch.randn(200, 72, generator=gen), torch.randn(M, 72, generator=gen)
+    bias = torch.randn(200, generator=gen)
+    assert _rel(cpu_kernels.f32_gemv(x, w), torch.nn.functional.linear(x, w)) < 1e-5  # 72: AVX-512 steps, a tail
+    assert _rel(cpu_kernels.f32_gemv(x, w, bias), torch.nn.functional.linear(x, w, bias)) < 1e-5
+    head = TiedLMHead(w)
+    head.wide = True  # whichever this CPU timed faster, the kernel's path gives F.linear's logits
+    assert _rel(head(x[:, None]), torch.nn.functional.linear(x, w)[:, None]) < 1e-5

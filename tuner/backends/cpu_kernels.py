@@ -102,6 +102,8 @@ def library() -> ctypes.CDLL | None:
                 lib.tuner_int8_gemv.restype = None
                 lib.tuner_int4_gemv.argtypes = [p, i, i, p, p, p, p, i, p, i]
                 lib.tuner_int4_gemv.restype = i
+                lib.tuner_f32_gemv.argtypes = [p, i, i, p, p, p, i]
+                lib.tuner_f32_gemv.restype = None
                 f, L = ctypes.c_float, ctypes.c_int64
                 lib.tuner_add_rms_norm.argtypes = [p, p, p, f, p, i, i]
                 lib.tuner_add_rms_norm.restype = None
@@ -167,4 +169,18 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: 
     if library().tuner_int4_gemv(x.data_ptr(), M, K, packed.data_ptr(), scale.data_ptr(), zero.data_ptr(),
                                  None if bias is None else bias.data_ptr(), group_size, y.data_ptr(), N):
         raise MemoryError(f"int4_gemv: no memory for its {MAX_M} x {K} scratch rows")
+    return y
+
+
+def f32_gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, K] float32 @ w [N, K].T (+ bias [N]) -> [M, N] float32, each weight row read once per 8 rows of x."""
+    N, K = w.shape
+    M = x.shape[0]
+    _check("x", x, torch.float32, (M, K))
+    _check("w", w, torch.float32, (N, K))
+    if bias is not None:
+        _check("bias", bias, torch.float32, (N,))
+    y = torch.empty(M, N)
+    library().tuner_f32_gemv(x.data_ptr(), M, K, w.data_ptr(), None if bias is None else bias.data_ptr(),
+                             y.data_ptr(), N)
     return y
