@@ -143,17 +143,12 @@ def test_rope_kv_write_equals_its_twin_in_q_and_in_the_cache(paged, qk_norm):
 
 @pytest.mark.parametrize("paged", [False, True])
 def test_decode_attention_equals_its_twin_and_gives_zeros_without_keys(paged):
+    from test_fixed_decode import _filled_cache  # the twin tests' cache of random K/V rows
+
     from tuner.backends import cpu_ops
 
     lens = [33, 5, 0, 17]
-    c = _cache(paged, len(lens))
-    c.reserve([max(n, 1) for n in lens])
-    a = _args()
-    for b, n in enumerate(lens):
-        k, v = torch.randn(n, a.n_kv_heads, a.head_dim, generator=gen), torch.randn(n, a.n_kv_heads, a.head_dim,
-                                                                                   generator=gen)
-        c.write(0, k, v, c.slots(torch.full((n,), b), torch.arange(n)))
-    q = torch.randn(len(lens), a.n_heads, a.head_dim, generator=gen)
+    c, _, q = _filled_cache(paged, lens, seed=3)
     tables, seq_lens = c.decode_tables(len(lens)), torch.tensor(lens, dtype=torch.int32)
     got = cpu_ops.decode_attention(q, c, 0, tables, c.block_len, seq_lens)
     ref = torch_ops.decode_attention(q, c, 0, tables, c.block_len, seq_lens)

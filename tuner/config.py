@@ -116,8 +116,12 @@ class _EngineChecks(_Validated):
         if args.sliding_window is not None and self.max_seq_len > args.sliding_window:
             raise ValueError(f"max_seq_len={self.max_seq_len} exceeds {self.model}'s sliding_window="
                              f"{args.sliding_window}, which tuner does not implement: use at most that")
-        if self.backend == "cpu" and (args.head_dim % 2 or args.head_dim > 1024):
-            raise ValueError(f"backend='cpu' takes even head sizes up to 1024, not {args.head_dim} ({self.model})")
+        if self.backend == "cpu":
+            from .backends.cpu_ops import MAX_HEAD_DIM
+
+            if args.head_dim % 2 or args.head_dim > MAX_HEAD_DIM:
+                raise ValueError(f"backend='cpu' takes even head sizes up to {MAX_HEAD_DIM}, not {args.head_dim} "
+                                 f"({self.model})")
         if self.backend == "cupy":  # the kernels' shapes and their 32-bit KV offsets
             from .backends import cupy_ops
 

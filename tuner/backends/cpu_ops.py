@@ -15,19 +15,7 @@ import torch
 from . import cpu_kernels
 from .torch_ops import plan_attention  # noqa: F401  (no plan is needed here either)
 
-MAX_HEAD_DIM = 1024  # the rope kernel's row buffer
-
-
-def why_not(dtype: torch.dtype, kv_store: torch.dtype, head_dim: int) -> str | None:
-    """Why this backend cannot run a model of this dtype, KV storage and head size here, or None when it can."""
-    if cpu_kernels.library() is None:
-        return f"tuner's CPU kernels cannot be built here: {cpu_kernels.why_not()}"
-    if dtype != torch.float32 or kv_store != torch.float32:
-        return (f"backend='cpu' runs float32 models with a float32 KV cache (kv_dtype='auto'), not "
-                f"{str(dtype).removeprefix('torch.')} with {str(kv_store).removeprefix('torch.')} KV")
-    if head_dim > MAX_HEAD_DIM or head_dim % 2:
-        return f"backend='cpu' takes even head sizes up to {MAX_HEAD_DIM}, not {head_dim}"
-    return None
+MAX_HEAD_DIM = 1024  # the rope kernel's row buffer (float x[1024] in tuner_rope_kv_write); checked by EngineConfig
 
 
 def _f32(t: torch.Tensor, name: str) -> torch.Tensor:
