@@ -126,3 +126,70 @@ int tuner_decode_attention(const float *q, const float *kpool, const float *vpoo
     }
     return failed ? -1 : 0;
 }
+
+/* ---- the whole decode step's layers in one call ------------------------------------------------------------ */
+
+void tuner_f32_gemv(const float *x, int M, int K, const float *w, const float *bias, float *y, int N);
+void tuner_int8_gemv(const float *x, int M, int K, const int8_t *q, const uint16_t *scale, const float *bias,
+                     float *y, int N);
+int tuner_int4_gemv(const float *x, int M, int K, const uint8_t *packed, const uint16_t *scale, const uint16_t *zero,
+                    const float *bias, int G, float *y, int N);
+
+/* One linear layer's weight as cpu_gemv.c's kernels read it (tuner.backends.cpu_ops builds these once). */
+typedef struct {
+    int32_t kind;  /* 0: float32 w [N, K]; 1: int8 w [N, K] * scale [N]; 2: int4 nibbles w [N, K/2], groups of G */
+    int32_t N, K, G;
+    const void *w;
+    const uint16_t *scale, *zero;  /* bf16 */
+    const float *bias;             /* [N] or NULL */
+} tuner_linear;
+
+typedef struct {
+    const float *attn_norm, *mlp_norm, *qk_norm;  /* qk_norm [H + Hkv, D] or NULL */
+    float *kpool, *vpool;                         /* this layer's pools, all with strides sx, sh, sy */
+    tuner_linear qkv, o, gate_up, down;
+} tuner_layer;
+
+static int run_linear(const tuner_linear *l, const float *x, int M, float *y) {
+    switch (l->kind) {
+    case 0: tuner_f32_gemv(x, M, l->K, (const float *)l->w, l->bias, y, l->N); return 0;
+    case 1: tuner_int8_gemv(x, M, l->K, (const int8_t *)l->w, l->scale, l->bias, y, l->N); return 0;
+    case 2: return tuner_int4_gemv(x, M, l->K, (const uint8_t *)l->w, l->scale, l->zero, l->bias, l->G, y, l->N);
+    default: return -2;
+    }
+}
+
+/* model.decode's layers, the same ops in the same order as the per-op path (tuner_add_rms_norm,
+   tuner_rope_kv_write, tuner_decode_attention, tuner_silu_mul and the products), without returning to Python
+   between them: x [B, dim] is the embedded tokens (updated in place to the last residual), h [B, dim] receives
+   final_norm(x). Returns 0; -1 without scratch memory; -2 for an unknown weight kind. */
+int tuner_decode_layers(const tuner_layer *L, int n_layers, const float *final_norm, float eps, float *x, float *h,
+                        const int32_t *pos, const int32_t *seq_lens, const int32_t *tables, int ncols, int Y,
+                        int64_t sx, int64_t sh, int64_t sy, const float *cos, const float *sin, int B, int H,
+                        int Hkv, int D) {
+    const int dim = L[0].o.N, F = L[0].gate_up.N / 2, W = L[0].qkv.N;
+    const size_t n = (size_t)B * ((size_t)W + (size_t)H * D * 2 + (size_t)dim + 3 * (size_t)F);
+    float *buf = malloc(sizeof(float) * n);
+    if (!buf) return -1;
+    float *qkv = buf, *q = qkv + (size_t)B * W, *att = q + (size_t)B * H * D, *d = att + (size_t)B * H * D;
+    float *gu = d + (size_t)B * dim, *m = gu + (size_t)B * 2 * F;
+    int rc = 0;
+    tuner_add_rms_norm(x, NULL, L[0].attn_norm, eps, h, B, dim);
+    for (int i = 0; i < n_layers && !rc; i++) {
+        const tuner_layer *l = &L[i];
+        if ((rc = run_linear(&l->qkv, h, B, qkv))) break;
+        tuner_rope_kv_write(qkv, W, l->qk_norm, eps, pos, cos, sin, l->kpool, l->vpool, sx, sh, sy, tables, ncols, Y,
+                            q, B, H, Hkv, D);
+        if ((rc = tuner_decode_attention(q, l->kpool, l->vpool, sx, sh, sy, tables, ncols, Y, seq_lens, att, B, H,
+                                         Hkv, D)))
+            break;
+        if ((rc = run_linear(&l->o, att, B, d))) break;
+        tuner_add_rms_norm(x, d, l->mlp_norm, eps, h, B, dim);
+        if ((rc = run_linear(&l->gate_up, h, B, gu))) break;
+        tuner_silu_mul(gu, m, B, F);
+        if ((rc = run_linear(&l->down, m, B, d))) break;
+        tuner_add_rms_norm(x, d, i + 1 < n_layers ? L[i + 1].attn_norm : final_norm, eps, h, B, dim);
+    }
+    free(buf);
+    return rc;
+}

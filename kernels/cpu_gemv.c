@@ -179,7 +179,42 @@ int tuner_int4_gemv(const float *x, int M, int K, const uint8_t *packed, const u
 /* y[M, N] = x[M, K] @ w[N, K]^T (+ bias), float32: each weight row is loaded once per MAX_M rows of x, which FMA
    into one accumulator each (a tied output projection read by 8 decode rows at once, where MKL's sgemm reads it
    slower than memory speed on a 2-core VM). */
+/* y[r] = sum_k w[r * K + k] x[k] for 4 float32 rows r at once (x loaded once for the 4, 4 FMA chains) */
+static inline void dot4_f32(const float *w, const float *x, int K, float *y) {
+    int k = 0;
+    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#if defined(__AVX512F__)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    for (; k + 16 <= K; k += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + k);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), xv, a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + K + k), xv, a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 2 * (int64_t)K + k), xv, a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 3 * (int64_t)K + k), xv, a3);
+    }
+    a[0] = _mm512_reduce_add_ps(a0), a[1] = _mm512_reduce_add_ps(a1);
+    a[2] = _mm512_reduce_add_ps(a2), a[3] = _mm512_reduce_add_ps(a3);
+#endif
+    for (; k < K; k++)
+        for (int r = 0; r < 4; r++) a[r] += w[(int64_t)r * K + k] * x[k];
+    for (int r = 0; r < 4; r++) y[r] = a[r];
+}
+
 void tuner_f32_gemv(const float *x, int M, int K, const float *w, const float *bias, float *y, int N) {
+    if (M == 1) {  /* one row of x: 4 weight rows a task, so 4 FMA chains overlap */
+        const int N4 = N / 4;
+#pragma omp parallel for schedule(static)
+        for (int n4 = 0; n4 < N4 + (N % 4); n4++) {
+            const int n = n4 < N4 ? 4 * n4 : 4 * N4 + (n4 - N4), rows = n4 < N4 ? 4 : 1;
+            float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            if (rows == 4)
+                dot4_f32(w + (int64_t)n * K, x, K, d);
+            else
+                for (int k = 0; k < K; k++) d[0] += w[(int64_t)n * K + k] * x[k];
+            for (int r = 0; r < rows; r++) y[n + r] = d[r] + (bias ? bias[n + r] : 0.0f);
+        }
+        return;
+    }
     for (int m0 = 0; m0 < M; m0 += MAX_M) {
         const int mb = M - m0 < MAX_M ? M - m0 : MAX_M;
         const float *xb = x + (int64_t)m0 * K;

@@ -163,12 +163,51 @@ def test_the_cpu_backend_gives_the_torch_backends_tokens_paged_contiguous_and_so
     ps = [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (3, 17, 9)]
     sampling = tuner.SamplingParams(max_new_tokens=12)
     knobs = dict(model=str(path), batch_size=3, quant=quant, group_size=32)
-    ref = tuner.Engine(**knobs).generate(ps, sampling).tokens
-    for kv_cache in ("contiguous", "paged"):
-        got = tuner.Engine(**knobs, backend="cpu", kv_cache=kv_cache, block_size=8).generate(ps, sampling).tokens
-        assert got == ref, kv_cache
-    solo = tuner.Engine(**{**knobs, "batch_size": 1}, backend="cpu")
+    cpu = tuner.Engine(**knobs, backend="cpu", kv_cache="contiguous")
+    # the torch backend on the same weights (the cpu backend stores each layer in its kernels' form, where
+    # float32 activations meet int4 weights; torch's own int4 kernel would round them to bf16)
+    ref = cpu.replace(backend="torch").generate(ps, sampling).tokens
+    assert cpu.generate(ps, sampling).tokens == ref
+    assert cpu.replace(kv_cache="paged", block_size=8).generate(ps, sampling).tokens == ref
+    solo = cpu.replace(batch_size=1)
     assert [solo.generate([p], sampling).tokens[0] for p in ps] == ref
+
+
+@pytest.mark.parametrize("family", ["llama_bias", "qwen2", "qwen3"])  # biases everywhere; q/k/v bias, MQA; q/k norm
+@pytest.mark.parametrize("quant", ["none", "int8", "int4"])
+@pytest.mark.parametrize("paged", [False, True])
+def test_the_one_call_c_step_equals_the_ops_one_by_one(checkpoint, family, quant, paged):
+    """cpu_ops.decode_layers (all layers in one C call) against model._decode_layers (the same kernels called op by
+    op): the residual, the final norm and every layer's cache entries."""
+    from tuner.backends import cpu_ops
+    from tuner.models.model import DecodeState
+
+    path, _ = checkpoint(family)
+    e = tuner.Engine(model=str(path), batch_size=3, quant=quant, group_size=32, backend="cpu",
+                     kv_cache="paged" if paged else "contiguous", block_size=8, max_seq_len=64)
+    m, a = e.model, e.model.args
+    g = torch.Generator().manual_seed(9)
+    cache = e.cache
+    cache.k.normal_(generator=g), cache.v.normal_(generator=g)  # keys already cached before this step
+    lens = torch.tensor([5, 17, 1], dtype=torch.int32)
+    if paged:
+        tables = torch.tensor([[3, 0, 0], [1, 4, 6], [2, 0, 0]], dtype=torch.int32)
+        Y = 8
+    else:
+        tables, Y = torch.arange(3, dtype=torch.int32)[:, None], cache.k.shape[3]
+    st = DecodeState(torch.tensor([7, 1, 30]), lens - 1, lens, tables, Y, e.cos, e.sin)
+    x = m.embed(st.tokens)
+    k0, v0 = cache.k.clone(), cache.v.clone()
+    ref_x = x.clone()
+    ref_h = m._decode_layers(ref_x, st, cache, cpu_ops)
+    ref_k, ref_v = cache.k.clone(), cache.v.clone()
+    cache.k.copy_(k0), cache.v.copy_(v0)
+    got_x = x.clone()
+    got_h = cpu_ops.decode_layers(m.layers, m.norm, a.norm_eps, st, cache, got_x, a.n_heads, a.n_kv_heads)
+    assert got_h is not None  # every layer of a cpu-backend model runs in the C step
+    assert torch.equal(got_x, ref_x) and torch.equal(got_h, ref_h)
+    assert torch.equal(cache.k, ref_k) and torch.equal(cache.v, ref_v)
+    assert not torch.equal(ref_k, k0)  # the step wrote its keys
 
 
 def test_the_cpu_backend_explains_what_it_cannot_run():

@@ -50,6 +50,12 @@ def op(name: str):
     return _Nvtx(name, inner) if _nvtx else inner
 
 
+def ranges_on() -> bool:
+    """Whether ops are being timed one by one now (a profile, or NVTX ranges): a backend that would fuse several
+    named ops into one call runs them one by one instead."""
+    return _on or _nvtx
+
+
 @contextlib.contextmanager
 def recording():
     """Turn the profiler ranges on for the duration of a profile."""

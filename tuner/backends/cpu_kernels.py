@@ -27,6 +27,25 @@ import torch
 SOURCES = ("cpu_gemv.c", "cpu_decode.c")  # one library
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 MAX_M = 8  # rows of x that share one pass over the weight (MAX_M in the source)
+NATIVE_ROWS = 2 * MAX_M  # rows up to which decode products run these kernels; more rows (prefill) take torch's
+# kernels or a dequantized weight, which reuse each weight across many rows
+
+
+class Linear(ctypes.Structure):
+    """tuner_linear (cpu_decode.c): one layer's weight as the kernels read it."""
+
+    FLOAT, INT8, INT4 = 0, 1, 2
+    _fields_ = [("kind", ctypes.c_int32), ("N", ctypes.c_int32), ("K", ctypes.c_int32), ("G", ctypes.c_int32),
+                ("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("zero", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p)]
+
+
+class Layer(ctypes.Structure):
+    """tuner_layer (cpu_decode.c): a decoder layer's norms, KV pools and four products."""
+
+    _fields_ = [("attn_norm", ctypes.c_void_p), ("mlp_norm", ctypes.c_void_p), ("qk_norm", ctypes.c_void_p),
+                ("kpool", ctypes.c_void_p), ("vpool", ctypes.c_void_p), ("qkv", Linear), ("o", Linear),
+                ("gate_up", Linear), ("down", Linear)]
 
 _lib: ctypes.CDLL | None = None
 _why: str | None = None
@@ -113,6 +132,8 @@ def library() -> ctypes.CDLL | None:
                 lib.tuner_rope_kv_write.restype = None
                 lib.tuner_decode_attention.argtypes = [p, p, p, L, L, L, p, i, i, p, p, i, i, i, i]
                 lib.tuner_decode_attention.restype = i
+                lib.tuner_decode_layers.argtypes = [p, i, p, f, p, p, p, p, p, i, i, L, L, L, p, p, i, i, i, i]
+                lib.tuner_decode_layers.restype = i
                 _lib = lib
     return _lib
 
@@ -172,14 +193,18 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: 
     return y
 
 
-def f32_gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, K] float32 @ w [N, K].T (+ bias [N]) -> [M, N] float32, each weight row read once per 8 rows of x."""
+def f32_gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+             checked: bool = True) -> torch.Tensor:
+    """x [M, K] float32 @ w [N, K].T (+ bias [N]) -> [M, N] float32, each weight row read once per 8 rows of x.
+    checked=False skips the checks of w and bias (x is always checked)."""
     N, K = w.shape
     M = x.shape[0]
-    _check("x", x, torch.float32, (M, K))
-    _check("w", w, torch.float32, (N, K))
-    if bias is not None:
-        _check("bias", bias, torch.float32, (N,))
+    if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != K:
+        _check("x", x, torch.float32, (M, K))
+    if checked:
+        _check("w", w, torch.float32, (N, K))
+        if bias is not None:
+            _check("bias", bias, torch.float32, (N,))
     y = torch.empty(M, N)
     library().tuner_f32_gemv(x.data_ptr(), M, K, w.data_ptr(), None if bias is None else bias.data_ptr(),
                              y.data_ptr(), N)

@@ -10,6 +10,9 @@ of tuner.
 
 from __future__ import annotations
 
+import ctypes
+import weakref
+
 import torch
 
 from . import cpu_kernels
@@ -91,3 +94,74 @@ def decode_attention(q: torch.Tensor, cache, layer: int, tables: torch.Tensor, b
 
 def linear(lin, x: torch.Tensor) -> torch.Tensor:
     return lin(x)
+
+
+def _linear(lin) -> cpu_kernels.Linear | None:
+    """A layer's weight as the C step reads it, or None where the layer does not run tuner's kernels (`native`:
+    a model built for another backend may hold oneDNN-packed float weights or torch's int4 layout)."""
+    L, w, b = cpu_kernels.Linear, lin.weight, lin.bias
+    if b is not None and (b.dtype != torch.float32 or not b.is_contiguous()):
+        return None
+    bias = None if b is None else b.data_ptr()
+    if not getattr(lin, "native", False) or w.device.type != "cpu" or w.layout != torch.strided or \
+            not w.is_contiguous() or w.dim() != 2:
+        return None
+    N = w.shape[0]
+    if lin.scheme == "float" and w.dtype == torch.float32:
+        return L(L.FLOAT, N, w.shape[1], 0, w.data_ptr(), None, None, bias)
+    if lin.scheme == "int8":
+        return L(L.INT8, N, w.shape[1], 0, w.data_ptr(), lin.scale.data_ptr(), None, bias)
+    if lin.scheme == "int4":
+        return L(L.INT4, N, w.shape[1] * 2, lin.group_size, w.data_ptr(), lin.scale.data_ptr(), lin.zero.data_ptr(),
+                 bias)
+    return None
+
+
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache -> (layers, K pool address, C layers)
+
+
+def _step_layers(layers, cache):
+    """The C descriptors of `layers` over `cache`, made once per (model, cache); None where a layer cannot run in
+    the C step."""
+    got = _STEPS.get(cache)
+    if got is not None and got[0] is layers and got[1] == cache.k.data_ptr():
+        return got[2]
+    arr = (cpu_kernels.Layer * len(layers))()
+    for i, layer in enumerate(layers):
+        lins = [_linear(lin) for lin in (layer.wqkv, layer.wo, layer.w13, layer.w2)]
+        if any(lin is None for lin in lins):
+            arr = None
+            break
+        k, v, *_ = _pools(cache, i)
+        qk = None if layer.qk_norm is None else _f32(layer.qk_norm, "qk_norm").data_ptr()
+        arr[i] = cpu_kernels.Layer(_f32(layer.attn_norm, "attn_norm").data_ptr(),
+                                   _f32(layer.mlp_norm, "mlp_norm").data_ptr(), qk, k.data_ptr(), v.data_ptr(), *lins)
+    _STEPS[cache] = (layers, cache.k.data_ptr(), arr)
+    return arr
+
+
+def decode_layers(layers, final_norm: torch.Tensor, eps: float, st, cache, x: torch.Tensor, H: int,
+                  Hkv: int) -> torch.Tensor | None:
+    """model.decode's layers in one C call (tuner_decode_layers: the ops above and the products, in the same
+    order, with no return to Python between them): x [B, dim] the embedded tokens, updated in place to the last
+    residual; returns final_norm(x) [B, dim]. None where this step cannot run so (a layer's weight in a form the
+    kernels do not read, or more than NATIVE_ROWS sequences): the caller then runs the ops one by one."""
+    B = x.shape[0]
+    if B > cpu_kernels.NATIVE_ROWS or cache.quantized:
+        return None
+    arr = _step_layers(layers, cache)
+    if arr is None:
+        return None
+    k, _, sx, sh, sy = _pools(cache, 0)
+    _f32(x, "x")
+    D = st.cos.shape[-1]
+    h = torch.empty_like(x)
+    rc = cpu_kernels.library().tuner_decode_layers(
+        ctypes.addressof(arr), len(layers), _f32(final_norm, "the final norm").data_ptr(), eps, x.data_ptr(),
+        h.data_ptr(), _i32(st.positions, "positions").data_ptr(), _i32(st.seq_lens, "seq_lens").data_ptr(),
+        _i32(st.tables, "tables").data_ptr(), st.tables.shape[1], st.block_size, sx, sh, sy,
+        _f32(st.cos, "cos").data_ptr(), _f32(st.sin, "sin").data_ptr(), B, H, Hkv, D)
+    if rc:
+        raise MemoryError("decode_layers: no memory for the step's activations") if rc == -1 else \
+            RuntimeError(f"decode_layers: the C step returned {rc}")
+    return h

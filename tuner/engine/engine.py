@@ -67,7 +67,7 @@ class Engine:
             t = time.perf_counter()
             weights = None if config.weights == "dummy" else checkpoint
             self.model = build_model(self.args, weights, self.dtype, self.device, config.quant, config.group_size,
-                                     config.seed, progress)
+                                     config.seed, progress, native=config.backend == "cpu")
             self.load_s = time.perf_counter() - t
             self.tokenizer = load_tokenizer(checkpoint)
             self.eos_ids = eos_token_ids(self.args, checkpoint)

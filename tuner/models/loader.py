@@ -126,8 +126,10 @@ class _Dummy:
 
 def build_model(args: ModelArgs, checkpoint: Path | None, dtype: torch.dtype, device: torch.device,
                 quant: str = "none", group_size: int = 128, seed: int = 0,
-                progress: Callable[[int, int], None] | None = None) -> Transformer:
-    """Fill a Transformer from `checkpoint` (None: dummy weights), quantizing layer weights as they land."""
+                progress: Callable[[int, int], None] | None = None, native: bool = False) -> Transformer:
+    """Fill a Transformer from `checkpoint` (None: dummy weights), quantizing layer weights as they land.
+    native=True (the cpu backend) stores every layer's weight in the form tuner's CPU kernels read (see
+    quant.make_linear), so its C decode step runs all layers."""
     source = _Dummy(seed) if checkpoint is None else open_gguf(checkpoint).weights() if is_gguf(checkpoint) else \
         _Checkpoint(checkpoint)
 
@@ -144,7 +146,7 @@ def build_model(args: ModelArgs, checkpoint: Path | None, dtype: torch.dtype, de
     def linear(out_in, prefix: str, names: list[str], bias: bool) -> Linear:
         w = tensor(out_in, *(f"{prefix}.{n}.weight" for n in names))
         b = tensor((out_in[0],), *(f"{prefix}.{n}.bias" for n in names)) if bias else None
-        return make_linear(w, b, quant, group_size)
+        return make_linear(w, b, quant, group_size, native)
 
     shapes = args.linear_shapes()
     layers = []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..ranges import op
+from ..ranges import op, ranges_on
 from .args import ModelArgs
 from .quant import Embedding, Linear, nbytes
 
@@ -176,6 +176,18 @@ class Transformer:
         H, Hkv, eps = a.n_heads, a.n_kv_heads, a.norm_eps
         with op("embedding"):
             x = self.embed(st.tokens)  # [B, dim], a fresh tensor the fused adds update in place
+        # the cpu backend runs all layers in one C call, except while ops are being timed one by one (a profile)
+        h = None if ranges_on() or not hasattr(ops, "decode_layers") else \
+            ops.decode_layers(self.layers, self.norm, eps, st, cache, x, H, Hkv)
+        if h is None:
+            h = self._decode_layers(x, st, cache, ops)
+        with op("lm_head"):
+            return ops.linear(self.lm_head, h).float()
+
+    def _decode_layers(self, x: torch.Tensor, st: DecodeState, cache, ops) -> torch.Tensor:
+        """The decode step's layers, one op at a time: x [B, dim] in, final_norm(last residual) out."""
+        a = self.args
+        H, Hkv, eps = a.n_heads, a.n_kv_heads, a.norm_eps
         with op("add_norm"):
             x, h = ops.add_rms_norm(x, None, self.layers[0].attn_norm, eps)
         for i, layer in enumerate(self.layers):
@@ -199,8 +211,7 @@ class Transformer:
             after = self.layers[i + 1].attn_norm if i + 1 < len(self.layers) else self.norm
             with op("add_norm"):
                 x, h = ops.add_rms_norm(x, d, after, eps)
-        with op("lm_head"):
-            return ops.linear(self.lm_head, h).float()
+        return h
 
     def linears(self) -> list[Linear]:
         return [lin for layer in self.layers for lin in (layer.wqkv, layer.wo, layer.w13, layer.w2)]

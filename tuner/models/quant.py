@@ -29,11 +29,18 @@ class Linear:
     """y = x W^T + b in the model dtype. `scheme` names how the weight is stored (tuner.backends.WeightLinear)."""
 
     scheme = "float"
+    native = False  # decode rows through tuner's CPU kernel (the cpu backend's float32 layers)
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, native: bool = False):
         self.weight, self.bias = weight, bias
+        if native:
+            self.native = weight.device.type == "cpu" and weight.dtype == torch.float32 and \
+                cpu_kernels.library() is not None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.native and x.numel() <= NATIVE_ROWS * x.shape[-1]:
+            rows = x.reshape(-1, x.shape[-1]).contiguous()
+            return cpu_kernels.f32_gemv(rows, self.weight, self.bias, checked=False).view(*x.shape[:-1], -1)
         return F.linear(x, self.weight, self.bias)
 
     def tensors(self) -> list[torch.Tensor]:
@@ -114,8 +121,7 @@ def packed_wins(weight: torch.Tensor) -> bool:
     return first_wins(("onednn", weight.dtype, tuple(weight.shape)), candidates)
 
 
-NATIVE_ROWS = 2 * cpu_kernels.MAX_M  # rows up to which a quantized layer runs tuner's CPU kernel (decode); more
-# rows (prefill) take torch's kernel or a dequantized weight, which reuse each weight across many rows
+NATIVE_ROWS = cpu_kernels.NATIVE_ROWS  # rows up to which a quantized layer runs tuner's CPU kernel (decode)
 
 
 def native_wins(scheme: str, shape: tuple, group_size: int = 0) -> bool:
@@ -143,6 +149,13 @@ def native_wins(scheme: str, shape: tuple, group_size: int = 0) -> bool:
                 N * K)
 
     return first_wins(("native", scheme, N, K, group_size), candidates)
+
+
+def _native(asked: bool, scheme: str, shape: tuple, group_size: int = 0) -> bool:
+    """Whether a quantized layer takes tuner's CPU kernel: asked for (where it can be built), or faster here."""
+    if asked:
+        return cpu_kernels.library() is not None
+    return native_wins(scheme, shape, group_size)
 
 
 class TiedLMHead(Linear):
@@ -213,12 +226,12 @@ class Int8Linear(Linear):
 
     scheme = "int8"
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, native: bool = False):
         self.dtype, self.bias = weight.dtype, bias
         self.cpu = weight.device.type == "cpu"
         scale_dtype = torch.bfloat16 if self.cpu else weight.dtype  # both CPU kernels read bf16 scales
-        # tuner's kernel for decode rows (same layout as torch's), where it is the faster of the two here
-        self.native = self.cpu and native_wins("int8", weight.shape)
+        # tuner's kernel for decode rows (same layout as torch's): asked for, or the faster of the two here
+        self.native = self.cpu and _native(native, "int8", weight.shape)
         self.weight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
         self.scale = torch.empty(weight.shape[0], dtype=scale_dtype, device=weight.device)
         for rows, w in _row_chunks(weight):
@@ -261,7 +274,7 @@ class Int4Linear(Linear):
 
     scheme = "int4"
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group_size: int):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group_size: int, native: bool = False):
         N, K = weight.shape
         if group_size not in INT4_GROUP_SIZES or K % group_size:
             raise ValueError(f"group_size={group_size} does not divide the input width {K}: "
@@ -279,10 +292,10 @@ class Int4Linear(Linear):
             z = (lo + 8.0 * s).to(store).float()
             scale[rows], zero[rows] = s, z
             q[rows] = ((w - (z - 8.0 * s)[..., None]) / s[..., None]).round_().clamp_(0, 15).view(-1, K)
-        # tuner's CPU kernel (nibbles [N, K/2]) where it is faster here than torch's, which needs N % 16 == 0;
-        # other shapes take the dequantizing path
+        # tuner's CPU kernel (nibbles [N, K/2]) where asked for or faster here than torch's, which needs
+        # N % 16 == 0; other shapes take the dequantizing path
         cpu = weight.device.type == "cpu"
-        self.native = cpu and native_wins("int4", (N, K), group_size)
+        self.native = cpu and _native(native, "int4", (N, K), group_size)
         self.packed_cpu = cpu and N % 16 == 0 and not self.native
         if self.packed_cpu:
             self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)
@@ -294,9 +307,9 @@ class Int4Linear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        # any rows, a pass per MAX_M rows; for a prefill that is slower than a dequantized F.linear (129 rows of a
-        # 3080 x 576 weight: 11.1 against 7.6 ms on a 2-core Xeon VM), which is still to change
-        if self.native:
+        # decode rows; a prefill's rows take a dequantized F.linear, faster than the kernel's pass per 8 rows (129
+        # rows of a 3080 x 576 weight: 7.6 against 11.1 ms on a 2-core Xeon VM)
+        if self.native and x.numel() <= NATIVE_ROWS * shape[-1]:
             y = cpu_kernels.int4_gemv(x.reshape(-1, shape[-1]).float().contiguous(), self.weight, self.scale,
                                       self.zero, None, self.group_size, checked=False)
             y = y.to(x.dtype).view(*shape[:-1], -1)
@@ -341,16 +354,22 @@ class Fp8Linear(Linear):
         return (self.weight.float() * self.scale[:, None]).to(self.dtype)
 
 
-def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, quant: str, group_size: int) -> Linear:
-    """Wrap a float weight [out, in]; a quantized or packed layer keeps only its own copy."""
+def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, quant: str, group_size: int,
+                native: bool = False) -> Linear:
+    """Wrap a float weight [out, in]; a quantized or packed layer keeps only its own copy. native=True (the cpu
+    backend, whose C decode step reads the weights itself): a float32 weight stays plain, and int8 / int4 layers
+    take tuner's CPU kernels for decode rows without timing them against torch's (so the per-op step and the one-call
+    C step run the same products)."""
     if quant == "none":
+        if native and weight.dtype == torch.float32:
+            return Linear(weight, bias, native=True)
         if OneDNNLinear.available(weight) and (weight.dtype != torch.float32 or packed_wins(weight)):
             return OneDNNLinear(weight, bias)  # 16-bit CPU matmuls outside oneDNN are torch's slow loop
         return Linear(weight, bias)
     if quant == "int8":
-        return Int8Linear(weight, bias)
+        return Int8Linear(weight, bias, native)
     if quant == "int4":
-        return Int4Linear(weight, bias, group_size)
+        return Int4Linear(weight, bias, group_size, native)
     if quant == "fp8":
         return Fp8Linear(weight, bias)
     raise ValueError(f"quant={quant!r} is not allowed: use 'none', 'int8', 'int4' or 'fp8'")
