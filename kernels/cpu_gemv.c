@@ -1,18 +1,16 @@
 /* CPU weight-only int8 / int4 matrix products for decode: y[M, N] = x[M, K] @ W^T, float32 in and out.
 
-   Weights are stored as the CUDA kernels store them (kernels/gemv.cu) and dequantized inside the dot
-   product, in registers, so each weight byte is read from memory once per pass:
-     int8: W[n, k] = q[n, k] * scale[n]                          q int8 [N, K], scale bf16 [N]
-     int4: W[n, k] = (q[n, k] - 8) * scale[n, g] + zero[n, g]     packed uint8 [N, K/2] (low nibble = even k),
-                                                                  scale, zero bf16 [N, K/G], g = k / G
-   The int4 product is computed per group as scale * sum((q - 8) x) + zero * sum(x); sum(x) over each group,
-   and x split into its even and odd elements (the low and high nibbles' inputs), are made once per call.
+   Weights are dequantized inside the dot product, in registers, so each weight byte is read from memory once per
+   pass:
+     int8: W[n, k] = q[n, k] * scale[n]
+     int4: W[n, k] = (q[n, k] - 8) * scale[n, g] + zero[n, g]     g = k / G
+   both in blocks of 16 rows interleaved (the layouts are at tuner_int8_gemv and tuner_int4_gemv).
    Rows of W are split across OpenMP threads (torch's own runtime: the library is loaded after torch, whose
    libgomp.so.1 then serves it). Up to MAX_M rows of x share one pass over W.
 
    Built by tuner/backends/cpu_kernels.py with `gcc -O3 -march=native -fopenmp`. With AVX-512 the dot products
    are written in intrinsics (int8 and nibbles widened to float in registers, FMA into 16 lanes); elsewhere the
-   plain loops below them run, as the compiler vectorizes them. */
+   plain loops beside them run, as the compiler vectorizes them. */
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -28,157 +26,169 @@ static inline float bf(uint16_t h) {
     return v.f;
 }
 
-/* sum_k w[k] x[k] over K int8 weights */
-static inline float dot_i8(const int8_t *w, const float *x, int K) {
+/* int8 weights, 16 rows interleaved (tuner.backends.cpu_kernels.pack_int8): row block b holds rows 16b..16b+15
+   (zeros past N), element (b, k, r) = q[16b + r][k]; scale bf16 [16 NB]. A vector of 16 lanes is 16 rows at one
+   input k: each weight is widened once and multiplied by every row of x broadcast (no horizontal sums). */
+#if defined(__AVX512F__)
+static inline __m512 bf16x16(const uint16_t *h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)h)), 16));
+}
+
+/* out[m] = the 16 rows' sums of q x, m < mb (a constant where it is inlined, so the m loops unroll); two
+   accumulators per row of x (even and odd k) so FMA chains overlap */
+static inline __attribute__((always_inline)) void i8_rows16(const int8_t *p, const float *x, int K, const int mb,
+                                                            __m512 *out) {
+    __m512 a[MAX_M], b[MAX_M];
+    for (int m = 0; m < mb; m++) a[m] = b[m] = _mm512_setzero_ps();
     int k = 0;
-    float a = 0.0f;
-#if defined(__AVX512F__)
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    for (; k + 32 <= K; k += 32) {
-        __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + k))));
-        __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + k + 16))));
-        a0 = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x + k), a0);
-        a1 = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + k + 16), a1);
+    for (; k + 2 <= K; k += 2) {
+        const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + k * 16))));
+        const __m512 w1 =
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + (k + 1) * 16))));
+        for (int m = 0; m < mb; m++) {
+            a[m] = _mm512_fmadd_ps(w0, _mm512_set1_ps(x[(int64_t)m * K + k]), a[m]);
+            b[m] = _mm512_fmadd_ps(w1, _mm512_set1_ps(x[(int64_t)m * K + k + 1]), b[m]);
+        }
     }
-    a = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-#endif
-    for (; k < K; k++) a += (float)w[k] * x[k];
-    return a;
-}
-
-/* y[r] = sum_k w[r * K + k] x[k] for 4 rows r at once: x is loaded once for the 4, and 4 FMA chains overlap */
-static inline void dot4_i8(const int8_t *w, const float *x, int K, float *y) {
-    int k = 0;
-    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#if defined(__AVX512F__)
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    for (; k + 16 <= K; k += 16) {
-        const __m512 xv = _mm512_loadu_ps(x + k);
-#define W(r) _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(w + (int64_t)(r) * K + k))))
-        a0 = _mm512_fmadd_ps(W(0), xv, a0);
-        a1 = _mm512_fmadd_ps(W(1), xv, a1);
-        a2 = _mm512_fmadd_ps(W(2), xv, a2);
-        a3 = _mm512_fmadd_ps(W(3), xv, a3);
-#undef W
+    if (k < K) {
+        const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + k * 16))));
+        for (int m = 0; m < mb; m++) a[m] = _mm512_fmadd_ps(w0, _mm512_set1_ps(x[(int64_t)m * K + k]), a[m]);
     }
-    a[0] = _mm512_reduce_add_ps(a0), a[1] = _mm512_reduce_add_ps(a1);
-    a[2] = _mm512_reduce_add_ps(a2), a[3] = _mm512_reduce_add_ps(a3);
-#endif
-    for (; k < K; k++)
-        for (int r = 0; r < 4; r++) a[r] += (float)w[(int64_t)r * K + k] * x[k];
-    for (int r = 0; r < 4; r++) y[r] = a[r];
-}
-
-/* sum over the groups of one row of scale[g] * sum(q x) for int4 weights q in [0, 15] (HG = G/2 bytes a group,
-   a multiple of 16), as 16 lanes; the -8 offset is folded into the zero term by the caller. 16 bytes widen to
-   16 int32 lanes once (one shuffle); their low and high nibbles FMA with the even and odd inputs, and each
-   group's sum is scaled into one of two accumulators (even and odd groups), so FMA chains overlap. */
-#if defined(__AVX512F__)
-static inline __m512 group_i4(const uint8_t *p, const float *e, const float *o, int HG) {
-    const __m512i nib = _mm512_set1_epi32(15);
-    __m512 t0 = _mm512_setzero_ps(), t1 = _mm512_setzero_ps();
-    for (int j = 0; j < HG; j += 16) {
-        __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + j)));
-        t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, nib)), _mm512_loadu_ps(e + j), t0);
-        t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), _mm512_loadu_ps(o + j), t1);
-    }
-    return _mm512_add_ps(t0, t1);
-}
-
-static inline __m512 row_i4(const uint8_t *p, const float *e, const float *o, const uint16_t *sc, int NG, int HG) {
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    int g = 0;
-    for (; g + 2 <= NG; g += 2) {
-        a0 = _mm512_fmadd_ps(group_i4(p + g * HG, e + g * HG, o + g * HG, HG), _mm512_set1_ps(bf(sc[g])), a0);
-        a1 = _mm512_fmadd_ps(group_i4(p + (g + 1) * HG, e + (g + 1) * HG, o + (g + 1) * HG, HG),
-                             _mm512_set1_ps(bf(sc[g + 1])), a1);
-    }
-    if (g < NG) a0 = _mm512_fmadd_ps(group_i4(p + g * HG, e + g * HG, o + g * HG, HG), _mm512_set1_ps(bf(sc[g])), a0);
-    return _mm512_add_ps(a0, a1);
+    for (int m = 0; m < mb; m++) out[m] = _mm512_add_ps(a[m], b[m]);
 }
 #endif
 
-void tuner_int8_gemv(const float *x, int M, int K, const int8_t *q, const uint16_t *scale, const float *bias,
+void tuner_int8_gemv(const float *x, int M, int K, const int8_t *packed, const uint16_t *scale, const float *bias,
                      float *y, int N) {
+    const int NB = (N + 15) / 16;
     for (int m0 = 0; m0 < M; m0 += MAX_M) {
         const int mb = M - m0 < MAX_M ? M - m0 : MAX_M;
         const float *xb = x + (int64_t)m0 * K;
-        float *yb = y + (int64_t)m0 * N;
-        const int N4 = N / 4;
 #pragma omp parallel for schedule(static)
-        for (int n4 = 0; n4 < N4 + (N % 4); n4++) {  /* blocks of 4 rows, then the last N % 4 rows one by one */
-            const int n = n4 < N4 ? 4 * n4 : 4 * N4 + (n4 - N4), rows = n4 < N4 ? 4 : 1;
-            for (int m = 0; m < mb; m++) {
-                const float *xm = xb + (int64_t)m * K;
-                float d[4];
-                if (rows == 4)
-                    dot4_i8(q + (int64_t)n * K, xm, K, d);
-                else
-                    d[0] = dot_i8(q + (int64_t)n * K, xm, K);
-                for (int r = 0; r < rows; r++)
-                    yb[(int64_t)m * N + n + r] = d[r] * bf(scale[n + r]) + (bias ? bias[n + r] : 0.0f);
+        for (int b = 0; b < NB; b++) {
+            const int8_t *p = packed + (int64_t)b * K * 16;
+            const int rows = N - 16 * b < 16 ? N - 16 * b : 16;
+#if defined(__AVX512F__)
+            __m512 out[MAX_M];
+            switch (mb) {
+#define CASE(c) case c: i8_rows16(p, xb, K, c, out); break;
+                CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+#undef CASE
             }
+            const __mmask16 keep = (__mmask16)((1u << rows) - 1u);
+            const __m512 s = bf16x16(scale + 16 * b);
+            const __m512 bv = bias ? _mm512_maskz_loadu_ps(keep, bias + 16 * b) : _mm512_setzero_ps();
+            for (int m = 0; m < mb; m++)
+                _mm512_mask_storeu_ps(y + (int64_t)(m0 + m) * N + 16 * b, keep, _mm512_fmadd_ps(out[m], s, bv));
+#else
+            for (int m = 0; m < mb; m++) {
+                float acc[16] = {0};
+                const float *xm = xb + (int64_t)m * K;
+                for (int k = 0; k < K; k++)
+                    for (int r = 0; r < 16; r++) acc[r] += (float)p[k * 16 + r] * xm[k];
+                for (int r = 0; r < rows; r++)
+                    y[(int64_t)(m0 + m) * N + 16 * b + r] = acc[r] * bf(scale[16 * b + r]) + (bias ? bias[16 * b + r] : 0.0f);
+            }
+#endif
         }
     }
 }
 
-/* Returns 0, or -1 when the scratch buffer cannot be allocated. */
-int tuner_int4_gemv(const float *x, int M, int K, const uint8_t *packed, const uint16_t *scale, const uint16_t *zero,
-                    const float *bias, int G, float *y, int N) {
-    const int H = K / 2, NG = K / G, HG = G / 2;
-    float *xe = malloc(sizeof(float) * ((size_t)MAX_M * K + (size_t)MAX_M * NG));
-    if (!xe) return -1;
-    float *xo = xe + (size_t)MAX_M * H, *xsum = xe + (size_t)MAX_M * K;
-    for (int m0 = 0; m0 < M; m0 += MAX_M) {
-        const int mb = M - m0 < MAX_M ? M - m0 : MAX_M;
-        for (int m = 0; m < mb; m++) {
-            const float *xm = x + (int64_t)(m0 + m) * K;
-            for (int j = 0; j < H; j++) {
-                xe[m * H + j] = xm[2 * j];
-                xo[m * H + j] = xm[2 * j + 1];
-            }
-            for (int g = 0; g < NG; g++) {
-                float s = 0.0f;
-                for (int k = g * G; k < (g + 1) * G; k++) s += xm[k];
-                xsum[m * NG + g] = s;
+/* int4 weights, 16 rows interleaved (tuner.backends.cpu_kernels.pack_int4): row block b holds rows 16b..16b+15
+   (zeros past N); byte (b, j, r) = q[16b + r][2j] | q[16b + r][2j + 1] << 4, and scale, zero are [NB, K/G, 16]
+   bf16. A vector of 16 lanes is then 16 rows at one input k: each weight byte is widened once and multiplied by
+   each row of x broadcast (no horizontal sums), and a group's scales and zeros are one vector load each. Per group
+   y += scale * sum(q x) + (zero - 8 scale) * sum(x). */
+#if defined(__AVX512F__)
+/* out[m] = the 16 rows' products with x row m, m < mb (a constant where it is inlined, so the m loops unroll) */
+static inline __attribute__((always_inline)) void i4_rows16(const uint8_t *p, const uint16_t *sc, const uint16_t *ze,
+                                                            const float *x, int K, const float *xs, int NG, int HG,
+                                                            const int mb, __m512 *out) {
+    const __m512i nib = _mm512_set1_epi32(15);
+    __m512 acc[MAX_M];
+    for (int m = 0; m < mb; m++) acc[m] = _mm512_setzero_ps();
+    for (int g = 0; g < NG; g++) {
+        __m512 ga[MAX_M], gb[MAX_M];
+        for (int m = 0; m < mb; m++) ga[m] = gb[m] = _mm512_setzero_ps();
+        const uint8_t *pg = p + (int64_t)g * HG * 16;
+        const float *xg = x + (int64_t)g * HG * 2;
+        for (int j = 0; j < HG; j++) {
+            const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pg + j * 16)));
+            const __m512 lo = _mm512_cvtepi32_ps(_mm512_and_si512(v, nib));
+            const __m512 hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4));
+            for (int m = 0; m < mb; m++) {
+                ga[m] = _mm512_fmadd_ps(lo, _mm512_set1_ps(xg[(int64_t)m * K + 2 * j]), ga[m]);
+                gb[m] = _mm512_fmadd_ps(hi, _mm512_set1_ps(xg[(int64_t)m * K + 2 * j + 1]), gb[m]);
             }
         }
-        float *yb = y + (int64_t)m0 * N;
-#pragma omp parallel for schedule(static)
-        for (int n = 0; n < N; n++) {
-            const uint8_t *p = packed + (int64_t)n * H;
-            const uint16_t *sc = scale + (int64_t)n * NG, *ze = zero + (int64_t)n * NG;
-            for (int m = 0; m < mb; m++) {
-                const float *e = xe + m * H, *o = xo + m * H, *xs = xsum + m * NG;
-                float acc = 0.0f;
-#if defined(__AVX512F__)
-                if (HG % 16 == 0) {
-                    for (int g = 0; g < NG; g++) acc += (bf(ze[g]) - 8.0f * bf(sc[g])) * xs[g];
-                    acc += _mm512_reduce_add_ps(row_i4(p, e, o, sc, NG, HG));
-                    yb[(int64_t)m * N + n] = acc + (bias ? bias[n] : 0.0f);
-                    continue;
-                }
-#endif
-                for (int g = 0; g < NG; g++) {
-                    const uint8_t *pg = p + g * HG;
-                    const float *eg = e + g * HG, *og = o + g * HG;
-                    float a = 0.0f;
-#pragma omp simd reduction(+ : a)
-                    for (int j = 0; j < HG; j++)
-                        a += (float)((int)(pg[j] & 15) - 8) * eg[j] + (float)((int)(pg[j] >> 4) - 8) * og[j];
-                    acc += a * bf(sc[g]) + bf(ze[g]) * xs[g];
-                }
-                yb[(int64_t)m * N + n] = acc + (bias ? bias[n] : 0.0f);
-            }
+        const __m512 s = bf16x16(sc + g * 16);
+        const __m512 z = _mm512_fnmadd_ps(_mm512_set1_ps(8.0f), s, bf16x16(ze + g * 16));
+        for (int m = 0; m < mb; m++) {
+            acc[m] = _mm512_fmadd_ps(_mm512_add_ps(ga[m], gb[m]), s, acc[m]);
+            acc[m] = _mm512_fmadd_ps(z, _mm512_set1_ps(xs[m * NG + g]), acc[m]);
         }
     }
-    free(xe);
+    for (int m = 0; m < mb; m++) out[m] = acc[m];
+}
+#endif
+
+/* y[M, N] = x[M, K] @ W^T (+ bias) for W in the interleaved int4 layout above. Returns 0, or -1 when the sums of x
+   cannot be allocated. */
+int tuner_int4_gemv(const float *x, int M, int K, const uint8_t *packed, const uint16_t *scale, const uint16_t *zero,
+                    const float *bias, int G, float *y, int N) {
+    const int NG = K / G, HG = G / 2, NB = (N + 15) / 16;
+    float *xsum = malloc(sizeof(float) * (size_t)M * NG);
+    if (!xsum) return -1;
+    for (int m = 0; m < M; m++)
+        for (int g = 0; g < NG; g++) {
+            float t = 0.0f;
+            for (int k = g * G; k < (g + 1) * G; k++) t += x[(int64_t)m * K + k];
+            xsum[m * NG + g] = t;
+        }
+    for (int m0 = 0; m0 < M; m0 += MAX_M) {
+        const int mb = M - m0 < MAX_M ? M - m0 : MAX_M;
+        const float *xb = x + (int64_t)m0 * K, *xs = xsum + (int64_t)m0 * NG;
+#pragma omp parallel for schedule(static)
+        for (int b = 0; b < NB; b++) {
+            const uint8_t *p = packed + (int64_t)b * (K / 2) * 16;
+            const uint16_t *sc = scale + (int64_t)b * NG * 16, *ze = zero + (int64_t)b * NG * 16;
+            const int rows = N - 16 * b < 16 ? N - 16 * b : 16;
+#if defined(__AVX512F__)
+            __m512 out[MAX_M];
+            switch (mb) {
+#define CASE(c) case c: i4_rows16(p, sc, ze, xb, K, xs, NG, HG, c, out); break;
+                CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+#undef CASE
+            }
+            const __mmask16 keep = (__mmask16)((1u << rows) - 1u);
+            const __m512 bv = bias ? _mm512_maskz_loadu_ps(keep, bias + 16 * b) : _mm512_setzero_ps();
+            for (int m = 0; m < mb; m++)
+                _mm512_mask_storeu_ps(y + (int64_t)(m0 + m) * N + 16 * b, keep, _mm512_add_ps(out[m], bv));
+#else
+            for (int m = 0; m < mb; m++) {
+                float acc[16] = {0};
+                const float *xm = xb + (int64_t)m * K;
+                for (int g = 0; g < NG; g++) {
+                    float ga[16] = {0};
+                    for (int j = 0; j < HG; j++) {
+                        const uint8_t *v = p + ((int64_t)g * HG + j) * 16;
+                        const float e = xm[g * G + 2 * j], o = xm[g * G + 2 * j + 1];
+                        for (int r = 0; r < 16; r++) ga[r] += (float)(v[r] & 15) * e + (float)(v[r] >> 4) * o;
+                    }
+                    for (int r = 0; r < 16; r++) {
+                        const float s = bf(sc[g * 16 + r]);
+                        acc[r] += ga[r] * s + (bf(ze[g * 16 + r]) - 8.0f * s) * xs[m * NG + g];
+                    }
+                }
+                for (int r = 0; r < rows; r++) y[(int64_t)(m0 + m) * N + 16 * b + r] = acc[r] + (bias ? bias[16 * b + r] : 0.0f);
+            }
+#endif
+        }
+    }
+    free(xsum);
     return 0;
 }
 
-/* y[M, N] = x[M, K] @ w[N, K]^T (+ bias), float32: each weight row is loaded once per MAX_M rows of x, which FMA
-   into one accumulator each (a tied output projection read by 8 decode rows at once, where MKL's sgemm reads it
-   slower than memory speed on a 2-core VM). */
 /* y[r] = sum_k w[r * K + k] x[k] for 4 float32 rows r at once (x loaded once for the 4, 4 FMA chains) */
 static inline void dot4_f32(const float *w, const float *x, int K, float *y) {
     int k = 0;

@@ -31,15 +31,18 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("M", [1, 3, 8, 9, 17])  # 8 rows share a pass over the weight: 9 and 17 take 2 and 3
-@pytest.mark.parametrize("K", [576, 72])  # 72: 2 AVX-512 steps of 32, then a scalar tail of 8
+@pytest.mark.parametrize("K", [576, 73])  # 73: an odd input width (the kernel steps 2 inputs at a time)
 def test_int8_gemv_equals_its_torch_twin(M, K):
-    N = 40
+    N = 40  # blocks of 16 rows: 2 full, then 8 rows and 8 of padding
     x = torch.randn(M, K, generator=gen)
     q = torch.randint(-127, 128, (N, K), dtype=torch.int8, generator=gen)
     scale = (torch.rand(N, generator=gen) * 0.02).bfloat16()
     bias = torch.randn(N, generator=gen)
+    q16, s16 = cpu_kernels.pack_int8(q, scale)
+    back = cpu_kernels.unpack_int8(q16, s16, N)
+    assert q16.shape == (3, K, 16) and back[0].equal(q) and back[1].equal(scale)
     for b in (None, bias):
-        assert _rel(cpu_kernels.int8_gemv(x, q, scale, b), torch_ops.int8_linear(x, q, scale, b)) < 1e-5
+        assert _rel(cpu_kernels.int8_gemv(x, q16, s16, b, N), torch_ops.int8_linear(x, q, scale, b)) < 1e-5
 
 
 @pytest.mark.parametrize("M", [1, 9])
@@ -51,21 +54,27 @@ def test_int4_gemv_equals_its_torch_twin(M, G):
     scale = (torch.rand(N, K // G, generator=gen) * 0.02).bfloat16()
     zero = (torch.randn(N, K // G, generator=gen) * 0.02).bfloat16()
     bias = torch.randn(N, generator=gen)
+    p16, s16, z16 = cpu_kernels.pack_int4(packed, scale, zero)  # 24 rows: a block of 16, then 8 and 8 zero rows
+    back = cpu_kernels.unpack_int4(p16, s16, z16, N)
+    assert back[0].equal(packed) and back[1].equal(scale) and back[2].equal(zero)
     for b in (None, bias):
-        got = cpu_kernels.int4_gemv(x, packed, scale, zero, b, G)
+        got = cpu_kernels.int4_gemv(x, p16, s16, z16, b, G, N)
         assert _rel(got, torch_ops.int4_linear(x, packed, scale, zero, b, G)) < 1e-5
 
 
 def test_the_kernels_refuse_tensors_they_cannot_read():
-    q = torch.zeros(8, 32, dtype=torch.int8)
-    with pytest.raises(ValueError, match=r"scale must be a contiguous CPU torch.bfloat16 tensor of shape \(8,\), "
-                                         r"got cpu torch.float32 \(8,\)"):
-        cpu_kernels.int8_gemv(torch.zeros(1, 32), q, torch.zeros(8), None)
+    q = torch.zeros(1, 32, 16, dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"scale must be a contiguous CPU torch.bfloat16 tensor of shape \(16,\), "
+                                         r"got cpu torch.float32 \(16,\)"):
+        cpu_kernels.int8_gemv(torch.zeros(1, 32), q, torch.zeros(16), None, 8)
     with pytest.raises(ValueError, match=r"x must be .* \(2, 32\), got cpu torch.float32 \(2, 32\) \(strided\)"):
-        cpu_kernels.int8_gemv(torch.zeros(32, 2).t(), q, torch.zeros(8).bfloat16(), None)
+        cpu_kernels.int8_gemv(torch.zeros(32, 2).t(), q, torch.zeros(16).bfloat16(), None, 8)
     with pytest.raises(ValueError, match="group_size=12 must be even and divide K=32"):
-        cpu_kernels.int4_gemv(torch.zeros(1, 32), torch.zeros(8, 16, dtype=torch.uint8), torch.zeros(8, 2),
-                              torch.zeros(8, 2), None, 12)
+        cpu_kernels.int4_gemv(torch.zeros(1, 32), torch.zeros(1, 16, 16, dtype=torch.uint8), torch.zeros(1, 2, 16),
+                              torch.zeros(1, 2, 16), None, 12, 8)
+    with pytest.raises(ValueError, match="packed holds 1 blocks of 16 rows, not the 2 of N=20"):
+        cpu_kernels.int4_gemv(torch.zeros(1, 32), torch.zeros(1, 16, 16, dtype=torch.uint8), torch.zeros(1, 2, 16),
+                              torch.zeros(1, 2, 16), None, 16, 20)
 
 
 def test_quantized_layers_on_the_kernels_equal_their_dequantized_weights():
@@ -74,11 +83,16 @@ def test_quantized_layers_on_the_kernels_equal_their_dequantized_weights():
     l4 = Int4Linear(w, None, 32)
     assert l4.native and not l4.packed_cpu
     assert _rel(l4(x), x @ l4.dequantize().t()) < 1e-5  # float32 activations: no bf16 rounding of x
-    l8 = Int8Linear(w)
-    l8.native = True  # the same stored layout serves both kernels
+    l8 = Int8Linear(w, native=True)
     assert _rel(l8(x), x @ l8.dequantize().t()) < 1e-5
-    x20 = torch.randn(20, 128, generator=gen)  # more rows than a decode step: torch's kernel (bf16 activations)
-    assert 1e-5 < _rel(l8(x20), x20 @ l8.dequantize().t()) < 0.02
+    x20 = torch.randn(20, 128, generator=gen)  # more rows than a decode step: the dequantized weight
+    assert _rel(l8(x20), x20 @ l8.dequantize().t()) < 1e-5
+    tokens = torch.tensor([0, 17, 39])
+    q, scale = l8.rows(tokens)  # the embedding's rows of a tied table, from the interleaved layout
+    assert torch.equal(q.float() * scale.float()[:, None], l8.dequantize()[tokens])
+    torch_l8 = Int8Linear(w, native=False)  # torch's kernel (bf16 activations) on the [N, K] layout
+    assert torch.equal(torch_l8.dequantize(), l8.dequantize())
+    assert 1e-5 < _rel(torch_l8(x20), x20 @ l8.dequantize().t()) < 0.02
 
 
 def test_the_library_is_built_once_per_source_and_cached(tmp_path, monkeypatch):

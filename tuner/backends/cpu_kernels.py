@@ -150,46 +150,85 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, shape: tuple) -> None
                          f"{t.device.type} {t.dtype} {tuple(t.shape)}{'' if t.is_contiguous() else ' (strided)'}")
 
 
-def int8_gemv(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+def _rows16(t: torch.Tensor) -> torch.Tensor:
+    """[N, C] -> [ceil(N/16), C, 16]: rows in blocks of 16 (zeros past N), a block's rows side by side."""
+    pad = -t.shape[0] % 16
+    t = torch.cat([t, t.new_zeros(pad, *t.shape[1:])]) if pad else t
+    return t.view(-1, 16, t.shape[1]).transpose(1, 2).contiguous()
+
+
+def _rows(t: torch.Tensor, N: int) -> torch.Tensor:
+    """_rows16 undone: [NB, C, 16] -> [N, C]."""
+    return t.transpose(1, 2).reshape(-1, t.shape[1])[:N]
+
+
+def pack_int8(q: torch.Tensor, scale: torch.Tensor):
+    """The int8 kernel's layout from q [N, K] int8 and scale [N] bf16: (packed [ceil(N/16), K, 16], scale
+    [16 ceil(N/16)]), zeros past N."""
+    return _rows16(q), _rows16(scale[:, None]).flatten()
+
+
+def unpack_int8(packed: torch.Tensor, scale: torch.Tensor, N: int):
+    """pack_int8 undone: (q [N, K], scale [N])."""
+    return _rows(packed, N), scale[:N]
+
+
+def int8_gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, N: int,
               checked: bool = True) -> torch.Tensor:
-    """x [M, K] float32 @ (q [N, K] int8 * scale [N] bf16).T (+ bias [N]) -> [M, N] float32. checked=False skips
-    the checks of q, scale and bias, for a layer that made them once (x is always checked)."""
-    N, K = q.shape
+    """x [M, K] float32 @ (q * scale).T (+ bias [N]) -> [M, N] float32 in pack_int8's layout: packed
+    [ceil(N/16), K, 16] int8, scale [16 ceil(N/16)] bf16. checked=False skips the checks of packed, scale and bias,
+    for a layer that made them once (x is always checked)."""
+    NB, K = packed.shape[0], packed.shape[1]
     M = x.shape[0]
     if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != K:
         _check("x", x, torch.float32, (M, K))
     if checked:
-        _check("q", q, torch.int8, (N, K))
-        _check("scale", scale, torch.bfloat16, (N,))
+        if NB != -(-N // 16):
+            raise ValueError(f"packed holds {NB} blocks of 16 rows, not the {-(-N // 16)} of N={N}")
+        _check("packed", packed, torch.int8, (NB, K, 16))
+        _check("scale", scale, torch.bfloat16, (16 * NB,))
         if bias is not None:
             _check("bias", bias, torch.float32, (N,))
     y = torch.empty(M, N)
-    library().tuner_int8_gemv(x.data_ptr(), M, K, q.data_ptr(), scale.data_ptr(),
+    library().tuner_int8_gemv(x.data_ptr(), M, K, packed.data_ptr(), scale.data_ptr(),
                               None if bias is None else bias.data_ptr(), y.data_ptr(), N)
     return y
 
 
+def pack_int4(nibbles: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor):
+    """The int4 kernel's layout from nibbles [N, K/2] uint8 (low nibble = even k) and scale, zero [N, K/G] bf16:
+    (packed [NB, K/2, 16], scale [NB, K/G, 16], zero [NB, K/G, 16]), NB = ceil(N/16), zeros past N."""
+    return _rows16(nibbles), _rows16(scale), _rows16(zero)
+
+
+def unpack_int4(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, N: int):
+    """pack_int4 undone: (nibbles [N, K/2], scale [N, K/G], zero [N, K/G])."""
+    return _rows(packed, N), _rows(scale, N), _rows(zero, N)
+
+
 def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
-              bias: torch.Tensor | None, group_size: int, checked: bool = True) -> torch.Tensor:
-    """x [M, K] float32 @ W.T (+ bias) -> [M, N] float32, W = (q - 8) * scale + zero per group of `group_size`;
-    packed [N, K/2] uint8 (low nibble = even k), scale and zero [N, K/group_size] bf16. checked=False skips the
-    checks of the weight tensors, for a layer that made them once (x is always checked)."""
-    N, K = packed.shape[0], packed.shape[1] * 2
+              bias: torch.Tensor | None, group_size: int, N: int, checked: bool = True) -> torch.Tensor:
+    """x [M, K] float32 @ W.T (+ bias) -> [M, N] float32, W = (q - 8) * scale + zero per group of `group_size`, in
+    pack_int4's layout: packed [ceil(N/16), K/2, 16] uint8, scale and zero [ceil(N/16), K/group_size, 16] bf16.
+    checked=False skips the checks of the weight tensors, for a layer that made them once (x is always checked)."""
+    NB, K = packed.shape[0], packed.shape[1] * 2
     M = x.shape[0]
     if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != K:
         _check("x", x, torch.float32, (M, K))
     if checked:
         if group_size % 2 or K % group_size:
             raise ValueError(f"group_size={group_size} must be even and divide K={K}")
-        _check("packed", packed, torch.uint8, (N, K // 2))
-        _check("scale", scale, torch.bfloat16, (N, K // group_size))
-        _check("zero", zero, torch.bfloat16, (N, K // group_size))
+        if NB != -(-N // 16):
+            raise ValueError(f"packed holds {NB} blocks of 16 rows, not the {-(-N // 16)} of N={N}")
+        _check("packed", packed, torch.uint8, (NB, K // 2, 16))
+        _check("scale", scale, torch.bfloat16, (NB, K // group_size, 16))
+        _check("zero", zero, torch.bfloat16, (NB, K // group_size, 16))
         if bias is not None:
             _check("bias", bias, torch.float32, (N,))
     y = torch.empty(M, N)
     if library().tuner_int4_gemv(x.data_ptr(), M, K, packed.data_ptr(), scale.data_ptr(), zero.data_ptr(),
                                  None if bias is None else bias.data_ptr(), group_size, y.data_ptr(), N):
-        raise MemoryError(f"int4_gemv: no memory for its {MAX_M} x {K} scratch rows")
+        raise MemoryError(f"int4_gemv: no memory for the group sums of its {M} rows")
     return y
 
 

@@ -104,16 +104,16 @@ def _linear(lin) -> cpu_kernels.Linear | None:
         return None
     bias = None if b is None else b.data_ptr()
     if not getattr(lin, "native", False) or w.device.type != "cpu" or w.layout != torch.strided or \
-            not w.is_contiguous() or w.dim() != 2:
+            not w.is_contiguous():
         return None
     N = w.shape[0]
     if lin.scheme == "float" and w.dtype == torch.float32:
         return L(L.FLOAT, N, w.shape[1], 0, w.data_ptr(), None, None, bias)
     if lin.scheme == "int8":
-        return L(L.INT8, N, w.shape[1], 0, w.data_ptr(), lin.scale.data_ptr(), None, bias)
+        return L(L.INT8, lin.shape[0], w.shape[1], 0, w.data_ptr(), lin.scale.data_ptr(), None, bias)
     if lin.scheme == "int4":
-        return L(L.INT4, N, w.shape[1] * 2, lin.group_size, w.data_ptr(), lin.scale.data_ptr(), lin.zero.data_ptr(),
-                 bias)
+        return L(L.INT4, lin.shape[0], w.shape[1] * 2, lin.group_size, w.data_ptr(), lin.scale.data_ptr(),
+                 lin.zero.data_ptr(), bias)
     return None
 
 

@@ -169,24 +169,24 @@ def build_model(args: ModelArgs, checkpoint: Path | None, dtype: torch.dtype, de
         release_freed_memory()
         if progress:
             progress(i + 1, args.n_layers)
-    embed, lm_head = _ends(args, tensor, quant)
+    embed, lm_head = _ends(args, tensor, quant, native)
     norm = tensor((args.dim,), "model.norm.weight")
     if not isinstance(source, _Dummy):
         source.check_all_used({"lm_head.weight"} if args.tie_word_embeddings else set())
     return Transformer(args, embed, layers, norm, lm_head)
 
 
-def _ends(args: ModelArgs, tensor, quant: str):
+def _ends(args: ModelArgs, tensor, quant: str, native: bool):
     """The embedding and the output projection. With int8/int4 the output projection is int8 (per vocab row);
     tied, one table serves both: a float one unpacked, or the int8 one whose rows the embedding dequantizes."""
     head_quant = "int8" if quant in ("int8", "int4") else "none"
     if not args.tie_word_embeddings:
-        head = make_linear(tensor((args.vocab_size, args.dim), "lm_head.weight"), None, head_quant, 0)
+        head = make_linear(tensor((args.vocab_size, args.dim), "lm_head.weight"), None, head_quant, 0, native)
         release_freed_memory()
         return Embedding(tensor((args.vocab_size, args.dim), "model.embed_tokens.weight")), head
     table = tensor((args.vocab_size, args.dim), "model.embed_tokens.weight")
     if head_quant == "int8":
-        head = Int8Linear(table)
+        head = Int8Linear(table, native=True if native else None)
         return Int8Embedding(head), head
     return Embedding(table), TiedLMHead(table)
 

@@ -138,24 +138,26 @@ def native_wins(scheme: str, shape: tuple, group_size: int = 0) -> bool:
         x = torch.randn(1, K)
         if scheme == "int8":
             q, scale = torch.randint(-127, 128, (N, K), dtype=torch.int8), torch.rand(N).bfloat16()
-            return ((lambda: cpu_kernels.int8_gemv(x, q, scale, None)),
+            q16, s16 = cpu_kernels.pack_int8(q, scale)
+            return ((lambda: cpu_kernels.int8_gemv(x, q16, s16, None, N)),
                     (lambda: torch.ops.aten._weight_int8pack_mm(x.bfloat16(), q, scale).float()), N * K)
-        nib = torch.randint(0, 256, (N, K // 2), dtype=torch.uint8)
-        scale = zero = torch.rand(N, K // group_size).bfloat16()
+        nib, scale, zero = cpu_kernels.pack_int4(torch.randint(0, 256, (N, K // 2), dtype=torch.uint8),
+                                                 *[torch.rand(N, K // group_size).bfloat16()] * 2)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(torch.randint(0, 16, (N, K), dtype=torch.int32), 2)
         sz = torch.rand(K // group_size, N, 2).bfloat16()
-        return ((lambda: cpu_kernels.int4_gemv(x, nib, scale, zero, None, group_size)),
+        return ((lambda: cpu_kernels.int4_gemv(x, nib, scale, zero, None, group_size, N)),
                 (lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(x.bfloat16(), packed, group_size, sz).float()),
                 N * K)
 
     return first_wins(("native", scheme, N, K, group_size), candidates)
 
 
-def _native(asked: bool, scheme: str, shape: tuple, group_size: int = 0) -> bool:
-    """Whether a quantized layer takes tuner's CPU kernel: asked for (where it can be built), or faster here."""
-    if asked:
-        return cpu_kernels.library() is not None
-    return native_wins(scheme, shape, group_size)
+def _native(asked: bool | None, scheme: str, shape: tuple, group_size: int = 0) -> bool:
+    """Whether a quantized layer takes tuner's CPU kernel: asked for (True, where it can be built), never (False),
+    or (None) where it is the faster here."""
+    if asked is None:
+        return native_wins(scheme, shape, group_size)
+    return asked and cpu_kernels.library() is not None
 
 
 class TiedLMHead(Linear):
@@ -226,7 +228,7 @@ class Int8Linear(Linear):
 
     scheme = "int8"
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, native: bool = False):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, native: bool | None = None):
         self.dtype, self.bias = weight.dtype, bias
         self.cpu = weight.device.type == "cpu"
         scale_dtype = torch.bfloat16 if self.cpu else weight.dtype  # both CPU kernels read bf16 scales
@@ -238,13 +240,18 @@ class Int8Linear(Linear):
             scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-10).to(scale_dtype)
             self.scale[rows] = scale
             self.weight[rows] = (w / scale.float()[:, None]).round_().clamp_(-127, 127)
+        self.shape = tuple(weight.shape)
+        if self.native:  # the kernel's blocks of 16 interleaved rows: [N/16, K, 16], scale [N/16 * 16]
+            self.weight, self.scale = cpu_kernels.pack_int8(self.weight, self.scale)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         if self.native and x.numel() <= NATIVE_ROWS * shape[-1]:  # its own tensors: right by construction
             y = cpu_kernels.int8_gemv(x.reshape(-1, shape[-1]).float().contiguous(), self.weight, self.scale, None,
-                                      checked=False)
+                                      self.shape[0], checked=False)
             y = y.to(x.dtype).view(*shape[:-1], -1)
+        elif self.native:  # a prefill's rows: the dequantized weight, reused across them
+            y = F.linear(x, self.dequantize().to(x.dtype))
         elif self.cpu:
             y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight, self.scale)
             y = y.to(x.dtype).view(*shape[:-1], -1)
@@ -252,8 +259,16 @@ class Int8Linear(Linear):
             y = F.linear(x, self.weight.to(x.dtype)) * self.scale
         return y if self.bias is None else y + self.bias
 
+    def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q [*, K], scale [*]) of the output rows `index`, in either layout."""
+        if self.native:
+            return self.weight[index // 16, :, index % 16], self.scale[index]
+        return self.weight[index], self.scale[index]
+
     def dequantize(self) -> torch.Tensor:
-        return (self.weight.float() * self.scale.float()[:, None]).to(self.dtype)
+        q, scale = cpu_kernels.unpack_int8(self.weight, self.scale, self.shape[0]) if self.native else \
+            (self.weight, self.scale)
+        return (q.float() * scale.float()[:, None]).to(self.dtype)
 
 
 class Int8Embedding:
@@ -263,7 +278,8 @@ class Int8Embedding:
         self.head = head
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.head.weight[tokens].to(self.head.dtype) * self.head.scale[tokens, None].to(self.head.dtype)
+        q, scale = self.head.rows(tokens)
+        return q.to(self.head.dtype) * scale[..., None].to(self.head.dtype)
 
     def tensors(self) -> list[torch.Tensor]:
         return self.head.tensors()
@@ -274,7 +290,8 @@ class Int4Linear(Linear):
 
     scheme = "int4"
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group_size: int, native: bool = False):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group_size: int,
+                 native: bool | None = None):
         N, K = weight.shape
         if group_size not in INT4_GROUP_SIZES or K % group_size:
             raise ValueError(f"group_size={group_size} does not divide the input width {K}: "
@@ -292,14 +309,16 @@ class Int4Linear(Linear):
             z = (lo + 8.0 * s).to(store).float()
             scale[rows], zero[rows] = s, z
             q[rows] = ((w - (z - 8.0 * s)[..., None]) / s[..., None]).round_().clamp_(0, 15).view(-1, K)
-        # tuner's CPU kernel (nibbles [N, K/2]) where asked for or faster here than torch's, which needs
-        # N % 16 == 0; other shapes take the dequantizing path
+        # tuner's CPU kernel where asked for or faster here than torch's, which needs N % 16 == 0; other shapes
+        # take the dequantizing path
         cpu = weight.device.type == "cpu"
         self.native = cpu and _native(native, "int4", (N, K), group_size)
         self.packed_cpu = cpu and N % 16 == 0 and not self.native
         if self.packed_cpu:
             self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)
             self.scales_zeros = torch.stack([scale.t(), zero.t()], dim=-1).contiguous()  # [K/g, N, 2]
+        elif self.native:  # the kernel's blocks of 16 interleaved rows: [N/16, K/2, 16], scale and zero [N/16, K/g, 16]
+            self.weight, self.scale, self.zero = cpu_kernels.pack_int4(q[:, 0::2] | (q[:, 1::2] << 4), scale, zero)
         else:
             self.weight = q[:, 0::2] | (q[:, 1::2] << 4)  # two nibbles per byte, [N, K/2]
             self.scale, self.zero = scale, zero  # [N, K/g]
@@ -311,7 +330,7 @@ class Int4Linear(Linear):
         # rows of a 3080 x 576 weight: 7.6 against 11.1 ms on a 2-core Xeon VM)
         if self.native and x.numel() <= NATIVE_ROWS * shape[-1]:
             y = cpu_kernels.int4_gemv(x.reshape(-1, shape[-1]).float().contiguous(), self.weight, self.scale,
-                                      self.zero, None, self.group_size, checked=False)
+                                      self.zero, None, self.group_size, self.shape[0], checked=False)
             y = y.to(x.dtype).view(*shape[:-1], -1)
         elif self.packed_cpu:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
@@ -330,8 +349,10 @@ class Int4Linear(Linear):
             eye = torch.eye(K, dtype=torch.bfloat16)
             w = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.weight, g, self.scales_zeros).t()
             return w.to(self.dtype)
-        q = torch.stack([self.weight & 15, self.weight >> 4], dim=-1).view(N, K // g, g).float()
-        w = (q - 8.0) * self.scale.float()[..., None] + self.zero.float()[..., None]
+        nib, scale, zero = cpu_kernels.unpack_int4(self.weight, self.scale, self.zero, N) if self.native else \
+            (self.weight, self.scale, self.zero)
+        q = torch.stack([nib & 15, nib >> 4], dim=-1).view(N, K // g, g).float()
+        w = (q - 8.0) * scale.float()[..., None] + zero.float()[..., None]
         return w.view(N, K).to(self.dtype)
 
 
@@ -367,9 +388,9 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, quant: str, gro
             return OneDNNLinear(weight, bias)  # 16-bit CPU matmuls outside oneDNN are torch's slow loop
         return Linear(weight, bias)
     if quant == "int8":
-        return Int8Linear(weight, bias, native)
+        return Int8Linear(weight, bias, True if native else None)
     if quant == "int4":
-        return Int4Linear(weight, bias, group_size, native)
+        return Int4Linear(weight, bias, group_size, True if native else None)
     if quant == "fp8":
         return Fp8Linear(weight, bias)
     raise ValueError(f"quant={quant!r} is not allowed: use 'none', 'int8', 'int4' or 'fp8'")
