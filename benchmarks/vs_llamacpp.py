@@ -15,7 +15,7 @@ llama-bench and llama-quantize are built from the llama.cpp sources vendored in 
 (cmake, about 10 minutes on 2 cores), in --work, once; never in CI. Needs cmake, a C++ compiler and (for the
 converter) `pip install sentencepiece accelerate`.
 
-    PYTHONPATH=. python benchmarks/vs_llamacpp.py          # writes benchmarks/results/vs_llamacpp-<date>.json
+    PYTHONPATH=. python benchmarks/vs_llamacpp.py          # writes benchmarks/results/vs_llamacpp-<date>-<commit>.json
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def main() -> None:
     for p, r in batched.items():
         print(f"{p:<9}{r['tuner_tok_s']:>8.1f}  {r['llama_cpp_type']:<10}{r['llama_cpp_tok_s']:>8.1f}  "
               f"{r['ratio']:>17.2f}  (batch {args.batch}, tok/s summed over the batch)")
-    out = args.out or Path(__file__).parent / "results" / f"vs_llamacpp-{result['date']}.json"
+    out = args.out or Path(__file__).parent / "results" / f"vs_llamacpp-{result['date']}-{result['tuner_commit']}.json"
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
 
