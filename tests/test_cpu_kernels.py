@@ -222,6 +222,8 @@ def test_the_one_call_c_step_equals_the_ops_one_by_one(checkpoint, family, quant
     assert torch.equal(got_x, ref_x) and torch.equal(got_h, ref_h)
     assert torch.equal(cache.k, ref_k) and torch.equal(cache.v, ref_v)
     assert not torch.equal(ref_k, k0)  # the step wrote its keys
+    with pytest.raises(ValueError, match=r"layer 0: linear shapes .* do not fit heads 5/2"):
+        cpu_ops.decode_layers(m.layers, m.norm, a.norm_eps, st, cache, got_x, 5, 2)
 
 
 def test_the_cpu_backend_explains_what_it_cannot_run():

@@ -117,14 +117,14 @@ def _linear(lin) -> cpu_kernels.Linear | None:
     return None
 
 
-_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache -> (layers, K pool address, C layers)
+_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache -> (layers, (K pool, heads), C layers)
 
 
-def _step_layers(layers, cache):
+def _step_layers(layers, cache, H: int, Hkv: int, D: int):
     """The C descriptors of `layers` over `cache`, made once per (model, cache); None where a layer cannot run in
-    the C step."""
-    got = _STEPS.get(cache)
-    if got is not None and got[0] is layers and got[1] == cache.k.data_ptr():
+    the C step. The C step sizes its buffers from layer 0, so every layer's shapes are checked against it."""
+    got, key = _STEPS.get(cache), (cache.k.data_ptr(), H, Hkv, D)
+    if got is not None and got[0] is layers and got[1] == key:
         return got[2]
     arr = (cpu_kernels.Layer * len(layers))()
     for i, layer in enumerate(layers):
@@ -132,11 +132,17 @@ def _step_layers(layers, cache):
         if any(lin is None for lin in lins):
             arr = None
             break
+        qkv, o, gu, down = lins
+        dim = o.N
+        shapes = ((qkv.N, qkv.K, o.K, gu.K, gu.N, down.N), ((H + 2 * Hkv) * D, dim, H * D, dim, 2 * down.K, dim))
+        if shapes[0] != shapes[1]:
+            raise ValueError(f"layer {i}: linear shapes (qkv out/in, o in, gate_up in/out, down out) {shapes[0]} do "
+                             f"not fit heads {H}/{Hkv} of size {D}: expected {shapes[1]}")
         k, v, *_ = _pools(cache, i)
         qk = None if layer.qk_norm is None else _f32(layer.qk_norm, "qk_norm").data_ptr()
         arr[i] = cpu_kernels.Layer(_f32(layer.attn_norm, "attn_norm").data_ptr(),
                                    _f32(layer.mlp_norm, "mlp_norm").data_ptr(), qk, k.data_ptr(), v.data_ptr(), *lins)
-    _STEPS[cache] = (layers, cache.k.data_ptr(), arr)
+    _STEPS[cache] = (layers, key, arr)
     return arr
 
 
@@ -149,12 +155,13 @@ def decode_layers(layers, final_norm: torch.Tensor, eps: float, st, cache, x: to
     B = x.shape[0]
     if B > cpu_kernels.NATIVE_ROWS or cache.quantized:
         return None
-    arr = _step_layers(layers, cache)
+    D = st.cos.shape[-1]
+    arr = _step_layers(layers, cache, H, Hkv, D)
     if arr is None:
         return None
     k, _, sx, sh, sy = _pools(cache, 0)
-    _f32(x, "x")
-    D = st.cos.shape[-1]
+    if _f32(x, "x").dim() != 2 or x.shape[1] != arr[0].o.N:
+        raise ValueError(f"x must be [B, {arr[0].o.N}], got {tuple(x.shape)}")
     h = torch.empty_like(x)
     rc = cpu_kernels.library().tuner_decode_layers(
         ctypes.addressof(arr), len(layers), _f32(final_norm, "the final norm").data_ptr(), eps, x.data_ptr(),
