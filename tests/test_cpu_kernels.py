@@ -267,3 +267,17 @@ def test_f32_gemv_equals_f_linear_and_serves_the_tied_head_of_a_batch(M):
     head = TiedLMHead(w)
     head.wide = True  # whichever this CPU timed faster, the kernel's path gives F.linear's logits
     assert _rel(head(x[:, None]), torch.nn.functional.linear(x, w)[:, None]) < 1e-5
+
+
+def test_backend_auto_takes_the_c_kernels_on_a_cpu_where_they_run_and_torch_elsewhere():
+    e = tuner.Engine(model="tiny", max_seq_len=64)
+    assert tuner.EngineConfig().backend == "auto" and e.asked.backend == "auto"
+    assert e.config.backend == "cpu" and e.ops.__name__ == "tuner.backends.cpu_ops"  # gcc builds them here
+    int8_kv = e.replace(kv_dtype="int8")  # the cpu kernels keep a float32 cache: auto is resolved again
+    assert int8_kv.config.backend == "torch" and int8_kv.model is e.model
+    assert int8_kv.replace(kv_dtype="auto").config.backend == "cpu"
+    assert tuner.Engine(model="tiny", max_seq_len=64, dtype="bfloat16").config.backend == "torch"
+    r = e.generate(tuner.Workload(batch=1, prompt_len=4, output_len=3))
+    assert r.config["backend"] == "cpu"  # a run records the backend it ran on
+    with pytest.raises(ValueError, match="backend='cpu' runs float32 models with kv_dtype='auto'"):
+        e.config.replace(kv_dtype="int8")  # asked for by name, cpu is still checked

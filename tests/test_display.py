@@ -256,7 +256,7 @@ def test_telemetry_is_sampled_off_the_main_thread_and_kept_in_the_record():
 
     from tuner.profile.telemetry import INTERVAL_S, line
 
-    e = tuner.Engine(model="tiny", max_seq_len=2048)
+    e = tuner.Engine(model="tiny", max_seq_len=2048, backend="torch")  # about 2 s: the cpu backend takes 0.5
     seen = []
     r = e.generate(tuner.Workload(batch=1, prompt_len=8, output_len=1500),
                    on_step=lambda ev: seen.append(ev["telemetry"]))

@@ -86,9 +86,10 @@ def test_matmul_flops_match_torch_profiler_with_flops():
 
 @pytest.fixture(scope="module")
 def profiled(tmp_path_factory):
-    """smollm2-135m shapes (dummy weights, fp32): a profiled batch-1 decode and a 4x128 prefill."""
+    """smollm2-135m shapes (dummy weights, fp32): a profiled batch-1 decode and a 4x128 prefill, on the torch
+    backend, whose decode names every op of the cost model (the cpu backend's fused ops: test_cpu_kernels)."""
     logdir = tmp_path_factory.mktemp("runs")
-    e = tuner.Engine(model="smollm2-135m", batch_size=4, max_seq_len=256)
+    e = tuner.Engine(model="smollm2-135m", batch_size=4, max_seq_len=256, backend="torch")
     e.warmup()
     decode = e.generate(tuner.Workload(batch=1, prompt_len=32, output_len=12), profile=True, logdir=logdir)
     prefill = e.generate(tuner.Workload(batch=4, prompt_len=128, output_len=1), profile=True, logdir=logdir)

@@ -306,14 +306,17 @@ def test_a_sweep_of_serving_knobs_measures_goodput_under_traffic_and_exports_it_
                     storage=None, runs_dir=tmp_path)
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
 @pytest.mark.parametrize("kv_cache", ["contiguous", "paged"])
-def test_the_fixed_shape_decode_step_serves_scattered_rows_with_the_solo_tokens(checkpoint, kv_cache):
-    # the cupy backend's decode path (here through the kernels' torch twins) reads each row's blocks through the
-    # tables of the rows the scheduler picked, which are not rows 0..B-1 once requests come and go
+def test_the_fixed_shape_decode_step_serves_scattered_rows_with_the_solo_tokens(checkpoint, kv_cache, backend):
+    # the fixed-shape decode path (the cupy kernels' torch twins, or the cpu backend's one-call C step) reads each
+    # row's blocks through the tables of the rows the scheduler picked, which are not rows 0..B-1 once requests
+    # come and go
     path, _ = checkpoint("qwen3")
     prompts = _prompts([9, 21, 5, 14, 30], seed=8)
     outs = [3, 15, 8, 12, 5]
-    engine = tuner.Engine(model=str(path), batch_size=3, max_seq_len=128, kv_cache=kv_cache, block_size=8)
+    engine = tuner.Engine(model=str(path), batch_size=3, max_seq_len=128, kv_cache=kv_cache, block_size=8,
+                          backend=backend)
     engine.fixed_decode = True
     seqs, _, _ = _serve(engine, prompts, outs, arrivals_ms=[0, 0, 0, 20, 40])
     assert [s.tokens for s in seqs] == _solo(path, prompts, outs)
@@ -324,7 +327,7 @@ def test_a_mixed_step_is_one_forward_pass_over_the_chunks_and_the_decode_rows(ch
     path, _ = checkpoint("llama")
     prompts, outs = _prompts([40, 37, 45], seed=11), [12, 12, 12]
     engine = tuner.Engine(model=str(path), batch_size=3, max_seq_len=128, max_num_batched_tokens=16,
-                          enable_chunked_prefill=True)
+                          enable_chunked_prefill=True, backend="torch")  # decodes through forward
     passes = []
     forward = engine.model.forward
     engine.model.forward = lambda tokens, step, *a, **k: passes.append(step.packed is not None) or forward(

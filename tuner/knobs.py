@@ -140,8 +140,9 @@ _KNOBS = [
     Knob("device", str, "cpu", "'cpu', 'cuda' or 'cuda:N'", "engine", reload=True),
     Knob("dtype", str, "float32", "weight and activation dtype", "engine",
          choices=("float32", "bfloat16", "float16"), reload=True),
-    Knob("backend", str, "torch", "op implementations: 'torch' (reference, everywhere), 'cupy' (CUDA kernels) or "
-         "'cpu' (tuner's C kernels for the decode step)", "engine", choices=("torch", "cupy", "cpu"),
+    Knob("backend", str, "auto", "op implementations: 'torch' (reference, everywhere), 'cupy' (CUDA kernels), "
+         "'cpu' (tuner's C kernels for the decode step) or 'auto' (an Engine picks 'cpu' where it can run, else "
+         "'torch')", "engine", choices=("auto", "torch", "cupy", "cpu"),
          applies="cupy: CUDA only, bfloat16/float16; cpu: CPU only, float32 with kv_dtype='auto'"),
     Knob("batch_size", int, 1, "sequences decoded together: a static batch, or under traffic the most running at "
          "once (vLLM's max_num_seqs)", "engine", low=1, high=4096),

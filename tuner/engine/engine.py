@@ -30,7 +30,7 @@ from ..result import RunResult, compute_metrics
 from .batch import Pending, Rows
 from .graphs import CudaGraphs, bucket
 from .kv_cache import KVCache, PagedKVCache
-from .machine import check_machine, check_prefill
+from .machine import check_machine, check_prefill, resolve_backend
 from .sampling import Sampler, sample
 from .scheduler import Scheduler, Sequence, StepPlan
 from .stats import RunStats
@@ -45,8 +45,9 @@ class Engine:
     def __init__(self, config: EngineConfig | None = None, *, progress: Callable[[int, int], None] | None = None,
                  _weights_from: Engine | None = None, **knobs):
         config = EngineConfig(**knobs) if config is None else config.replace(**knobs) if knobs else config
-        self.config = config
         self.args, checkpoint = check_machine(config)  # what only this machine can tell, before any weights load
+        self.asked = config  # as given; `config` holds backend='auto' resolved for this machine
+        self.config = config = resolve_backend(config, self.args)
         self.device, self.dtype = torch.device(config.device), _DTYPES[config.dtype]
         # The torch backend decodes through model.forward, or with cuda_graphs through the fixed-shape
         # model.decode step on torch_ops; the cupy and cpu backends always through model.decode and their kernels
@@ -102,7 +103,7 @@ class Engine:
     def replace(self, progress: Callable[[int, int], None] | None = None, **knobs) -> Engine:
         """An engine with these knobs changed. It shares this engine's loaded weights unless a knob that
         shapes them changes (model, weights, device, dtype, quant, group_size, seed: see Knob.reload)."""
-        config = self.config.replace(**knobs)
+        config = self.asked.replace(**knobs)  # backend='auto' is resolved again for the new knobs
         if any(getattr(config, k.name) != getattr(self.config, k.name) for k in ENGINE_KNOBS.values() if k.reload):
             return Engine(config, progress=progress)
         return Engine(config, _weights_from=self)

@@ -49,6 +49,21 @@ def check_machine(config: EngineConfig) -> tuple[ModelArgs, Path | None]:
     return args, checkpoint
 
 
+def resolve_backend(config: EngineConfig, args: ModelArgs) -> EngineConfig:
+    """`config` with backend='auto' made concrete for this machine: 'cpu' (tuner's C kernels) on a CPU for a
+    float32 model with kv_dtype='auto' and a head size the kernels take, where the kernels can be built here;
+    otherwise 'torch'. Any other backend is returned as it is."""
+    if config.backend != "auto":
+        return config
+    cpu = config.device == "cpu" and config.dtype == "float32" and config.kv_dtype == "auto"
+    if cpu:
+        from ..backends import cpu_kernels
+        from ..backends.cpu_ops import MAX_HEAD_DIM
+
+        cpu = args.head_dim % 2 == 0 and args.head_dim <= MAX_HEAD_DIM and cpu_kernels.library() is not None
+    return config.replace(backend="cpu" if cpu else "torch")
+
+
 def check_memory(config: EngineConfig, args: ModelArgs) -> None:
     """NotEnoughMemoryError, with both figures, when the weights and KV cache (cost.memory_bytes) exceed what the
     device has free: refused at once instead of loading for minutes and failing."""

@@ -183,7 +183,8 @@ class TunerMagics(Magics):
         a = engine.args
         print(f"loaded {engine.config.model}: {a.n_params() / 1e6:.1f}M parameters, "
               f"{engine.model.weight_bytes() / 2**20:.1f} MiB of weights on {engine.config.device} "
-              f"({engine.config.dtype}, quant={engine.config.quant}) in {engine.load_s:.1f} s")
+              f"({engine.config.dtype}, quant={engine.config.quant}, backend={engine.config.backend}) in "
+              f"{engine.load_s:.1f} s")
 
     def _run(self, args):
         engine_knobs, sampling, workload = parse_knobs(args.knobs)

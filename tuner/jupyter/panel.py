@@ -66,7 +66,7 @@ class Panel:
         import ipywidgets as w
 
         self.session = session
-        cfg = session.engine.config.to_dict() if session.engine is not None else {}
+        cfg = session.engine.asked.to_dict() if session.engine is not None else {}  # backend='auto' as asked
         self.engine_controls = {n: _widget(k, cfg.get(n, k.default), n) for n, k in ENGINE_KNOBS.items()}
         alias = {v: k for k, v in SAMPLING_ALIASES.items()}
         self.sampling_controls = {n: _widget(k, k.default, alias.get(n, n)) for n, k in SAMPLING_KNOBS.items()

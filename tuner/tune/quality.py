@@ -99,8 +99,11 @@ class Quality:
         self.info: dict = {}
 
     def reference_config(self, cfg) -> dict:
+        """The float32 model on the candidate's CPU backend where it has one (so a float candidate there drifts
+        by nothing, and a quantized one by its quantization alone), else on the torch backend."""
         knobs = cfg.to_dict()
-        knobs.update(quant="none", kv_dtype="auto", backend="torch", cuda_graphs=False, dtype="float32",
+        backend = "cpu" if cfg.backend == "cpu" else "torch"
+        knobs.update(quant="none", kv_dtype="auto", backend=backend, cuda_graphs=False, dtype="float32",
                      kv_cache="contiguous", num_blocks=0, **self._shape())
         return knobs
 
@@ -127,7 +130,7 @@ class Quality:
         from ..engine.engine import Engine
 
         knobs = self.reference_config(engine.config)
-        key = tuple(sorted((k, str(v)) for k, v in knobs.items() if k not in ("backend", "cuda_graphs")))
+        key = tuple(sorted((k, str(v)) for k, v in knobs.items() if k != "cuda_graphs"))
         if key not in self._ref:
             ref = Engine(**knobs)
             rows = self._rows(ref)

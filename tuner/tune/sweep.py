@@ -66,7 +66,7 @@ class Runner:
         if self.engine is None:
             self.engine = Engine(**knobs)
         else:
-            if self.engine.config.replace(**knobs) != self.engine.config:
+            if self.engine.asked.replace(**knobs) != self.engine.asked:  # as asked: backend='auto' unresolved
                 self.engine = self.engine.replace(**knobs)
         return self.engine
 
