@@ -150,6 +150,16 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype, shape: tuple) -> None
                          f"{t.device.type} {t.dtype} {tuple(t.shape)}{'' if t.is_contiguous() else ' (strided)'}")
 
 
+def _check_x(x: torch.Tensor, K: int) -> None:
+    if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != K:
+        _check("x", x, torch.float32, (x.shape[0], K))
+
+
+def _check_blocks(NB: int, N: int) -> None:
+    if NB != -(-N // 16):
+        raise ValueError(f"packed holds {NB} blocks of 16 rows, not the {-(-N // 16)} of N={N}")
+
+
 def _rows16(t: torch.Tensor) -> torch.Tensor:
     """[N, C] -> [ceil(N/16), C, 16]: rows in blocks of 16 (zeros past N), a block's rows side by side."""
     pad = -t.shape[0] % 16
@@ -180,11 +190,9 @@ def int8_gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: 
     for a layer that made them once (x is always checked)."""
     NB, K = packed.shape[0], packed.shape[1]
     M = x.shape[0]
-    if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != K:
-        _check("x", x, torch.float32, (M, K))
+    _check_x(x, K)
     if checked:
-        if NB != -(-N // 16):
-            raise ValueError(f"packed holds {NB} blocks of 16 rows, not the {-(-N // 16)} of N={N}")
+        _check_blocks(NB, N)
         _check("packed", packed, torch.int8, (NB, K, 16))
         _check("scale", scale, torch.bfloat16, (16 * NB,))
         if bias is not None:
@@ -213,13 +221,11 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: 
     checked=False skips the checks of the weight tensors, for a layer that made them once (x is always checked)."""
     NB, K = packed.shape[0], packed.shape[1] * 2
     M = x.shape[0]
-    if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != K:
-        _check("x", x, torch.float32, (M, K))
+    _check_x(x, K)
     if checked:
         if group_size % 2 or K % group_size:
             raise ValueError(f"group_size={group_size} must be even and divide K={K}")
-        if NB != -(-N // 16):
-            raise ValueError(f"packed holds {NB} blocks of 16 rows, not the {-(-N // 16)} of N={N}")
+        _check_blocks(NB, N)
         _check("packed", packed, torch.uint8, (NB, K // 2, 16))
         _check("scale", scale, torch.bfloat16, (NB, K // group_size, 16))
         _check("zero", zero, torch.bfloat16, (NB, K // group_size, 16))
@@ -238,8 +244,7 @@ def f32_gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
     checked=False skips the checks of w and bias (x is always checked)."""
     N, K = w.shape
     M = x.shape[0]
-    if x.dtype != torch.float32 or not x.is_contiguous() or x.dim() != 2 or x.shape[1] != K:
-        _check("x", x, torch.float32, (M, K))
+    _check_x(x, K)
     if checked:
         _check("w", w, torch.float32, (N, K))
         if bias is not None:

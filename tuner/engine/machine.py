@@ -55,13 +55,14 @@ def resolve_backend(config: EngineConfig, args: ModelArgs) -> EngineConfig:
     otherwise 'torch'. Any other backend is returned as it is."""
     if config.backend != "auto":
         return config
-    cpu = config.device == "cpu" and config.dtype == "float32" and config.kv_dtype == "auto"
-    if cpu:
-        from ..backends import cpu_kernels
-        from ..backends.cpu_ops import MAX_HEAD_DIM
+    try:  # the config's own checks of backend='cpu' (device, dtype, kv_dtype, head size)
+        cpu = config.replace(backend="cpu")
+        cpu.check_model(args)
+    except ValueError:
+        return config.replace(backend="torch")
+    from ..backends import cpu_kernels
 
-        cpu = args.head_dim % 2 == 0 and args.head_dim <= MAX_HEAD_DIM and cpu_kernels.library() is not None
-    return config.replace(backend="cpu" if cpu else "torch")
+    return cpu if cpu_kernels.library() is not None else config.replace(backend="torch")
 
 
 def check_memory(config: EngineConfig, args: ModelArgs) -> None:

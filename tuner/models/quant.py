@@ -232,7 +232,7 @@ class Int8Linear(Linear):
         self.dtype, self.bias = weight.dtype, bias
         self.cpu = weight.device.type == "cpu"
         scale_dtype = torch.bfloat16 if self.cpu else weight.dtype  # both CPU kernels read bf16 scales
-        # tuner's kernel for decode rows (same layout as torch's): asked for, or the faster of the two here
+        # tuner's kernel for decode rows (its layout: blocks of 16 interleaved rows): asked for, or the faster here
         self.native = self.cpu and _native(native, "int8", weight.shape)
         self.weight = torch.empty(weight.shape, dtype=torch.int8, device=weight.device)
         self.scale = torch.empty(weight.shape[0], dtype=scale_dtype, device=weight.device)
@@ -317,11 +317,11 @@ class Int4Linear(Linear):
         if self.packed_cpu:
             self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32), 2)
             self.scales_zeros = torch.stack([scale.t(), zero.t()], dim=-1).contiguous()  # [K/g, N, 2]
-        elif self.native:  # the kernel's blocks of 16 interleaved rows: [N/16, K/2, 16], scale and zero [N/16, K/g, 16]
-            self.weight, self.scale, self.zero = cpu_kernels.pack_int4(q[:, 0::2] | (q[:, 1::2] << 4), scale, zero)
         else:
             self.weight = q[:, 0::2] | (q[:, 1::2] << 4)  # two nibbles per byte, [N, K/2]
             self.scale, self.zero = scale, zero  # [N, K/g]
+            if self.native:  # the kernel's blocks of 16 interleaved rows: [N/16, K/2, 16], scale, zero [N/16, K/g, 16]
+                self.weight, self.scale, self.zero = cpu_kernels.pack_int4(self.weight, scale, zero)
         self.shape = (N, K)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
