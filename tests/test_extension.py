@@ -90,9 +90,10 @@ def _saved_notebook(path: Path) -> tuple[int, int, int]:
     kw = dict(workload={"prompt_len": 16, "output_len": 4}, base={"model": "smollm2-135m", "max_seq_len": 64},
               sampler="grid", storage=None, runs_dir=path.parent / "runs", progress=False, warmup=False,
               objectives=["max:output_tok_s", "min:decode_bytes_per_token"])
-    # an SLO between batch 1's and batch 2's bytes per token (analytic, the same on any machine): batch 1 breaks
-    # it, and batch 4, fastest and leanest, is the whole Pareto front
-    first = tuner.sweep({"batch_size": [1, 2]}, **kw)
+    # an SLO between batch 2's and batch 4's bytes per token (analytic, the same on any machine): batches 1 and 2
+    # break it, so batch 4 is the whole Pareto front however fast the machine runs (at output_len 4 batch 2 and 4
+    # can measure the same tok/s, and then both would be on a front that weighs speed)
+    first = tuner.sweep({"batch_size": [2, 4]}, **kw)
     per_token = sorted(t["metrics"]["decode_bytes_per_token"] for t in first.trials)
     sweep = tuner.sweep({"batch_size": [1, 2, 4]}, constraints=[f"decode_bytes_per_token <= {sum(per_token) / 2:.0f}"],
                         **kw)
