@@ -153,7 +153,10 @@ def test_a_busy_machine_is_recorded_in_the_run_and_warned_about_in_one_line():
     quiet = e.generate(w)
     _check_load_record(quiet.machine_load)
     assert quiet.machine_load["own_cpu_share"] > 0
-    assert warning(quiet.machine_load) is None and "busy machine" not in quiet.table()
+    # whether this run had the machine to itself is the machine's business (another job may share it): its table
+    # warns exactly when its own record says busy, and a record of a quiet machine warns of nothing
+    assert ("busy machine" in quiet.table()) == (warning(quiet.machine_load) is not None)
+    assert warning({**quiet.machine_load, "others_cpu_share": 0.0, "steal_share": 0.0}) is None
     assert tuner.RunResult.from_dict(quiet.to_dict()).machine_load == quiet.machine_load
     cpus = len(os.sched_getaffinity(0))
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * cpus)]
