@@ -189,63 +189,62 @@ int tuner_int4_gemv(const float *x, int M, int K, const uint8_t *packed, const u
     return 0;
 }
 
-/* y[r] = sum_k w[r * K + k] x[k] for 4 float32 rows r at once (x loaded once for the 4, 4 FMA chains) */
-static inline void dot4_f32(const float *w, const float *x, int K, float *y) {
+/* y[m * N + r] = sum_k w[r * K + k] x[m * K + k] + bias[r] for R weight rows and MB rows of x (both at most 4,
+   constants where it is inlined, so the loops unroll into R * MB accumulators in registers): each weight vector
+   feeds MB FMAs and each x vector R, so a step loads R + MB vectors for R * MB FMAs. Every output sums its k in
+   the same order whatever R and MB are, so a row's result does not depend on its batch. */
+static inline __attribute__((always_inline)) void tile_f32(const float *w, const float *x, int K, const int R,
+                                                           const int MB, const float *bias, float *y, int64_t N) {
+    float a[4][4] = {{0.0f}};
     int k = 0;
-    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #if defined(__AVX512F__)
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+    __m512 acc[4][4];
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < MB; m++) acc[r][m] = _mm512_setzero_ps();
     for (; k + 16 <= K; k += 16) {
-        const __m512 xv = _mm512_loadu_ps(x + k);
-        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), xv, a0);
-        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + K + k), xv, a1);
-        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 2 * (int64_t)K + k), xv, a2);
-        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 3 * (int64_t)K + k), xv, a3);
+        __m512 xv[4];
+        for (int m = 0; m < MB; m++) xv[m] = _mm512_loadu_ps(x + (int64_t)m * K + k);
+        for (int r = 0; r < R; r++) {
+            const __m512 wv = _mm512_loadu_ps(w + (int64_t)r * K + k);
+            for (int m = 0; m < MB; m++) acc[r][m] = _mm512_fmadd_ps(wv, xv[m], acc[r][m]);
+        }
     }
-    a[0] = _mm512_reduce_add_ps(a0), a[1] = _mm512_reduce_add_ps(a1);
-    a[2] = _mm512_reduce_add_ps(a2), a[3] = _mm512_reduce_add_ps(a3);
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < MB; m++) a[r][m] = _mm512_reduce_add_ps(acc[r][m]);
 #endif
     for (; k < K; k++)
-        for (int r = 0; r < 4; r++) a[r] += w[(int64_t)r * K + k] * x[k];
-    for (int r = 0; r < 4; r++) y[r] = a[r];
+        for (int r = 0; r < R; r++)
+            for (int m = 0; m < MB; m++) a[r][m] += w[(int64_t)r * K + k] * x[(int64_t)m * K + k];
+    for (int r = 0; r < R; r++)
+        for (int m = 0; m < MB; m++) y[(int64_t)m * N + r] = a[r][m] + (bias ? bias[r] : 0.0f);
 }
 
-void tuner_f32_gemv(const float *x, int M, int K, const float *w, const float *bias, float *y, int N) {
-    if (M == 1) {  /* one row of x: 4 weight rows a task, so 4 FMA chains overlap */
-        const int N4 = N / 4;
-#pragma omp parallel for schedule(static)
-        for (int n4 = 0; n4 < N4 + (N % 4); n4++) {
-            const int n = n4 < N4 ? 4 * n4 : 4 * N4 + (n4 - N4), rows = n4 < N4 ? 4 : 1;
-            float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            if (rows == 4)
-                dot4_f32(w + (int64_t)n * K, x, K, d);
-            else
-                for (int k = 0; k < K; k++) d[0] += w[(int64_t)n * K + k] * x[k];
-            for (int r = 0; r < rows; r++) y[n + r] = d[r] + (bias ? bias[n + r] : 0.0f);
-        }
-        return;
+/* R weight rows against every row of x, 4 at a time (the R rows, at most 16 KiB for K = 2048, stay in L1) */
+static inline __attribute__((always_inline)) void rows_f32(const float *w, const float *x, int M, int K, const int R,
+                                                           const float *bias, float *y, int64_t N) {
+    int m = 0;
+    for (; m + 4 <= M; m += 4) tile_f32(w, x + (int64_t)m * K, K, R, 4, bias, y + (int64_t)m * N, N);
+    const float *xm = x + (int64_t)m * K;
+    float *ym = y + (int64_t)m * N;
+    switch (M - m) {
+    case 3: tile_f32(w, xm, K, R, 3, bias, ym, N); break;
+    case 2: tile_f32(w, xm, K, R, 2, bias, ym, N); break;
+    case 1: tile_f32(w, xm, K, R, 1, bias, ym, N); break;
+    default: break;
     }
-    for (int m0 = 0; m0 < M; m0 += MAX_M) {
-        const int mb = M - m0 < MAX_M ? M - m0 : MAX_M;
-        const float *xb = x + (int64_t)m0 * K;
-        float *yb = y + (int64_t)m0 * N;
+}
+
+/* float32 weights [N, K] as torch holds them: tasks of 4 weight rows (the last N % 4 one row each), split across
+   threads, each against every row of x in tiles of 4 */
+void tuner_f32_gemv(const float *x, int M, int K, const float *w, const float *bias, float *y, int N) {
+    const int N4 = N / 4;
 #pragma omp parallel for schedule(static)
-        for (int n = 0; n < N; n++) {
-            const float *wn = w + (int64_t)n * K;
-            float a[MAX_M] = {0};
-            int k = 0;
-#if defined(__AVX512F__)
-            __m512 acc[MAX_M];
-            for (int m = 0; m < mb; m++) acc[m] = _mm512_setzero_ps();
-            for (; k + 16 <= K; k += 16) {
-                const __m512 wv = _mm512_loadu_ps(wn + k);
-                for (int m = 0; m < mb; m++) acc[m] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xb + (int64_t)m * K + k), acc[m]);
-            }
-            for (int m = 0; m < mb; m++) a[m] = _mm512_reduce_add_ps(acc[m]);
-#endif
-            for (; k < K; k++)
-                for (int m = 0; m < mb; m++) a[m] += wn[k] * xb[(int64_t)m * K + k];
-            for (int m = 0; m < mb; m++) yb[(int64_t)m * N + n] = a[m] + (bias ? bias[n] : 0.0f);
-        }
+    for (int t = 0; t < N4 + (N % 4); t++) {
+        const int n = t < N4 ? 4 * t : 4 * N4 + (t - N4);
+        const float *b = bias ? bias + n : NULL;
+        if (t < N4)
+            rows_f32(w + (int64_t)n * K, x, M, K, 4, b, y + n, N);
+        else
+            rows_f32(w + (int64_t)n * K, x, M, K, 1, b, y + n, N);
     }
 }

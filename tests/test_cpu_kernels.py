@@ -256,14 +256,18 @@ def test_the_cpu_backend_under_continuous_batching_gives_the_torch_backends_toke
     assert tuner.Engine(**knobs, backend="cpu").generate(ps, sampling).tokens == ref
 
 
-@pytest.mark.parametrize("M", [1, 5, 8, 13])
+@pytest.mark.parametrize("M", [1, 2, 3, 5, 8, 13])
 def test_f32_gemv_equals_f_linear_and_serves_the_tied_head_of_a_batch(M):
     from tuner.models.quant import TiedLMHead
 
-    w, x = torch.randn(200, 72, generator=gen), torch.randn(M, 72, generator=gen)
-    bias = torch.randn(200, generator=gen)
-    assert _rel(cpu_kernels.f32_gemv(x, w), torch.nn.functional.linear(x, w)) < 1e-5  # 72: AVX-512 steps, a tail
+    # 203 rows: tasks of 4 and 3 single rows; M: tiles of 4 rows of x and every remainder
+    w, x = torch.randn(203, 72, generator=gen), torch.randn(M, 72, generator=gen)
+    bias = torch.randn(203, generator=gen)
+    y = cpu_kernels.f32_gemv(x, w)
+    assert _rel(y, torch.nn.functional.linear(x, w)) < 1e-5  # 72: AVX-512 steps, a tail
     assert _rel(cpu_kernels.f32_gemv(x, w, bias), torch.nn.functional.linear(x, w, bias)) < 1e-5
+    for i in range(M):  # a row's result is the same bits whatever batch it is computed in
+        assert torch.equal(cpu_kernels.f32_gemv(x[i:i + 1], w)[0], y[i])
     head = TiedLMHead(w)
     head.wide = True  # whichever this CPU timed faster, the kernel's path gives F.linear's logits
     assert _rel(head(x[:, None]), torch.nn.functional.linear(x, w)[:, None]) < 1e-5

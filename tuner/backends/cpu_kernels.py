@@ -240,7 +240,8 @@ def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: 
 
 def f32_gemv(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
              checked: bool = True) -> torch.Tensor:
-    """x [M, K] float32 @ w [N, K].T (+ bias [N]) -> [M, N] float32, each weight row read once per 8 rows of x.
+    """x [M, K] float32 @ w [N, K].T (+ bias [N]) -> [M, N] float32, each weight row read from memory once for all
+    rows of x.
     checked=False skips the checks of w and bias (x is always checked)."""
     N, K = w.shape
     M = x.shape[0]

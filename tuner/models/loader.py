@@ -186,7 +186,7 @@ def _ends(args: ModelArgs, tensor, quant: str, native: bool):
         return Embedding(tensor((args.vocab_size, args.dim), "model.embed_tokens.weight")), head
     table = tensor((args.vocab_size, args.dim), "model.embed_tokens.weight")
     if head_quant == "int8":
-        head = Int8Linear(table, native=True if native else None)
+        head = Int8Linear(table, native=native or None)
         return Int8Embedding(head), head
     return Embedding(table), TiedLMHead(table)
 

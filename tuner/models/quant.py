@@ -170,8 +170,8 @@ class TiedLMHead(Linear):
         super().__init__(weight, bias)
         cpu32 = weight.device.type == "cpu" and weight.dtype == torch.float32
         self.padded = cpu32 and _padded_wins(weight)
-        # 5+ rows (a batch of decodes): tuner's kernel, which reads each table row once for 8 rows of x, where it
-        # beats F.linear at 8 rows on this CPU (7.4 against 11.4 ms for SmolLM2's 49152 x 576 on a 2-core Xeon VM)
+        # 4+ rows (a batch of decodes): tuner's kernel, which reads each table row once for all rows of x, where it
+        # beats F.linear at 8 rows on this CPU (9.6 against 22.0 ms for SmolLM2's 49152 x 576 on a 2-core Xeon VM)
         self.wide = cpu32 and bias is None and _wide_wins(weight)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -188,7 +188,8 @@ class TiedLMHead(Linear):
         return torch.mm(self.weight, rows.t()).t()[:n].reshape(*x.shape[:-1], -1)
 
 
-WIDE_ROWS = 5  # rows from which the tied head may take tuner's kernel (at 4 rows it and F.linear were even)
+WIDE_ROWS = 4  # rows from which the tied head may take tuner's kernel: SmolLM2's 49152 x 576 at 4 rows took 8.3 ms
+# there against 13.8 for F.linear on a 2-core Xeon VM (1-3 rows: even, within 5%)
 
 
 def _wide_wins(weight: torch.Tensor) -> bool:
@@ -388,9 +389,9 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, quant: str, gro
             return OneDNNLinear(weight, bias)  # 16-bit CPU matmuls outside oneDNN are torch's slow loop
         return Linear(weight, bias)
     if quant == "int8":
-        return Int8Linear(weight, bias, True if native else None)
+        return Int8Linear(weight, bias, native or None)
     if quant == "int4":
-        return Int4Linear(weight, bias, group_size, True if native else None)
+        return Int4Linear(weight, bias, group_size, native or None)
     if quant == "fp8":
         return Fp8Linear(weight, bias)
     raise ValueError(f"quant={quant!r} is not allowed: use 'none', 'int8', 'int4' or 'fp8'")
