@@ -19,6 +19,11 @@
 #endif
 
 #define MAX_M 8
+/* bytes ahead of its reads that the int8 and int4 loops ask for the next weights: a decode step at batch 1 on
+   SmolLM2 (int8, 2 threads, 2-core Xeon VM) took 12.5 ms with 2048-8192 against 15.4-17.7 ms with none (the
+   hardware prefetchers alone let these loops, which consume 16 bytes every 3-7 instructions, stream about 10 GB/s
+   of the 15.7 the float32 loop reaches); int4 11.0 against 13.0 ms. The float32 loop gained nothing from it. */
+#define PREFETCH 4096
 
 /* bf16 (the upper half of a float32) to float */
 static inline float bf(uint16_t h) {
@@ -42,6 +47,7 @@ static inline __attribute__((always_inline)) void i8_rows16(const int8_t *p, con
     for (int m = 0; m < mb; m++) a[m] = b[m] = _mm512_setzero_ps();
     int k = 0;
     for (; k + 2 <= K; k += 2) {
+        if (!(k & 3)) _mm_prefetch((const char *)(p + k * 16 + PREFETCH), _MM_HINT_T0);
         const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + k * 16))));
         const __m512 w1 =
             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + (k + 1) * 16))));
@@ -114,6 +120,7 @@ static inline __attribute__((always_inline)) void i4_rows16(const uint8_t *p, co
         const uint8_t *pg = p + (int64_t)g * HG * 16;
         const float *xg = x + (int64_t)g * HG * 2;
         for (int j = 0; j < HG; j++) {
+            if (!(j & 3)) _mm_prefetch((const char *)(pg + j * 16 + PREFETCH), _MM_HINT_T0);
             const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(pg + j * 16)));
             const __m512 lo = _mm512_permutexvar_ps(v, lut), hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
             for (int m = 0; m < mb; m++) {
