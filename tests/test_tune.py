@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -147,6 +148,33 @@ tuner.sweep({{"batch_size": [1, 2, 3, 4, 5, 6]}}, workload={WORKLOAD!r}, base={B
     assert [t["number"] for t in lost] == cut
     assert all(t["state"] == "fail" and t["error"].startswith("interrupted: its process (") and
                t["error"].endswith(f":{proc.pid}) ended while it ran") for t in lost)
+
+
+def test_a_trial_names_its_process_from_the_moment_it_exists(tmp_path):
+    import optuna
+
+    from tuner.tune.workers import fail_interrupted
+
+    # killed between creating its trial and running the objective: the trial is RUNNING, yet names its process
+    db = f"sqlite:///{tmp_path / 'born.db'}"
+    code = f"""
+import os, signal, optuna
+from tuner.tune.sweep import _storage
+study = optuna.create_study(study_name="born", storage=_storage({db!r}))
+study._storage.create_new_trial(study._study_id)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.wait(timeout=120) == -signal.SIGKILL
+    study = optuna.load_study(study_name="born", storage=db)
+    (t,) = study.get_trials()
+    assert t.state.name == "RUNNING" and t.params == {}
+    assert t.user_attrs["worker"] == f"{socket.gethostname()}:{proc.pid}"
+    assert fail_interrupted(study) == [0]
+    (t,) = study.get_trials()
+    assert t.state.name == "FAIL"
+    assert t.user_attrs["error"] == f"interrupted: its process ({t.user_attrs['worker']}) ended while it ran"
+    assert fail_interrupted(study) == []  # nothing RUNNING is left to fail
 
 
 def test_workers_sharing_a_sqlite_study_never_measure_one_point_twice(tmp_path):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..knobs import short_repr
 from .result import SweepResult, pareto_front, redact
 from .space import QUALITY_METRICS, Constraint, Objective, Space, _knob, parse_constraint, parse_objective
-from .workers import POLL_S, CtrlC, claim, fail_interrupted, worker_id
+from .workers import POLL_S, CtrlC, claim, fail_interrupted, rdb_storage, worker_id
 
 if TYPE_CHECKING:
     from ..engine.workload import Workload
@@ -182,7 +182,7 @@ def _storage(url: str | None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, heartbeat_interval=10, grace_period=30, **kwargs)
+            return rdb_storage(url, heartbeat_interval=10, grace_period=30, **kwargs)
     except Exception as e:  # noqa: BLE001 - sqlalchemy's and the drivers' errors, one line each
         if _creation_race(e):  # workers starting together on an empty database: _open_study retries
             raise

@@ -8,7 +8,9 @@ primary key makes the insert atomic in the database itself. The worker whose ins
 holder's trial and reuses its measurement; if the holder died, it takes the claim over and measures.
 
 A process killed mid-trial leaves its trial RUNNING. The storage's heartbeat fails it after its grace period;
-a sweep that starts sooner fails the trials of this machine's dead processes itself ("interrupted").
+a sweep that starts sooner fails the trials of this machine's dead processes itself ("interrupted"). To tell
+whose a trial is, it is born with its worker (`rdb_storage`): a process killed between creating a trial and
+running its objective would otherwise leave a RUNNING trial that names nobody, which no one could fail.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import socket
 import time
+from functools import cache
 
 CLAIMS_TABLE = "tuner_claims"
 POLL_S = 1.0  # how often a worker waiting on another's point looks again
@@ -26,6 +29,31 @@ POLL_S = 1.0  # how often a worker waiting on another's point looks again
 def worker_id() -> str:
     """This process, as trials record it: host:pid."""
     return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@cache
+def _storage_class():
+    import optuna
+
+    class WorkerStorage(optuna.storages.RDBStorage):
+        """RDBStorage whose new trials carry their "worker" from the transaction that creates them."""
+
+        def _create_new_trial(self, study_id, template_trial=None):  # what Optuna's cached storage calls
+            if template_trial is None:
+                from datetime import datetime
+
+                template_trial = optuna.trial.FrozenTrial(
+                    number=0, state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+                    datetime_complete=None, params={}, distributions={}, user_attrs={"worker": worker_id()},
+                    system_attrs={}, intermediate_values={}, trial_id=0)
+            return super()._create_new_trial(study_id, template_trial)
+
+    return WorkerStorage
+
+
+def rdb_storage(url: str, **kwargs):
+    """An Optuna RDBStorage for `url` (RDBStorage's keywords) whose trials are born with their worker."""
+    return _storage_class()(url, **kwargs)
 
 
 def _alive_here(worker: str | None) -> bool | None:
