@@ -19,10 +19,11 @@
 #endif
 
 #define MAX_M 8
-/* bytes ahead of its reads that the int8 and int4 loops ask for the next weights: a decode step at batch 1 on
-   SmolLM2 (int8, 2 threads, 2-core Xeon VM) took 12.5 ms with 2048-8192 against 15.4-17.7 ms with none (the
-   hardware prefetchers alone let these loops, which consume 16 bytes every 3-7 instructions, stream about 10 GB/s
-   of the 15.7 the float32 loop reaches); int4 11.0 against 13.0 ms. The float32 loop gained nothing from it. */
+/* bytes ahead of its reads that the int8 and int4 loops ask for the next weights (the float32 loop asks for the
+   next task's rows instead, at rows_f32): a decode step at batch 1 on SmolLM2 (int8, 2 threads, 2-core Xeon VM)
+   took 12.5 ms with 2048-8192 against 15.4-17.7 ms with none (the hardware prefetchers alone let these loops, which
+   consume 16 bytes every 3-7 instructions, stream about 10 GB/s of the 15.7 the float32 loop reaches); int4 11.0
+   against 13.0 ms. */
 #define PREFETCH 4096
 
 /* bf16 (the upper half of a float32) to float */
@@ -199,9 +200,11 @@ int tuner_int4_gemv(const float *x, int M, int K, const uint8_t *packed, const u
 /* y[m * N + r] = sum_k w[r * K + k] x[m * K + k] + bias[r] for R weight rows and MB rows of x (both at most 4,
    constants where it is inlined, so the loops unroll into R * MB accumulators in registers): each weight vector
    feeds MB FMAs and each x vector R, so a step loads R + MB vectors for R * MB FMAs. Every output sums its k in
-   the same order whatever R and MB are, so a row's result does not depend on its batch. */
+   the same order whatever R and MB are, so a row's result does not depend on its batch. Each step also asks for
+   pfn cache lines of pf onward (the next task's weights, below), which never faults, past the end included. */
 static inline __attribute__((always_inline)) void tile_f32(const float *w, const float *x, int K, const int R,
-                                                           const int MB, const float *bias, float *y, int64_t N) {
+                                                           const int MB, const float *bias, float *y, int64_t N,
+                                                           const char *pf, const int pfn) {
     float a[4][4] = {{0.0f}};
     int k = 0;
 #if defined(__AVX512F__)
@@ -209,6 +212,7 @@ static inline __attribute__((always_inline)) void tile_f32(const float *w, const
     for (int r = 0; r < R; r++)
         for (int m = 0; m < MB; m++) acc[r][m] = _mm512_setzero_ps();
     for (; k + 16 <= K; k += 16) {
+        for (int i = 0; i < pfn; i++) _mm_prefetch(pf + ((int64_t)(k / 16) * pfn + i) * 64, _MM_HINT_T0);
         __m512 xv[4];
         for (int m = 0; m < MB; m++) xv[m] = _mm512_loadu_ps(x + (int64_t)m * K + k);
         for (int r = 0; r < R; r++) {
@@ -218,6 +222,9 @@ static inline __attribute__((always_inline)) void tile_f32(const float *w, const
     }
     for (int r = 0; r < R; r++)
         for (int m = 0; m < MB; m++) a[r][m] = _mm512_reduce_add_ps(acc[r][m]);
+#else
+    (void)pf;
+    (void)pfn;
 #endif
     for (; k < K; k++)
         for (int r = 0; r < R; r++)
@@ -226,17 +233,27 @@ static inline __attribute__((always_inline)) void tile_f32(const float *w, const
         for (int m = 0; m < MB; m++) y[(int64_t)m * N + r] = a[r][m] + (bias ? bias[r] : 0.0f);
 }
 
-/* R weight rows against every row of x, 4 at a time (the R rows, at most 16 KiB for K = 2048, stay in L1) */
+/* R weight rows against every row of x, 4 at a time (the R rows, at most 16 KiB for K = 2048, stay in L1). The
+   next task's R rows (contiguous after these, R K floats = R K / 16 cache lines) are prefetched meanwhile, spread
+   over the T tiles: ceil(R / T) lines a step. Only the first tile reads these rows from memory, so without it the
+   later tiles left the memory idle and the hardware prefetchers, which follow misses, stopped: SmolLM2's products
+   at 8 rows of x took 36-39 ms against 47-54 (2 threads, 2-core Xeon VM, a 538 MB step from memory), at 2-4 rows
+   31-35 against 36-54, at one row about the same (33 against 34, medians of 6). */
 static inline __attribute__((always_inline)) void rows_f32(const float *w, const float *x, int M, int K, const int R,
                                                            const float *bias, float *y, int64_t N) {
+    const int T = (M + 3) / 4, pfn = (R + T - 1) / T;
+    const char *next = (const char *)(w + (int64_t)R * K);
+    const int64_t tile_lines = (int64_t)(K / 16) * pfn;  /* lines one tile asks for */
     int m = 0;
-    for (; m + 4 <= M; m += 4) tile_f32(w, x + (int64_t)m * K, K, R, 4, bias, y + (int64_t)m * N, N);
+    for (; m + 4 <= M; m += 4)
+        tile_f32(w, x + (int64_t)m * K, K, R, 4, bias, y + (int64_t)m * N, N, next + (m / 4) * tile_lines * 64, pfn);
     const float *xm = x + (int64_t)m * K;
+    const char *pf = next + (m / 4) * tile_lines * 64;
     float *ym = y + (int64_t)m * N;
     switch (M - m) {
-    case 3: tile_f32(w, xm, K, R, 3, bias, ym, N); break;
-    case 2: tile_f32(w, xm, K, R, 2, bias, ym, N); break;
-    case 1: tile_f32(w, xm, K, R, 1, bias, ym, N); break;
+    case 3: tile_f32(w, xm, K, R, 3, bias, ym, N, pf, pfn); break;
+    case 2: tile_f32(w, xm, K, R, 2, bias, ym, N, pf, pfn); break;
+    case 1: tile_f32(w, xm, K, R, 1, bias, ym, N, pf, pfn); break;
     default: break;
     }
 }
@@ -249,11 +266,11 @@ void tuner_f32_gemv(const float *x, int M, int K, const float *w, const float *b
 #pragma omp parallel for schedule(static)
         for (int t = 0; t < N4 + (N % 4); t++) {
             const int n = t < N4 ? 4 * t : 4 * N4 + (t - N4);
-            const float *b = bias ? bias + n : NULL;
+            const float *b = bias ? bias + n : NULL, *wn = w + (int64_t)n * K;
             if (t < N4)
-                tile_f32(w + (int64_t)n * K, x, K, 4, 1, b, y + n, N);
+                tile_f32(wn, x, K, 4, 1, b, y + n, N, (const char *)(wn + 4 * (int64_t)K), 4);
             else
-                tile_f32(w + (int64_t)n * K, x, K, 1, 1, b, y + n, N);
+                tile_f32(wn, x, K, 1, 1, b, y + n, N, (const char *)(wn + K), 1);
         }
         return;
     }
