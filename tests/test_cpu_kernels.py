@@ -167,6 +167,10 @@ def test_decode_attention_equals_its_twin_and_gives_zeros_without_keys(paged):
     got = cpu_ops.decode_attention(q, c, 0, tables, c.block_len, seq_lens)
     ref = torch_ops.decode_attention(q, c, 0, tables, c.block_len, seq_lens)
     assert _rel(got, ref) < 1e-5 and got[2].abs().sum() == 0
+    # a batch runs a KV head's query heads in one task, one sequence alone runs them apart: the same bits
+    for b in range(len(lens)):
+        solo = cpu_ops.decode_attention(q[b:b + 1], c, 0, tables[b:b + 1], c.block_len, seq_lens[b:b + 1])
+        assert torch.equal(solo[0], got[b])
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
