@@ -14,9 +14,9 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
-/* e^x in 16 lanes, within 2 ulp of expf (Cephes' expf: x = n ln 2 + r, |r| <= ln 2 / 2, a degree-6 polynomial,
-   times 2^n); x clamped to [-87.3, 88.7]. glibc vectorizes expf only under -ffast-math, and a scalar expf per
-   element made silu_mul and the softmax about a fifth of a batch-8 float32 step. */
+/* e^x in 16 lanes (Cephes' expf: x = n ln 2 + r, |r| <= ln 2 / 2, a degree-6 polynomial, times 2^n), x clamped
+   to [-87.3, 88.7]: within 1 ulp of e^x rounded, over 19.1M points of [-87, 88]. glibc vectorizes expf only
+   under -ffast-math, and its scalar expf per element cost silu_mul 93 us a layer at batch 8 against 8.5. */
 static inline __m512 exp16(__m512 x) {
     x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
