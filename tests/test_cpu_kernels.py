@@ -9,11 +9,12 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import tuner
 from conftest import VOCAB
 from tuner.backends import cpu_kernels, torch_ops
-from tuner.models.quant import Int4Linear, Int8Linear
+from tuner.models.quant import KERNEL_ROWS, Int4Linear, Int8Linear
 
 gen = torch.Generator().manual_seed(0)
 
@@ -43,6 +44,8 @@ def test_int8_gemv_equals_its_torch_twin(M, K):
     assert q16.shape == (3, K, 16) and back[0].equal(q) and back[1].equal(scale)
     for b in (None, bias):
         assert _rel(cpu_kernels.int8_gemv(x, q16, s16, b, N), torch_ops.int8_linear(x, q, scale, b)) < 1e-5
+    # a prefill's weight, dequantized from the kernel's layout: the formula's bits
+    assert torch.equal(cpu_kernels.int8_dequant(q16, s16, N), q.float() * scale.float()[:, None])
 
 
 @pytest.mark.parametrize("M", [1, 9])
@@ -60,6 +63,9 @@ def test_int4_gemv_equals_its_torch_twin(M, G):
     for b in (None, bias):
         got = cpu_kernels.int4_gemv(x, p16, s16, z16, b, G, N)
         assert _rel(got, torch_ops.int4_linear(x, packed, scale, zero, b, G)) < 1e-5
+    q = torch.stack([packed & 15, packed >> 4], dim=-1).view(N, K // G, G).float()
+    want = ((q - 8.0) * scale.float()[..., None] + zero.float()[..., None]).view(N, K)
+    assert torch.equal(cpu_kernels.int4_dequant(p16, s16, z16, G, N), want)
 
 
 def test_the_kernels_refuse_tensors_they_cannot_read():
@@ -85,8 +91,11 @@ def test_quantized_layers_on_the_kernels_equal_their_dequantized_weights():
     assert _rel(l4(x), x @ l4.dequantize().t()) < 1e-5  # float32 activations: no bf16 rounding of x
     l8 = Int8Linear(w, native=True)
     assert _rel(l8(x), x @ l8.dequantize().t()) < 1e-5
-    x20 = torch.randn(20, 128, generator=gen)  # more rows than a decode step: the dequantized weight
+    x20 = torch.randn(20, 128, generator=gen)  # a short prefill: the kernel, in passes of 8 rows
     assert _rel(l8(x20), x20 @ l8.dequantize().t()) < 1e-5
+    for lin in (l8, l4):  # a longer one: the weight dequantized in C, then torch's product
+        xl = torch.randn(KERNEL_ROWS[lin.scheme] + 1, 128, generator=gen)
+        assert torch.equal(lin(xl), F.linear(xl, lin.dequantize()))
     tokens = torch.tensor([0, 17, 39])
     q, scale = l8.rows(tokens)  # the embedding's rows of a tied table, from the interleaved layout
     assert torch.equal(q.float() * scale.float()[:, None], l8.dequantize()[tokens])

@@ -123,6 +123,10 @@ def library() -> ctypes.CDLL | None:
                 lib.tuner_int4_gemv.restype = i
                 lib.tuner_f32_gemv.argtypes = [p, i, i, p, p, p, i]
                 lib.tuner_f32_gemv.restype = None
+                lib.tuner_int8_dequant.argtypes = [p, p, i, i, p]
+                lib.tuner_int8_dequant.restype = None
+                lib.tuner_int4_dequant.argtypes = [p, p, p, i, i, i, p]
+                lib.tuner_int4_dequant.restype = None
                 f, L = ctypes.c_float, ctypes.c_int64
                 lib.tuner_add_rms_norm.argtypes = [p, p, p, f, p, i, i]
                 lib.tuner_add_rms_norm.restype = None
@@ -203,6 +207,14 @@ def int8_gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, bias: 
     return y
 
 
+def int8_dequant(packed: torch.Tensor, scale: torch.Tensor, N: int) -> torch.Tensor:
+    """The float32 weight q * scale [N, K] of pack_int8's layout (a layer's own tensors: not checked)."""
+    K = packed.shape[1]
+    out = torch.empty(N, K)
+    library().tuner_int8_dequant(packed.data_ptr(), scale.data_ptr(), N, K, out.data_ptr())
+    return out
+
+
 def pack_int4(nibbles: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor):
     """The int4 kernel's layout from nibbles [N, K/2] uint8 (low nibble = even k) and scale, zero [N, K/G] bf16:
     (packed [NB, K/2, 16], scale [NB, K/G, 16], zero [NB, K/G, 16]), NB = ceil(N/16), zeros past N."""
@@ -212,6 +224,17 @@ def pack_int4(nibbles: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor):
 def unpack_int4(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, N: int):
     """pack_int4 undone: (nibbles [N, K/2], scale [N, K/G], zero [N, K/G])."""
     return _rows(packed, N), _rows(scale, N), _rows(zero, N)
+
+
+def int4_dequant(packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+                 N: int) -> torch.Tensor:
+    """The float32 weight (q - 8) * scale + zero [N, K] of pack_int4's layout (a layer's own tensors: not
+    checked)."""
+    K = packed.shape[1] * 2
+    out = torch.empty(N, K)
+    library().tuner_int4_dequant(packed.data_ptr(), scale.data_ptr(), zero.data_ptr(), group_size, N, K,
+                                 out.data_ptr())
+    return out
 
 
 def int4_gemv(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,

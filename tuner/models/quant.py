@@ -121,7 +121,13 @@ def packed_wins(weight: torch.Tensor) -> bool:
     return first_wins(("onednn", weight.dtype, tuple(weight.shape)), candidates)
 
 
-NATIVE_ROWS = cpu_kernels.NATIVE_ROWS  # rows up to which a quantized layer runs tuner's CPU kernel (decode)
+NATIVE_ROWS = cpu_kernels.NATIVE_ROWS  # rows up to which a float layer runs tuner's CPU kernel (decode)
+# Rows up to which an int8 / int4 layer on tuner's layout runs its kernel (a pass over the weight per 8 rows);
+# more rows (a prefill) take the weight dequantized in C and torch's matrix product, which reuses it across them.
+# Crossovers on SmolLM2's 3072 x 576 and 576 x 1536 weights (2 threads, 2-core Xeon VM): int8 even at 96 rows
+# (2.86 against 2.76 ms), the kernel 1.4x faster at 64; int4 the kernel 1.2x faster at 129 rows, dequantized 1.1x
+# faster at 256.
+KERNEL_ROWS = {"int8": 64, "int4": 128}
 
 
 def native_wins(scheme: str, shape: tuple, group_size: int = 0) -> bool:
@@ -247,7 +253,7 @@ class Int8Linear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        if self.native and x.numel() <= NATIVE_ROWS * shape[-1]:  # its own tensors: right by construction
+        if self.native and x.numel() <= KERNEL_ROWS["int8"] * shape[-1]:  # its own tensors: right by construction
             y = cpu_kernels.int8_gemv(x.reshape(-1, shape[-1]).float().contiguous(), self.weight, self.scale, None,
                                       self.shape[0], checked=False)
             y = y.to(x.dtype).view(*shape[:-1], -1)
@@ -267,9 +273,9 @@ class Int8Linear(Linear):
         return self.weight[index], self.scale[index]
 
     def dequantize(self) -> torch.Tensor:
-        q, scale = cpu_kernels.unpack_int8(self.weight, self.scale, self.shape[0]) if self.native else \
-            (self.weight, self.scale)
-        return (q.float() * scale.float()[:, None]).to(self.dtype)
+        if self.native:  # the kernel's layout, undone in C: the same bits as the formula below
+            return cpu_kernels.int8_dequant(self.weight, self.scale, self.shape[0]).to(self.dtype)
+        return (self.weight.float() * self.scale.float()[:, None]).to(self.dtype)
 
 
 class Int8Embedding:
@@ -327,9 +333,7 @@ class Int4Linear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        # decode rows; a prefill's rows take a dequantized F.linear, faster than the kernel's pass per 8 rows (129
-        # rows of a 3080 x 576 weight: 7.6 against 11.1 ms on a 2-core Xeon VM)
-        if self.native and x.numel() <= NATIVE_ROWS * shape[-1]:
+        if self.native and x.numel() <= KERNEL_ROWS["int4"] * shape[-1]:
             y = cpu_kernels.int4_gemv(x.reshape(-1, shape[-1]).float().contiguous(), self.weight, self.scale,
                                       self.zero, None, self.group_size, self.shape[0], checked=False)
             y = y.to(x.dtype).view(*shape[:-1], -1)
@@ -350,10 +354,11 @@ class Int4Linear(Linear):
             eye = torch.eye(K, dtype=torch.bfloat16)
             w = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.weight, g, self.scales_zeros).t()
             return w.to(self.dtype)
-        nib, scale, zero = cpu_kernels.unpack_int4(self.weight, self.scale, self.zero, N) if self.native else \
-            (self.weight, self.scale, self.zero)
+        if self.native:  # the kernel's layout, undone in C: the same bits as the formula below
+            return cpu_kernels.int4_dequant(self.weight, self.scale, self.zero, g, N).to(self.dtype)
+        nib = self.weight
         q = torch.stack([nib & 15, nib >> 4], dim=-1).view(N, K // g, g).float()
-        w = (q - 8.0) * scale.float()[..., None] + zero.float()[..., None]
+        w = (q - 8.0) * self.scale.float()[..., None] + self.zero.float()[..., None]
         return w.view(N, K).to(self.dtype)
 
 
