@@ -32,6 +32,9 @@ static inline __m512 exp16(__m512 x) {
     const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(e, n);
 }
+
+/* the first min(left, 16) lanes: a loop's last, partial vector */
+static inline __mmask16 lanes16(int left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1u); }
 #endif
 
 /* x [B, D] += delta (if given); h = x * rsqrt(mean(x^2) + eps) * w */
@@ -60,7 +63,7 @@ void tuner_silu_mul(const float *gu, float *out, int B, int F) {
         int i = 0;
 #if defined(__AVX512F__)
         for (; i < F; i += 16) {
-            const __mmask16 k = F - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (F - i)) - 1u);
+            const __mmask16 k = lanes16(F - i);
             const __m512 gv = _mm512_maskz_loadu_ps(k, g + i), uv = _mm512_maskz_loadu_ps(k, u + i);
             const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv)));
             _mm512_mask_storeu_ps(o + i, k, _mm512_mul_ps(_mm512_div_ps(gv, d), uv));
@@ -141,7 +144,7 @@ static inline __attribute__((always_inline)) void attend16(const float *qh, cons
         __m512 sv = _mm512_setzero_ps();
         const __m512 mb = _mm512_set1_ps(m);
         for (t = 0; t < n; t += 16) {
-            const __mmask16 k = n - t >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - t)) - 1u);
+            const __mmask16 k = lanes16(n - t);
             const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, s + t), mb));
             _mm512_mask_storeu_ps(s + t, k, e);
             sv = _mm512_add_ps(sv, _mm512_maskz_mov_ps(k, e));
@@ -197,9 +200,8 @@ int tuner_decode_attention(const float *q, const float *kpool, const float *vpoo
         const int nv = D / 16;
         int c = G < 4 ? G : 4;  /* query heads a task */
         while (c * nv > 16) c--;
-        const int per = (G + c - 1) / c;  /* tasks a KV head */
-        if (B * Hkv * per < 2 * omp_get_max_threads()) c = 1;
-        const int chunks = (G + c - 1) / c;
+        if (B * Hkv * ((G + c - 1) / c) < 2 * omp_get_max_threads()) c = 1;
+        const int chunks = (G + c - 1) / c;  /* tasks a KV head */
 #pragma omp parallel for schedule(static) reduction(| : failed)
         for (int task = 0; task < B * Hkv * chunks; task++) {
             const int b = task / (Hkv * chunks), hk = task / chunks % Hkv, h0 = hk * G + task % chunks * c;

@@ -277,13 +277,12 @@ static inline __attribute__((always_inline)) void tile_f32(const float *w, const
 static inline __attribute__((always_inline)) void rows_f32(const float *w, const float *x, int M, int K, const int R,
                                                            const float *bias, float *y, int64_t N) {
     const int T = (M + 3) / 4, pfn = (R + T - 1) / T;
-    const char *next = (const char *)(w + (int64_t)R * K);
-    const int64_t tile_lines = (int64_t)(K / 16) * pfn;  /* lines one tile asks for */
+    const int64_t tile_bytes = (int64_t)(K / 16) * pfn * 64;  /* what one tile asks for */
+    const char *pf = (const char *)(w + (int64_t)R * K);      /* the next task's rows, a tile's share at a time */
     int m = 0;
-    for (; m + 4 <= M; m += 4)
-        tile_f32(w, x + (int64_t)m * K, K, R, 4, bias, y + (int64_t)m * N, N, next + (m / 4) * tile_lines * 64, pfn);
+    for (; m + 4 <= M; m += 4, pf += tile_bytes)
+        tile_f32(w, x + (int64_t)m * K, K, R, 4, bias, y + (int64_t)m * N, N, pf, pfn);
     const float *xm = x + (int64_t)m * K;
-    const char *pf = next + (m / 4) * tile_lines * 64;
     float *ym = y + (int64_t)m * N;
     switch (M - m) {
     case 3: tile_f32(w, xm, K, R, 3, bias, ym, N, pf, pfn); break;

@@ -253,7 +253,7 @@ class Int8Linear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        if self.native and x.numel() <= KERNEL_ROWS["int8"] * shape[-1]:  # its own tensors: right by construction
+        if self.native and x.numel() <= KERNEL_ROWS[self.scheme] * shape[-1]:  # its own tensors: right by construction
             y = cpu_kernels.int8_gemv(x.reshape(-1, shape[-1]).float().contiguous(), self.weight, self.scale, None,
                                       self.shape[0], checked=False)
             y = y.to(x.dtype).view(*shape[:-1], -1)
@@ -333,7 +333,7 @@ class Int4Linear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        if self.native and x.numel() <= KERNEL_ROWS["int4"] * shape[-1]:
+        if self.native and x.numel() <= KERNEL_ROWS[self.scheme] * shape[-1]:
             y = cpu_kernels.int4_gemv(x.reshape(-1, shape[-1]).float().contiguous(), self.weight, self.scale,
                                       self.zero, None, self.group_size, self.shape[0], checked=False)
             y = y.to(x.dtype).view(*shape[:-1], -1)

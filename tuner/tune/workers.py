@@ -20,6 +20,7 @@ import json
 import os
 import socket
 import time
+from datetime import datetime
 from functools import cache
 
 CLAIMS_TABLE = "tuner_claims"
@@ -40,8 +41,6 @@ def _storage_class():
 
         def _create_new_trial(self, study_id, template_trial=None):  # what Optuna's cached storage calls
             if template_trial is None:
-                from datetime import datetime
-
                 template_trial = optuna.trial.FrozenTrial(
                     number=0, state=optuna.trial.TrialState.RUNNING, value=None, datetime_start=datetime.now(),
                     datetime_complete=None, params={}, distributions={}, user_attrs={"worker": worker_id()},
